@@ -1,0 +1,150 @@
+"""Atomic writes and JSON-lines helpers.
+
+Every file the kit writes goes through a temporary file in the same folder followed by
+``os.replace``, so a killed process never leaves a half-written file under the final name.
+JSON-lines files are appended one complete line per ``os.write`` call; readers ignore a
+trailing line without a newline (the only damage a kill during an append can do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+def _tmp_path(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = _tmp_path(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=str) + "\n")
+
+
+def atomic_save_image(image, path: str | os.PathLike, **save_kwargs) -> Path:
+    """Save a PIL image atomically; the format comes from the suffix of ``path``."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unsupported image suffix {path.suffix!r} (use .jpg or .png)")
+    image.save(buf, format=fmt, **save_kwargs)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically (checkpoints)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def append_jsonl(path: str | os.PathLike, row: dict) -> None:
+    """Append one JSON object as one line; the line goes out in a single ``os.write``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row, sort_keys=False, default=str) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        # A previous kill may have left a partial last line: start on a fresh line then.
+        if os.fstat(fd).st_size > 0:
+            with open(path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the JSON objects of a JSON-lines file, skipping blank lines and a truncated last line.
+
+    A malformed line that is not the last one raises ``DataError`` naming the file and line.
+    """
+    from drsf_kit.errors import DataError
+
+    path = Path(path)
+    if not path.exists():
+        return
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    complete = raw.endswith(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as exc:
+            is_last = number == len(lines) and not complete
+            if is_last:
+                continue  # an append cut short by a kill: ignore it
+            # a partial line followed by newer lines (written after a restart) is also a kill remnant
+            if not line.rstrip().endswith(b"}"):
+                continue
+            raise DataError(path, f"line {number} is not valid JSON ({exc.msg})") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Return all JSON objects of a JSON-lines file (see ``iter_jsonl``)."""
+    return list(iter_jsonl(path))
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write ``rows`` as a JSON-lines file atomically (replaces the file)."""
+    text = "".join(json.dumps(r, default=str) + "\n" for r in rows)
+    return atomic_write_text(path, text)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of one file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_tree(folder: str | os.PathLike, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")) -> str:
+    """A stable SHA-256 over the weight files under ``folder`` (relative names and contents)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    files = sorted({p for pat in patterns for p in folder.rglob(pat) if p.is_file()})
+    for p in files:
+        h.update(str(p.relative_to(folder)).encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()

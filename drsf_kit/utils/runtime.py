@@ -1,0 +1,41 @@
+"""Device selection, seeding and thread settings shared by every entry point."""
+
+from __future__ import annotations
+
+import os
+import random
+
+
+def resolve_device(device: str | None = "auto") -> "torch.device":  # noqa: F821
+    """``"auto"``/None picks cuda when available, else cpu; anything else is passed to torch.device."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from drsf_kit.errors import ConfigError
+
+        raise ConfigError(f"device {device!r} was requested but CUDA is not available on this machine")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def default_num_threads() -> int:
+    """Threads for CPU work: DRSF_NUM_THREADS, else the number of usable cores."""
+    env = os.environ.get("DRSF_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
