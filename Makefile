@@ -1,0 +1,37 @@
+# drsf_kit: `make demo` runs the kit on the embedded data, `make test` runs the tests.
+# Both create .venv when it is missing (and reuse it when present), then install the kit into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.drsf_kit-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MPLBACKEND := Agg
+# papermill/jupyter find the kernel registered inside the venv
+export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
+
+.PHONY: demo test lab app install clean-data
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -e ".[test,app]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name drsf_kit --display-name "Python (drsf_kit)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/drsf demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+clean-data:
+	rm -rf data/mini-weather data/synth runs

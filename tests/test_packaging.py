@@ -1,0 +1,47 @@
+"""The packaging promises: environment.yml mirrors pyproject.toml, the CLI and module entry work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject_deps() -> list[str]:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return data["project"]["dependencies"]
+
+
+def test_environment_yml_matches_pyproject():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert any(str(d).startswith("python=3.11") for d in env["dependencies"] if isinstance(d, str))
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    pip_deps = [p for p in pip_section if not p.startswith("-e")]
+    assert "-e ." in pip_section, "environment.yml must install the kit itself"
+    assert sorted(pip_deps) == sorted(_pyproject_deps())
+
+
+def test_torch_pins():
+    deps = _pyproject_deps()
+    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+
+
+def test_console_script_and_module_entry():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert data["project"]["scripts"]["drsf"] == "drsf_kit.cli:main"
+    out = subprocess.run([sys.executable, "-m", "drsf_kit", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: drsf" in out.stdout
+    for verb in ("data", "synth", "train", "eval", "gap", "batch"):
+        assert verb in out.stdout, f"`drsf {verb}` is not registered"
+
+
+def test_readme_quick_start_is_the_two_make_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
