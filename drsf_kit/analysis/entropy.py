@@ -1,0 +1,196 @@
+"""Entropy views: DFDR channel entropy and gates per domain, and prediction-entropy maps.
+
+Channel entropy follows the kit's DFDR reading: p = softmax over the H*W positions of F(n,c)/tau,
+H = -sum p log p / log(HW), in [0, 1] (low = spatially concentrated, object-like; high = diffuse,
+style-like). Prediction entropy is the per-pixel class entropy divided by log C, also in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from drsf_kit.analysis.features import DEFAULT_SIZE, default_stage, iter_stage_outputs, load_image, resolve_module
+from drsf_kit.errors import ConfigError
+from drsf_kit.models.dfdr import channel_entropy  # the DFDR block owns the definition
+from drsf_kit.viz.plots import plot_histograms, plot_overlay, to_hwc
+
+
+def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[str, list], stage: str | None = None,
+                            tau: float = 1.0, batch_size: int = 16, device: str = "cpu",
+                            size: tuple[int, int] | None = DEFAULT_SIZE, progress: bool = True) -> dict[str, dict]:
+    """Per-domain channel entropy (and DFDR gate values when the model has a DFDR block).
+
+    Args:
+        model: a kit model with ``dfdr_outputs(images)`` (used when ``stage`` is None and it returns
+            a result), or any ``nn.Module`` whose ``stage`` output is a feature map.
+        images_by_domain: ``{domain: images}`` (paths, arrays or tensors, as ``extract_features``).
+        stage: module name whose output's channel entropy is measured; None uses DFDR when present.
+
+    Returns:
+        ``{domain: {"entropy": [N, C], "gate": [N, C] or None}}`` as NumPy arrays.
+    """
+    use_dfdr = stage is None and callable(getattr(model, "dfdr_outputs", None))
+    out: dict[str, dict] = {}
+    for domain, images in images_by_domain.items():
+        if len(images) == 0:
+            raise ConfigError(f"channel_stats_by_domain: no images for domain {domain!r}")
+        ent, gates = [], []
+        if use_dfdr:
+            was_training = model.training
+            model.eval()
+            try:
+                for start in range(0, len(images), batch_size):
+                    chunk = images[start:start + batch_size]
+                    batch = chunk if isinstance(chunk, torch.Tensor) else torch.stack([load_image(x, size) for x in chunk])
+                    with torch.inference_mode():
+                        res = model.dfdr_outputs(batch.to(device))
+                    if res is None:  # a variant without DFDR: measure its features instead
+                        use_dfdr, ent, gates = False, [], []
+                        break
+                    ent.append(res.entropy.float().cpu().numpy())
+                    gates.append(res.gate.float().cpu().numpy())
+            finally:
+                model.train(was_training)
+        if not use_dfdr:
+            st = stage or _dfdr_free_stage(model)
+            for outputs in iter_stage_outputs(model, images, st, batch_size, device, size,
+                                              progress=progress, desc=f"entropy {domain}"):
+                if outputs[0].ndim != 4:
+                    raise ConfigError(f"stage {st!r} gives shape {tuple(outputs[0].shape)}, not a feature map")
+                ent.append(channel_entropy(outputs[0], tau).numpy())
+        out[domain] = {"entropy": np.concatenate(ent), "gate": np.concatenate(gates) if gates else None}
+    return out
+
+
+def _dfdr_free_stage(model: torch.nn.Module) -> str:
+    # The DFDR default location is after ResNet layer2 (C3): measure the same features without it.
+    if callable(getattr(model, "stage_names", None)) and "layer2" in model.stage_names():
+        return "layer2"
+    try:
+        resolve_module(model, "layer2")
+        return "layer2"
+    except ConfigError:
+        return default_stage(model)
+
+
+def gate_histograms(values_by_domain: Mapping[str, np.ndarray], what: str = "gate", per_channel: bool = True,
+                    bins: int = 30, title: str | None = None):
+    """Histogram per domain of DFDR gate (or entropy) values; ``per_channel`` averages over images first.
+
+    Returns a matplotlib Figure; domains keep their colours, synthetic ones are dashed.
+    """
+    vals = {}
+    for d, v in values_by_domain.items():
+        if v is None:
+            continue
+        arr = np.asarray(v, dtype=float)
+        vals[d] = arr.reshape(-1, arr.shape[-1]).mean(0) if per_channel and arr.ndim > 1 else arr.ravel()
+    if not vals:
+        raise ConfigError(f"gate_histograms: no {what} values to plot (model without a DFDR block?)")
+    unit = "mean over images, one value per channel" if per_channel else "all images x channels"
+    label = {"gate": "DFDR gate a (1 = shared, 0 = private)", "entropy": "channel entropy (0 = peaked, 1 = flat)"}
+    rng = (0.0, 1.0) if what in ("gate", "entropy") else None
+    return plot_histograms(vals, xlabel=f"{label.get(what, what)} [{unit}]", bins=bins, value_range=rng,
+                           title=title or f"{what.capitalize()} distribution per domain")
+
+
+def suppressed_channels(gates, k: int = 10) -> np.ndarray:
+    """Indices of the ``k`` channels with the lowest mean gate (the most domain-private), lowest first."""
+    g = np.asarray(gates, dtype=float)
+    g = g.reshape(-1, g.shape[-1]).mean(0) if g.ndim > 1 else g
+    if not 0 < k <= len(g):
+        raise ConfigError(f"suppressed_channels: k must be in 1..{len(g)}, got {k}")
+    return np.argsort(g, kind="stable")[:k]
+
+
+def prediction_entropy_map(logits):
+    """Per-pixel class entropy of segmentation logits ``[N, C, H, W]`` -> ``[N, H, W]`` in [0, 1].
+
+    Divided by log C, so uniform logits give 1 and a confident prediction gives ~0. A ``[C, H, W]``
+    input gives ``[1, H, W]``; NumPy in, NumPy out.
+    """
+    as_numpy = isinstance(logits, np.ndarray)
+    t = torch.as_tensor(logits).float()
+    if t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4 or t.shape[1] < 2:
+        raise ConfigError(f"prediction_entropy_map expects [N, C>=2, H, W] logits, got {tuple(t.shape)}")
+    logp = torch.log_softmax(t, dim=1)
+    ent = (-(logp.exp() * logp).sum(1) / math.log(t.shape[1])).clamp(0.0, 1.0)
+    return ent.numpy() if as_numpy else ent
+
+
+def box_entropy(class_probs) -> np.ndarray:
+    """Normalised entropy of each box's class distribution ``[N, K]`` -> ``[N]`` in [0, 1].
+
+    Rows with negative values are taken as logits (softmax); other rows are normalised to sum 1
+    (per-class scores such as sigmoid outputs).
+    """
+    p = np.asarray(class_probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ConfigError("box entropy needs per-class scores [N, K>=2] per box (all classes, background "
+                          f"included), got shape {p.shape}; a single top score has no class entropy")
+    if (p < 0).any():
+        p = np.exp(p - p.max(1, keepdims=True))
+    p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None)
+    ent = -(p * np.log(np.clip(p, 1e-12, None))).sum(1) / math.log(p.shape[1])
+    return np.clip(ent, 0.0, 1.0)
+
+
+def detection_entropy_map(boxes, class_probs, size: tuple[int, int], reduce: str = "max") -> np.ndarray:
+    """Paint each box's class-score entropy into an ``[H, W]`` map in [0, 1] (0 where there is no box).
+
+    Args:
+        boxes: ``[N, 4]`` xyxy in pixels.
+        class_probs: ``[N, K]`` class probabilities (or scores / logits) per box.
+        size: (H, W) of the map.
+        reduce: where boxes overlap, ``max`` keeps the most uncertain one, ``mean`` averages them.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    n_probs = len(np.asarray(class_probs))
+    if len(b) != n_probs:
+        raise ConfigError(f"detection_entropy_map: {len(b)} boxes but {n_probs} rows of class scores")
+    if reduce not in ("max", "mean"):
+        raise ConfigError(f"detection_entropy_map: reduce must be 'max' or 'mean', got {reduce!r}")
+    h, w = int(size[0]), int(size[1])
+    total = np.zeros((h, w), np.float64)
+    count = np.zeros((h, w), np.int32)
+    if len(b) == 0:
+        return total.astype(np.float32)
+    ent = box_entropy(class_probs)
+    for (x0, y0, x1, y1), e in zip(b, ent):
+        c0, r0 = max(0, int(math.floor(x0))), max(0, int(math.floor(y0)))
+        c1, r1 = min(w, int(math.ceil(x1))), min(h, int(math.ceil(y1)))
+        if c1 <= c0 or r1 <= r0:
+            continue  # box outside the image or empty
+        region = (slice(r0, r1), slice(c0, c1))
+        total[region] = np.maximum(total[region], e) if reduce == "max" else total[region] + e
+        count[region] += 1
+    if reduce == "mean":
+        total = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    return total.astype(np.float32)
+
+
+def overlay(image, heat, alpha: float = 0.5, cmap: str = "inferno", as_array: bool = False, **plot_kwargs):
+    """Blend a map over an image: a Figure (default) or, with ``as_array``, a uint8 ``HxWx3`` array.
+
+    The map is resized to the image; for the array it is scaled by its own min/max (or
+    ``vmin``/``vmax`` when given) before the colormap.
+    """
+    if not as_array:
+        return plot_overlay(image, heat, alpha=alpha, cmap=cmap, **plot_kwargs)
+    import matplotlib
+
+    from drsf_kit.viz.plots import resize_map
+
+    img = to_hwc(image)
+    m = resize_map(np.asarray(heat, dtype=np.float32), img.shape[:2])
+    lo = plot_kwargs.get("vmin", float(np.nanmin(m)))
+    hi = plot_kwargs.get("vmax", float(np.nanmax(m)))
+    norm = np.clip((m - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(m)
+    colour = matplotlib.colormaps[cmap](norm)[..., :3]
+    return (np.clip((1 - alpha) * img + alpha * colour, 0, 1) * 255).round().astype(np.uint8)

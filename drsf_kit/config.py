@@ -1,0 +1,420 @@
+"""Run configuration: frozen dataclasses, YAML loading and dotted ``key=value`` overrides.
+
+One ``RunConfig`` describes one training run; ``drsf train``, ``drsf_kit.train.fit`` and the notebooks'
+parameters cells use the same dotted names (``variant``, ``seed``, ``data.root``, ``train.max_steps``,
+``model.hparams.w_adv`` ...). Values given as strings are parsed by the field's type, an unknown key is
+an error that lists the valid keys of its section, and names (variant, optimizer, schedule, protocol)
+are checked against their lists.
+
+Example::
+
+    cfg = load_config("configs/mini_det.yaml", ["variant=drsf", "seed=1", "train.max_steps=200"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from drsf_kit.data.classes import SOURCE_DOMAIN, TARGET_DOMAINS
+from drsf_kit.errors import ConfigError
+
+TASKS = ("det", "seg")
+DATA_FORMATS = ("dwd", "gtav")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine", "onecycle")
+AMP_DTYPES = ("bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the source images, the generated pseudo-domains and the real targets live."""
+
+    root: str = "data/mini-weather"  # real data folder (DWD layout; mini-weather adds masks): source + targets
+    format: str = "dwd"  # dwd: a DWD-layout folder per domain | gtav: GTAV source, Cityscapes-style targets
+    target_roots: dict = field(default_factory=dict)  # domain -> folder, for targets not under root
+    source_domain: str = SOURCE_DOMAIN  # the one labelled real domain the model trains on
+    source_split: str = "train"  # split of the source domain used for training (its `test` split is scored)
+    synth_root: str = "data/synth/procedural"  # generated pseudo-domains: <synth_root>/<domain>/manifest.jsonl
+    synth_domains: tuple[str, ...] = ("daytime_foggy", "dusk_rainy", "night_sunny", "night_rainy")  # ids 1..K
+    eval_domains: tuple[str, ...] = TARGET_DOMAINS  # real target domains of this dataset (never trained on)
+    protocol: str = "all_images"  # which split of each target is scored: all_images | drsf_code (METHOD 7)
+    num_workers: int = 0  # DataLoader workers; 0 keeps everything in one process (2-core machines)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build; the variant decides which blocks it carries."""
+
+    profile: str = "mini"  # network size: `mini` for the CPU benchmark, larger ones for GPU recipes
+    min_size: int | None = None  # detector short-side resize; None = the profile's default
+    max_size: int | None = None  # detector long-side cap; None = the profile's default
+    pretrained_backbone: str | None = None  # local backbone weights file (nothing is downloaded)
+    frozen_bn: bool | None = None  # detection ResNets: frozen BatchNorm; None = frozen iff pretrained_backbone
+    dfdr_stage: str | None = None  # backbone stage DFDR follows; None = the kit's default (layer2)
+    mdsf_stage: str | None = None  # features MDSF mixes; None = the kit's default (backbone output)
+    hparams: dict = field(default_factory=dict)  # overrides of models.default_hparams(variant, task)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation schedule and the training loop's bookkeeping."""
+
+    max_steps: int = 600  # optimizer steps (iterations), the unit of every schedule below
+    batch_source: int = 2  # B source images per step; each gets one twin, so 2B images when synth is used
+    lr: float = 0.02  # peak learning rate (after warm-up)
+    optimizer: str = "sgd"  # sgd (detection recipes) | adamw (small models from scratch)
+    momentum: float = 0.9  # SGD momentum (AdamW uses it as beta1)
+    weight_decay: float = 1e-4  # L2 on weights (decoupled for AdamW)
+    warmup_steps: int = 50  # linear warm-up length; for onecycle 0 means 30% of max_steps
+    warmup_factor: float = 0.001  # learning-rate factor at step 0 of the warm-up
+    schedule: str = "cosine"  # after warm-up: step (x lr_gamma at lr_steps) | cosine | onecycle
+    lr_steps: tuple[int, ...] = ()  # milestones of the step schedule
+    lr_gamma: float = 0.1  # factor applied at each milestone
+    grad_clip: float = 10.0  # max gradient norm; 0 disables (DANN-style heads can spike early)
+    amp: bool = True  # autocast + GradScaler on CUDA; ignored on CPU, where it only slows things down
+    amp_dtype: str = "bf16"  # bf16 (no scaler needed) | fp16 (with GradScaler)
+    hflip: float = 0.5  # probability of a horizontal flip (the same flip for an image and its twin)
+    crop_min_scale: float = 1.0  # random crop of at least this side fraction, resized back; 1 disables
+    checkpoint_every: int = 200  # write checkpoints/last.pt every N steps (and always at the end)
+    eval_every: int = 0  # score the eval domains every N steps into metrics.jsonl; 0 = only at the end
+    log_every: int = 10  # one metrics.jsonl row (and TensorBoard scalars) every N steps
+    tensorboard: bool = True  # write TensorBoard event files next to metrics.jsonl when available
+    debug_nan_at_step: int = 0  # test hook: turn the first loss term into NaN at this step (0 = off)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the end-of-run evaluation and `drsf eval` score."""
+
+    domains: tuple[str, ...] = ()  # domains to score; empty = the source test split + data.eval_domains
+    protocol: str = ""  # target split protocol; empty = data.protocol
+    max_images: int = 0  # cap on images per domain (quick looks); 0 = all
+    batch_size: int = 4  # images per inference batch
+    score_threshold: float = 0.0  # detections below this score are dropped before scoring (0 keeps all)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: task, variant, seed, where it goes, and the four sections."""
+
+    task: str = "det"  # det (Faster R-CNN, boxes) | seg (DeepLabV3-style, masks)
+    variant: str = "drsf"  # source_only | naive_synth | dfdr | mdsf | drsf (models.VARIANTS)
+    seed: int = 0  # seeds model init, sampling order, twin draws, MDSF mixing
+    output_dir: str = "runs"  # runs go to <output_dir>/<run_name>/
+    run_name: str = ""  # folder name; empty = <task>-<variant>-<seed>
+    device: str = "auto"  # auto = cuda when present, else cpu
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def name(self) -> str:
+        """The run folder's name."""
+        return self.run_name or f"{self.task}-{self.variant}-{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        """``<output_dir>/<name>``."""
+        return Path(self.output_dir) / self.name
+
+    def eval_domains(self) -> tuple[str, ...]:
+        """Domains the evaluation scores: ``eval.domains`` or the source + ``data.eval_domains``."""
+        if self.eval.domains:
+            return tuple(self.eval.domains)
+        return (self.data.source_domain,) + tuple(d for d in self.data.eval_domains if d != self.data.source_domain)
+
+    def eval_protocol(self) -> str:
+        """The target-split protocol the evaluation uses."""
+        return self.eval.protocol or self.data.protocol
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+def _parse_scalar_text(text: str) -> Any:
+    """A command-line value as YAML would read it (numbers, booleans, null, lists)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a ``key=value`` string) to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        return _coerce(value, non_none[0], key)
+    if tp is str:
+        if value is None:
+            return ""
+        if isinstance(value, (list, dict)):
+            raise ConfigError(f"config key {key!r} expects a string, got {value!r}")
+        return str(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"config key {key!r} expects true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(str(value).replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}") from None
+        if not number.is_integer():
+            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
+        return int(number)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r} expects a number, got {value!r}") from None
+    if origin is tuple:
+        item_type = args[0] if args else str
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            text = value.strip()
+            parsed = _parse_scalar_text(text) if text.startswith("[") else None
+            value = parsed if isinstance(parsed, list) else [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_coerce(v, item_type, key) for v in value)
+    if tp is dict or origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"config key {key!r} has an unsupported type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    """Instantiate the dataclass ``cls`` from a (possibly nested) mapping, checking every key."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            section = prefix.rstrip(".") or "top level"
+            raise ConfigError(
+                f"unknown config key {dotted!r}; valid keys of {section}: {', '.join(names)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {dotted!r} must be a section (mapping), got {value!r}")
+            kwargs[key] = _build(tp, value, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(value, tp, dotted)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, text: str) -> None:
+    """Put one ``a.b=v`` override into the nested mapping ``tree`` (values still unparsed)."""
+    parts = [p for p in dotted.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {dotted!r} has an empty key")
+    node = tree
+    cls: Any = RunConfig
+    for i, part in enumerate(parts[:-1]):
+        # model.hparams.<name>=v: the last level is a free-form mapping of hyper-parameters
+        if cls is not None and dataclasses.is_dataclass(cls):
+            names = [f.name for f in dataclasses.fields(cls)]
+            if part not in names:
+                section = ".".join(parts[:i]) or "top level"
+                raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}; valid keys of {section}: {', '.join(names)}")
+            hints = typing.get_type_hints(cls)
+            nxt = hints[part]
+            cls = nxt if dataclasses.is_dataclass(nxt) else None
+            if cls is None and not (nxt is dict or typing.get_origin(nxt) is dict):
+                raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is a value, not a section")
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    leaf = parts[-1]
+    if cls is None:  # inside a free-form mapping (hparams): keep YAML's reading of the value
+        node[leaf] = _parse_scalar_text(text)
+    else:
+        # the raw text goes on: _coerce parses it by the field's type, so `run_name=007` stays a string
+        tp = typing.get_type_hints(cls).get(leaf)
+        is_map = tp is dict or typing.get_origin(tp) is dict
+        node[leaf] = _parse_scalar_text(text) if is_map else text
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """Recursive dict merge (``extra`` wins); hparams mappings merge key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict:
+    """Turn ``["a.b=v", ...]`` into a nested mapping of unparsed values (checked against the schema)."""
+    tree: dict = {}
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=100)")
+        key, text = item.split("=", 1)
+        _set_dotted(tree, key, text)
+    return tree
+
+
+def config_from_dict(values: dict, overrides: Iterable[str] = (), validate: bool = True) -> RunConfig:
+    """Build a ``RunConfig`` from a nested mapping plus dotted overrides."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
+    cfg = _build(RunConfig, _merge(values, parse_overrides(overrides)), "")
+    if validate:
+        validate_config(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), validate: bool = True) -> RunConfig:
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides.
+
+    Args:
+        path: YAML file with top-level keys and the sections ``data``, ``model``, ``train``, ``eval``.
+        overrides: dotted ``key=value`` strings, e.g. ``["variant=drsf", "train.max_steps=100"]``.
+        validate: check names (task, variant, optimizer, schedule, protocol) and ranges.
+
+    Returns:
+        The frozen ``RunConfig``. Raises ``ConfigError`` naming the file or key and the problem.
+    """
+    import yaml
+
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+    try:
+        return config_from_dict(values, overrides, validate=validate)
+    except ConfigError as exc:
+        if path is not None and str(path) not in str(exc):
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """A JSON-ready nested mapping of ``cfg`` (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def with_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """A copy of ``cfg`` with dotted ``key=value`` overrides applied (notebooks, sweeps)."""
+    return config_from_dict(config_to_dict(cfg), overrides)
+
+
+def _check_choice(value: str, valid: Iterable[str], key: str) -> None:
+    valid = tuple(valid)
+    if value not in valid:
+        raise ConfigError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check names and ranges; raises ``ConfigError`` listing the valid choices."""
+    from drsf_kit.data.dwd import PROTOCOLS
+    from drsf_kit.models import VARIANTS
+
+    _check_choice(cfg.task, TASKS, "task")
+    _check_choice(cfg.variant, VARIANTS, "variant")
+    _check_choice(cfg.train.optimizer, OPTIMIZERS, "train.optimizer")
+    _check_choice(cfg.train.schedule, SCHEDULES, "train.schedule")
+    _check_choice(cfg.train.amp_dtype, AMP_DTYPES, "train.amp_dtype")
+    _check_choice(cfg.data.protocol, PROTOCOLS, "data.protocol")
+    _check_choice(cfg.data.format, DATA_FORMATS, "data.format")
+    if cfg.data.format == "gtav" and cfg.task != "seg":
+        raise ConfigError("data.format 'gtav' holds segmentation labels only; use task=seg")
+    if cfg.eval.protocol:
+        _check_choice(cfg.eval.protocol, PROTOCOLS, "eval.protocol")
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith(("cuda", "mps")):
+        raise ConfigError(f"unknown device {cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
+    positive = {"train.max_steps": cfg.train.max_steps, "train.batch_source": cfg.train.batch_source}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr must be positive, got {cfg.train.lr}")
+    if not 0.0 < cfg.train.crop_min_scale <= 1.0:
+        raise ConfigError(f"train.crop_min_scale must be in (0, 1], got {cfg.train.crop_min_scale}")
+    if not 0.0 <= cfg.train.hflip <= 1.0:
+        raise ConfigError(f"train.hflip must be a probability in [0, 1], got {cfg.train.hflip}")
+    if list(cfg.train.lr_steps) != sorted(cfg.train.lr_steps):
+        raise ConfigError(f"train.lr_steps must be increasing, got {list(cfg.train.lr_steps)}")
+    for key in ("checkpoint_every", "eval_every", "log_every", "warmup_steps", "debug_nan_at_step"):
+        if getattr(cfg.train, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
+    from drsf_kit.models.hparams import resolve_hparams
+
+    resolve_hparams(cfg.variant, cfg.task, cfg.model.hparams)  # a key the variant does not use is an error
+    if len(set(cfg.data.synth_domains)) != len(cfg.data.synth_domains):
+        raise ConfigError(f"data.synth_domains lists a domain twice: {list(cfg.data.synth_domains)}")
+    if "/" in cfg.name or cfg.name in (".", ".."):
+        raise ConfigError(f"run_name {cfg.run_name!r} must be a plain folder name")
+
+
+def check_paths(cfg: RunConfig, need_synth: bool | None = None) -> None:
+    """Raise ``ConfigError`` when the data folder (or the synthetic folder the variant needs) is missing."""
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise ConfigError(
+            f"data.root {str(root)!r} does not exist; build the embedded data with "
+            f"`drsf data make-mini --out {root}` or point data.root=PATH at a dataset folder"
+        )
+    if need_synth is None:
+        from drsf_kit.models import get_variant
+
+        need_synth = get_variant(cfg.variant).use_synth
+    if need_synth:
+        synth = Path(cfg.data.synth_root)
+        if not synth.is_dir():
+            raise ConfigError(
+                f"data.synth_root {str(synth)!r} does not exist; variant {cfg.variant!r} trains on generated "
+                f"pseudo-domains: run `drsf synth --data {root} --out {synth.parent}` first"
+            )
+        missing = [d for d in cfg.data.synth_domains if not (synth / d).is_dir()]
+        if missing:
+            raise ConfigError(
+                f"data.synth_root {str(synth)!r} has no folder for pseudo-domain(s) {', '.join(missing)}; "
+                f"found: {', '.join(sorted(p.name for p in synth.iterdir() if p.is_dir())) or 'none'}"
+            )

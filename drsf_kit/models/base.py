@@ -1,0 +1,261 @@
+"""What detectors and segmenters share: running a staged body with DFDR and MDSF inserted by name.
+
+A model is ``body stages -> head inputs -> task head``. DFDR acts after one body stage
+(``dfdr_stage``, default ``layer2``); MDSF acts either after a body stage or, by default
+(``mdsf_stage="head"``), on every map the head reads (FPN levels; ASPP input and skip). The
+subclasses add the head, the task loss and the task's input/output conventions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+from drsf_kit.errors import ConfigError
+from drsf_kit.models.backbones import StageBody
+from drsf_kit.models.dfdr import DFDR, DFDROutput, dfdr_losses, dfdr_stats
+from drsf_kit.models.hparams import resolve_hparams, split_hparams
+from drsf_kit.models.mdsf import MDSF, grl_coefficient, mix_features
+from drsf_kit.models.variants import get_variant
+
+HEAD = "head"
+_X = "__x__"  # key of the running tensor while MDSF mixes a body stage together with collected maps
+
+
+@dataclass
+class StepAux:
+    """Side results of one feature pass: weighted block losses, log stats, swap bookkeeping."""
+
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+    swap_src: Optional[torch.Tensor] = None  # source rows of the swap-reassembled extra samples
+    dfdr_out: Optional[DFDROutput] = None
+    mdsf_map: Optional[torch.Tensor] = None  # discriminator input at the MDSF stage (after mixing)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Temporarily switch ``model`` to eval mode (analysis calls must not update BatchNorm statistics)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class DRSFModel(nn.Module):
+    """Base class: a ``StageBody`` plus optional DFDR and MDSF blocks placed by stage name."""
+
+    task = ""  # "det" or "seg"
+    disc_key = ""  # the head-input map the MDSF discriminator reads when mdsf_stage == "head"
+
+    def __init__(
+        self,
+        body: StageBody,
+        head_channels: dict[str, int],
+        collect_stages: list[str],
+        variant: str,
+        num_domains: int,
+        hparams: Optional[dict[str, Any]],
+        dfdr_stage: Optional[str],
+        mdsf_stage: Optional[str],
+    ):
+        super().__init__()
+        self.spec = get_variant(variant)
+        self.variant = variant
+        if not isinstance(num_domains, int) or num_domains < 1:
+            raise ConfigError(f"num_domains must be a positive int (source + K pseudo-domains), got {num_domains!r}")
+        if (self.spec.use_dfdr or self.spec.use_mdsf) and num_domains < 2:
+            raise ConfigError(f"variant {variant!r} needs num_domains >= 2 (source + at least one pseudo-domain), got {num_domains}")
+        self.num_domains = num_domains
+        self.body = body
+        self.collect_stages = list(collect_stages)
+        self.hparams = resolve_hparams(variant, self.task, hparams)
+        dfdr_hp, mdsf_hp = split_hparams(self.hparams)
+        names = body.stage_names()
+        self.dfdr_stage = dfdr_stage or "layer2"
+        if self.dfdr_stage not in names:
+            raise ConfigError(f"dfdr_stage {self.dfdr_stage!r} is not a stage of this backbone; valid: {', '.join(names)}")
+        self.mdsf_stage = mdsf_stage or HEAD
+        if self.mdsf_stage != HEAD and self.mdsf_stage not in names:
+            raise ConfigError(f"mdsf_stage {self.mdsf_stage!r} is unknown; valid: {HEAD}, {', '.join(names)}")
+        self.dfdr = DFDR(body.channels[self.dfdr_stage], num_domains, dfdr_hp) if self.spec.use_dfdr else None
+        mdsf_channels = head_channels[self.disc_key] if self.mdsf_stage == HEAD else body.channels[self.mdsf_stage]
+        self.mdsf = MDSF(mdsf_channels, num_domains, mdsf_hp) if self.spec.use_mdsf else None
+        self.head_channels = dict(head_channels)
+        self.last_stats: dict[str, float] = {}
+        self.build_config: dict[str, Any] = {}  # filled by build_model: rebuilds this architecture
+
+    # --- subclasses --------------------------------------------------------------------------------
+    def head_inputs(self, collected: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+        """Maps the head reads, from the collected body stage outputs (FPN for detection)."""
+        raise NotImplementedError
+
+    # --- batch checks --------------------------------------------------------------------------------
+    def _check_batch(self, n: int, domains, pairs, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if domains is None:
+            domains = torch.zeros(n, dtype=torch.long)
+        domains = torch.as_tensor(domains, dtype=torch.long).to(device)
+        if domains.shape != (n,):
+            raise ConfigError(f"domains must be a LongTensor of shape [{n}] (one id per image), got {tuple(domains.shape)}")
+        if n and (int(domains.min()) < 0 or int(domains.max()) >= self.num_domains):
+            raise ConfigError(f"domain ids must lie in [0, {self.num_domains - 1}] (num_domains={self.num_domains}), got {domains.tolist()}")
+        pairs = torch.as_tensor(pairs if pairs is not None else [], dtype=torch.long).cpu()
+        if pairs.numel() == 0:
+            pairs = torch.zeros((0, 2), dtype=torch.long)
+        elif pairs.dim() != 2 or pairs.shape[1] != 2:
+            raise ConfigError(f"pairs must be a LongTensor [P, 2] of (source_i, twin_i) batch indices, got shape {tuple(pairs.shape)}")
+        if pairs.numel() and (int(pairs.min()) < 0 or int(pairs.max()) >= n):
+            raise ConfigError(f"pairs hold batch indices outside [0, {n - 1}]: {pairs.tolist()}")
+        return domains, pairs.to(device)
+
+    # --- the staged feature pass --------------------------------------------------------------------
+    def _features(
+        self,
+        x: torch.Tensor,
+        *,
+        train: bool = False,
+        domains: Optional[torch.Tensor] = None,
+        pairs: Optional[torch.Tensor] = None,
+        progress: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+        taps: Optional[dict[str, Optional[torch.Tensor]]] = None,
+        mix_lam: Optional[float] = None,
+        stop_after: Optional[str] = None,
+    ) -> tuple[Optional["OrderedDict[str, torch.Tensor]"], StepAux]:
+        """Run the body (and FPN) with the blocks; returns (head input maps, aux).
+
+        ``train`` enables block losses, swap samples and soft fusion; ``taps`` (name -> None) is filled
+        with the named intermediate maps; ``mix_lam`` mixes rows 0 and 1 at the MDSF stage into one
+        (``predict_mixed``); ``stop_after`` ends the pass after that body stage (returns None maps).
+        """
+        aux = StepAux()
+        collected: dict[str, torch.Tensor] = {}
+        for name, stage in self.body.stages.items():
+            x = stage(x)
+            self._tap(taps, name, x)
+            if self.dfdr is not None and name == self.dfdr_stage:
+                x, collected = self._apply_dfdr(x, collected, aux, train, domains, pairs, taps)
+            if name == self.mdsf_stage:
+                state = self._apply_mdsf({**collected, _X: x}, _X, aux, train, domains, pairs, progress, generator, mix_lam)
+                x = state.pop(_X)
+                collected = state
+            if name in self.collect_stages:
+                collected[name] = x
+            if name == stop_after:
+                return None, aux
+        maps = self.head_inputs(collected)
+        if self.mdsf_stage == HEAD:
+            maps = self._apply_mdsf(maps, self.disc_key, aux, train, domains, pairs, progress, generator, mix_lam)
+        for key, value in maps.items():
+            self._tap(taps, f"{HEAD}.{key}", value)
+        return maps, aux
+
+    @staticmethod
+    def _tap(taps, name, value):
+        if taps is not None and name in taps:
+            taps[name] = value
+
+    def _apply_dfdr(self, x, collected, aux, train, domains, pairs, taps):
+        out = self.dfdr(x)
+        aux.dfdr_out = out
+        self._tap(taps, "dfdr", out.features)
+        self._tap(taps, "dfdr.shared", out.shared)
+        self._tap(taps, "dfdr.private", out.private)
+        if not train:
+            return out.features, collected
+        aux.losses.update(dfdr_losses(out, domains, pairs, self.dfdr.hparams))
+        aux.stats.update(dfdr_stats(out, self.dfdr))
+        x = out.features
+        if self.dfdr.hparams.reassembly == "swap" and pairs.shape[0] > 0:
+            # Extra samples (source content, twin style) appended to the batch with the source's labels.
+            extra = self.dfdr.swap(out, pairs)
+            src = pairs[:, 0]
+            x = torch.cat([x, extra], dim=0)
+            collected = {k: torch.cat([v, v[src]], dim=0) for k, v in collected.items()}
+            aux.swap_src = src
+        return x, collected
+
+    def _apply_mdsf(self, maps, disc_key, aux, train, domains, pairs, progress, generator, mix_lam):
+        if mix_lam is not None:
+            # predict_mixed: row 0 (image_a) and row 1 (image_b) become one mixed row.
+            mixed = type(maps)((k, mix_features(v[0:1], v[1:2], float(mix_lam))) for k, v in maps.items())
+            aux.mdsf_map = mixed[disc_key]
+            return mixed
+        if not train or self.mdsf is None:
+            aux.mdsf_map = maps[disc_key]
+            return maps
+        n = domains.shape[0]  # swap extras (rows >= n) are neither mixed nor judged by the discriminator
+        unmixed = maps[disc_key][:n]
+        new_maps, info = self.mdsf.fuse(dict(maps), domains, pairs, generator)
+        new_maps = type(maps)((k, new_maps[k]) for k in maps)
+        hp = self.mdsf.hparams
+        coeff = grl_coefficient(progress, hp.eta_max)
+        mixed = new_maps[disc_key][info.rows] if info.rows.numel() else None
+        loss, logits = self.mdsf.adversarial_loss(unmixed, domains, mixed, info.soft_labels, coeff)
+        aux.losses["loss_adv"] = hp.w_adv * loss
+        with torch.no_grad():
+            aux.stats["disc_acc"] = float((logits.argmax(1) == domains).float().mean())
+            aux.stats["grl_coeff"] = coeff
+            aux.stats["mix_fraction"] = float(info.rows.numel()) / max(int(pairs.shape[0]), 1)
+            if info.rows.numel():
+                aux.stats["lambda_mean"] = float(info.lam.mean())
+        aux.mdsf_map = new_maps[disc_key]
+        return new_maps
+
+    # --- analysis interface (shared) -------------------------------------------------------------------
+    def stage_names(self) -> list[str]:
+        """Names ``extract_features`` accepts: body stages, DFDR parts, and ``head.<map>`` inputs."""
+        names = self.body.stage_names()
+        if self.dfdr is not None:
+            names += ["dfdr", "dfdr.shared", "dfdr.private"]
+        names += [f"{HEAD}.{k}" for k in self.head_channels]
+        return names
+
+    def _check_stages(self, stages) -> list[str]:
+        if isinstance(stages, str):
+            stages = [stages]
+        valid = self.stage_names()
+        bad = [s for s in stages if s not in valid]
+        if bad:
+            raise ConfigError(f"unknown stage(s) {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
+        return list(stages)
+
+    def _input_tensor(self, images) -> torch.Tensor:
+        """The normalised (and, for detection, resized and padded) batch tensor the body reads."""
+        raise NotImplementedError
+
+    def extract_features(self, images, stages) -> dict[str, torch.Tensor]:
+        """Intermediate maps ``{stage: [N, C, h, w]}`` in eval mode (see ``stage_names``)."""
+        stages = self._check_stages(stages)
+        taps: dict[str, Optional[torch.Tensor]] = {s: None for s in stages}
+        with eval_mode(self):
+            self._features(self._input_tensor(images), taps=taps)
+        return {s: taps[s] for s in stages}
+
+    def dfdr_outputs(self, images) -> Optional[DFDROutput]:
+        """DFDR's decomposition of ``images`` in eval mode, or None when the variant has no DFDR."""
+        if self.dfdr is None:
+            return None
+        with eval_mode(self):
+            _, aux = self._features(self._input_tensor(images), stop_after=self.dfdr_stage)
+        return aux.dfdr_out
+
+    def domain_probs(self, images) -> Optional[torch.Tensor]:
+        """Discriminator softmax ``[N, K+1]`` on the unmixed MDSF-stage map; None without MDSF."""
+        if self.mdsf is None:
+            return None
+        with eval_mode(self):
+            stop = None if self.mdsf_stage == HEAD else self.mdsf_stage
+            _, aux = self._features(self._input_tensor(images), stop_after=stop)
+            return self.mdsf.domain_probs(aux.mdsf_map)
+
+    def trainable_parameter_count(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

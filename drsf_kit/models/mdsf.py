@@ -1,0 +1,260 @@
+"""MDSF: multi-pseudo-domain soft fusion with an adversarial domain discriminator, in one file.
+
+For a twin pair (the same source image seen in domains d_a and d_b), MDSF draws
+``lambda ~ Beta(alpha, alpha)`` and forms ``z_mix = lambda z_a + (1 - lambda) z_b`` on every feature
+map the task head reads (same lambda on every map). With probability ``p_mix`` the twin's features
+are replaced in place by ``z_mix`` before the head, which trains on them with the pair's shared
+labels. A domain discriminator behind a gradient-reversal layer predicts the soft domain label
+``y = lambda e(d_a) + (1 - lambda) e(d_b)`` on the mixed maps and the one-hot label on the unmixed
+ones; reversing its gradient pushes the backbone towards domain-invariant features.
+Inference uses none of this. ``docs/method.md`` lists every choice with its config field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from drsf_kit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MDSFHparams:
+    """Hyperparameters of MDSF and its adversarial loss (defaults: ``drsf_kit.models.hparams``)."""
+
+    # Beta(alpha, alpha) concentration; 0.4 favours mixes near either end, as in mixup-style fusion.
+    alpha: float = 0.4
+    # Probability that a twin's features are replaced by the mix (the rest keep teaching pure domains).
+    p_mix: float = 0.5
+    # Final gradient-reversal strength; the DANN ramp takes it there from 0 over training.
+    eta_max: float = 1.0
+    # Hidden width of the discriminator's 3x3 conv: small keeps the block under 2% of the model.
+    disc_hidden: int = 32
+    # Weight of L_adv.
+    w_adv: float = 0.1
+
+    def __post_init__(self):
+        if self.alpha <= 0:
+            raise ConfigError(f"MDSF alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.p_mix <= 1.0:
+            raise ConfigError(f"MDSF p_mix must lie in [0, 1], got {self.p_mix}")
+        if self.eta_max < 0:
+            raise ConfigError(f"MDSF eta_max must be >= 0, got {self.eta_max}")
+        if self.disc_hidden < 1:
+            raise ConfigError(f"MDSF disc_hidden must be >= 1, got {self.disc_hidden}")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of the fields (the hparam keys MDSF owns)."""
+        return tuple(f.name for f in fields(cls))
+
+
+def _sample_log_gamma(shape: int, concentration: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """log of Gamma(concentration, 1) samples (Marsaglia-Tsang), float64 on the generator's device.
+
+    torch.distributions cannot take a Generator, so this draws from ``generator`` explicitly; the log
+    form keeps tiny samples (small alpha) from underflowing to 0.
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    boost = concentration < 1.0
+    a = concentration + 1.0 if boost else concentration
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty(shape, dtype=torch.float64, device=device)
+    todo = torch.arange(shape, device=device)
+    for _ in range(1000):  # acceptance is > 95% per round; 1000 rounds never run out in practice
+        if todo.numel() == 0:
+            break
+        m = todo.numel()
+        x = torch.randn(m, generator=generator, dtype=torch.float64, device=device)
+        u = torch.rand(m, generator=generator, dtype=torch.float64, device=device)
+        v = (1.0 + c * x) ** 3
+        ok = v > 0
+        logv = torch.log(v.clamp_min(1e-300))
+        accept = ok & (torch.log(u.clamp_min(1e-300)) < 0.5 * x * x + d - d * v + d * logv)
+        out[todo[accept]] = math.log(d) + logv[accept]
+        todo = todo[~accept]
+    if todo.numel():
+        raise RuntimeError("Gamma sampler did not converge")  # pragma: no cover - probability ~0
+    if boost:
+        # Gamma(a) = Gamma(a + 1) * U^(1/a)
+        u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device).clamp_min(1e-300)
+        out = out + torch.log(u) / concentration
+    return out
+
+
+def sample_lambda(n: int, alpha: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``n`` draws of lambda ~ Beta(alpha, alpha) as float32 on the generator's device (cpu by default).
+
+    The same generator state gives the same draws, so a seeded run mixes identically.
+    """
+    if alpha <= 0:
+        raise ConfigError(f"Beta concentration alpha must be > 0, got {alpha}")
+    if n == 0:
+        return torch.zeros(0)
+    g1 = _sample_log_gamma(n, alpha, generator)
+    g2 = _sample_log_gamma(n, alpha, generator)
+    # G1 / (G1 + G2) == sigmoid(log G1 - log G2), stable even when both are tiny.
+    return torch.sigmoid(g1 - g2).float()
+
+
+def mix_features(z_a: torch.Tensor, z_b: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
+    """``lam * z_a + (1 - lam) * z_b``; ``lam`` is a float or a ``[N]`` tensor (one per sample)."""
+    if z_a.shape != z_b.shape:
+        raise ConfigError(f"cannot mix maps of shapes {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    if not torch.is_tensor(lam):
+        lam = torch.tensor(float(lam))
+    lam = lam.to(device=z_a.device, dtype=z_a.dtype)
+    if lam.dim() == 1:
+        lam = lam.reshape(-1, *([1] * (z_a.dim() - 1)))
+    return lam * z_a + (1.0 - lam) * z_b
+
+
+def soft_domain_labels(d_a: torch.Tensor, d_b: torch.Tensor, lam: torch.Tensor, num_domains: int) -> torch.Tensor:
+    """``y = lam e(d_a) + (1 - lam) e(d_b)``, ``[P, K+1]`` float32; every row sums to 1."""
+    lam = torch.as_tensor(lam, dtype=torch.float32, device=d_a.device).reshape(-1, 1)
+    e_a = F.one_hot(d_a.long(), num_domains).float()
+    e_b = F.one_hot(d_b.long(), num_domains).float()
+    return lam * e_a + (1.0 - lam) * e_b
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity on the forward pass; multiplies the incoming gradient by ``-coeff`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
+        ctx.coeff = float(coeff)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return grad_output.neg() * ctx.coeff, None
+
+
+def grad_reverse(x: torch.Tensor, coeff: float) -> torch.Tensor:
+    """Apply the gradient-reversal layer with coefficient ``coeff``."""
+    return GradientReversal.apply(x, coeff)
+
+
+def grl_coefficient(progress: float, eta_max: float = 1.0) -> float:
+    """DANN ramp: ``eta_max * (2 / (1 + exp(-10 p)) - 1)``; 0 at p = 0, close to eta_max at p = 1."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return float(eta_max) * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-sum_k target_k log softmax(logits)_k`` in float32."""
+    return -(target.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+class DomainDiscriminator(nn.Module):
+    """3x3 conv -> ReLU -> 1x1 conv to K+1 logits per position, averaged over positions."""
+
+    def __init__(self, in_channels: int, num_domains: int, hidden: int = 32):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.classifier = nn.Conv2d(hidden, num_domains, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Domain logits ``[N, K+1]`` (float32) for a map ``[N, C, H, W]``."""
+        return self.classifier(F.relu(self.conv(x))).float().mean(dim=(2, 3))
+
+
+class MixInfo(NamedTuple):
+    """Which rows were mixed, with what, and their soft labels."""
+
+    rows: torch.Tensor  # [M] batch rows whose features were replaced by the mix (the twins)
+    partners: torch.Tensor  # [M] rows they were mixed with
+    lam: torch.Tensor  # [M] lambda of each mix (weight of the partner's features)
+    soft_labels: torch.Tensor  # [M, K+1]
+
+
+class MDSF(nn.Module):
+    """Soft fusion of twin features plus the adversarial domain discriminator."""
+
+    def __init__(self, channels: int, num_domains: int, hparams: MDSFHparams | None = None):
+        super().__init__()
+        if num_domains < 2:
+            raise ConfigError(f"MDSF needs at least 2 domains (source + one pseudo-domain), got num_domains={num_domains}")
+        self.hparams = hparams or MDSFHparams()
+        self.num_domains = num_domains
+        self.discriminator = DomainDiscriminator(channels, num_domains, self.hparams.disc_hidden)
+
+    def fuse(
+        self,
+        maps: dict[str, torch.Tensor],
+        domains: torch.Tensor,
+        pairs: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+    ) -> tuple[dict[str, torch.Tensor], MixInfo]:
+        """Replace, with probability p_mix, each twin's maps by its mix with its partner.
+
+        Args:
+            maps: every map the head reads, ``[N, ...]`` each; all get the same lambda per pair.
+            domains: ``[N]`` domain ids; pairs whose two domains coincide are never mixed.
+            pairs: ``[P, 2]`` (source_i, twin_i) batch indices.
+            generator: draws the coin flips and lambdas (cpu generator; None = torch's global RNG).
+        Returns:
+            The new maps (the input maps where nothing was mixed) and a ``MixInfo``.
+        """
+        device = domains.device
+        empty = MixInfo(
+            torch.zeros(0, dtype=torch.long, device=device),
+            torch.zeros(0, dtype=torch.long, device=device),
+            torch.zeros(0, device=device),
+            torch.zeros(0, self.num_domains, device=device),
+        )
+        if pairs is None or pairs.numel() == 0:
+            return maps, empty
+        pairs_cpu = pairs.detach().cpu().long()
+        dom_cpu = domains.detach().cpu().long()
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        # Draw for every pair, mixable or not, so the random stream does not depend on the batch content.
+        coins = torch.rand(pairs_cpu.shape[0], generator=generator, device=gen_device).cpu()
+        lams = sample_lambda(pairs_cpu.shape[0], self.hparams.alpha, generator).cpu()
+        keep = (coins < self.hparams.p_mix) & (dom_cpu[pairs_cpu[:, 0]] != dom_cpu[pairs_cpu[:, 1]])
+        if not bool(keep.any()):
+            return maps, empty
+        partners = pairs_cpu[keep, 0].to(device)
+        rows = pairs_cpu[keep, 1].to(device)
+        lam = lams[keep].to(device)
+        new_maps = {}
+        for name, z in maps.items():
+            mixed = mix_features(z[partners], z[rows], lam)
+            # index_copy keeps autograd through both the untouched rows and the mixes.
+            new_maps[name] = z.index_copy(0, rows, mixed)
+        soft = soft_domain_labels(domains[partners], domains[rows], lam, self.num_domains)
+        return new_maps, MixInfo(rows, partners, lam, soft)
+
+    def adversarial_loss(
+        self,
+        unmixed: torch.Tensor,
+        domains: torch.Tensor,
+        mixed: Optional[torch.Tensor],
+        soft_labels: Optional[torch.Tensor],
+        coeff: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft cross-entropy of the discriminator on unmixed (one-hot) and mixed (soft) maps.
+
+        Both go through one gradient-reversal layer of strength ``coeff``. Returns (loss, logits of
+        the unmixed rows) so the caller can log the discriminator's accuracy.
+        """
+        targets = F.one_hot(domains.long(), self.num_domains).float()
+        x = unmixed
+        if mixed is not None and mixed.shape[0] > 0:
+            x = torch.cat([unmixed, mixed], dim=0)
+            targets = torch.cat([targets, soft_labels.float()], dim=0)
+        logits = self.discriminator(grad_reverse(x, coeff))
+        return soft_cross_entropy(logits, targets), logits[: unmixed.shape[0]]
+
+    def domain_probs(self, features: torch.Tensor) -> torch.Tensor:
+        """Discriminator softmax ``[N, K+1]`` on a map (no gradient reversal; for analysis).
+
+        Gradients flow unless the caller disables them, so attribution methods can use it.
+        """
+        return F.softmax(self.discriminator(features), dim=1)

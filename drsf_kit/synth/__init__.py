@@ -1,0 +1,28 @@
+"""Pseudo-target domain generation: one interface, four backends, one manifest format.
+
+``GENERATORS`` maps a backend name to its builder: ``procedural`` (2D weather, no weights),
+``img2img``, ``gligen`` and ``controlnet`` (diffusers; local weights only). ``run_synth(SynthConfig)``
+is what `drsf synth` calls; ``merge_shards`` is `drsf synth merge`. Diffusers is imported only when a
+diffusion backend is built.
+"""
+
+from drsf_kit.synth.base import (  # noqa: F401
+    DEFAULT_PROMPTS,
+    DEFAULT_SYNTH_DOMAINS,
+    GENERATORS,
+    GeneratedItem,
+    Generator,
+    SourceItem,
+    SynthConfig,
+    build_generator,
+    item_seed,
+    load_prompts,
+)
+from drsf_kit.synth.consistency import layout_consistency  # noqa: F401
+from drsf_kit.synth.runner import merge_shards, parse_shard, run_synth  # noqa: F401
+
+__all__ = [
+    "DEFAULT_PROMPTS", "DEFAULT_SYNTH_DOMAINS", "GENERATORS", "GeneratedItem", "Generator", "SourceItem",
+    "SynthConfig", "build_generator", "item_seed", "load_prompts", "layout_consistency", "merge_shards",
+    "parse_shard", "run_synth",
+]

@@ -1,0 +1,376 @@
+"""Twin batching: B source images per step, each with one twin from a randomly drawn pseudo-domain.
+
+The sampler is a pure function of ``(seed, k)`` for the k-th item of an endless stream (epoch
+``k // n`` is a fresh permutation of the n source images): its whole state is the index of the next
+batch, so a resumed run draws exactly the batches it would have drawn, and a later multi-process run
+can cut each global batch into per-process slices without changing what is drawn. Every draw (twin
+domain, twin copy, flip, crop) is made by the sampler, so twins get identical geometric transforms
+and data-loader workers need no random state.
+
+A batch lays out the B sources first and their twins after them: ``domains`` holds 0 for sources and
+1..K (the order of ``data.synth_domains``) for twins; ``pairs[p] = (i, j)`` are batch positions of a
+source and its twin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from drsf_kit.data.manifest import map_boxes, map_mask
+from drsf_kit.errors import ConfigError, DataError
+
+
+class TwinItem(NamedTuple):
+    """One sampled source image, its twin (``twin=-1``: none) and the geometry both receive."""
+
+    source: int  # index into the source training set
+    twin: int  # index into the paired synthetic set, -1 when the image trains alone
+    domain: int  # twin's domain id 1..K (0 when there is no twin)
+    flip: bool  # horizontal flip, the same for both
+    crop: tuple[float, float, float, float] | None  # relative crop (x0, y0, x1, y1), the same for both
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # distinct, reproducible streams per (seed, epoch); large odd multiplier avoids collisions
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2**63 - 1))
+
+
+class TwinBatchSampler:
+    """Yields lists of ``TwinItem`` (one list per optimizer step) from batch ``start`` to ``stop``.
+
+    Args:
+        twin_table: per source index, the candidate twins as ``{domain_id: [twin indices]}`` (empty
+            dicts, or ``use_twins=False``, train that image without a twin).
+        batch_source: B, source images per (global) batch.
+        seed: the run seed.
+        start, stop: batch indices to yield (``stop`` None = endless).
+        hflip: flip probability; crop_min_scale: smallest crop side fraction (1 = no crop).
+        rank, world_size: each process keeps items ``rank::world_size`` of every global batch.
+    """
+
+    def __init__(self, twin_table: Sequence[dict[int, list[int]]], batch_source: int, seed: int,
+                 start: int = 0, stop: int | None = None, use_twins: bool = True, hflip: float = 0.5,
+                 crop_min_scale: float = 1.0, rank: int = 0, world_size: int = 1):
+        if not twin_table:
+            raise ConfigError("the source training set is empty: nothing to sample batches from")
+        self.table = [{d: list(v) for d, v in sorted(t.items()) if v} for t in twin_table]
+        self.n = len(self.table)
+        self.batch_source, self.seed = int(batch_source), int(seed)
+        self.start, self.stop = int(start), stop
+        self.use_twins, self.hflip, self.crop_min_scale = use_twins, float(hflip), float(crop_min_scale)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if epoch not in self._cache:
+            g = _epoch_generator(self.seed, epoch)
+            perm = torch.randperm(self.n, generator=g)
+            draws = torch.rand(self.n, 6, generator=g, dtype=torch.float64)
+            self._cache = {epoch: (perm, draws)}  # one epoch at a time is all a batch ever spans (+1)
+        return self._cache[epoch]
+
+    def item(self, k: int) -> TwinItem:
+        """The k-th item of the stream."""
+        epoch, pos = divmod(int(k), self.n)
+        perm, draws = self._epoch(epoch)
+        src = int(perm[pos])
+        u = draws[pos].tolist()
+        twin, domain = -1, 0
+        candidates = self.table[src]
+        if self.use_twins and candidates:
+            domains = sorted(candidates)
+            domain = domains[min(int(u[0] * len(domains)), len(domains) - 1)]
+            copies = candidates[domain]
+            twin = copies[min(int(u[1] * len(copies)), len(copies) - 1)]
+        flip = u[2] < self.hflip
+        crop = None
+        if self.crop_min_scale < 1.0:
+            scale = self.crop_min_scale + (1.0 - self.crop_min_scale) * u[3]
+            x0, y0 = (1.0 - scale) * u[4], (1.0 - scale) * u[5]
+            crop = (x0, y0, x0 + scale, y0 + scale)
+        return TwinItem(src, twin, domain if twin >= 0 else 0, flip, crop)
+
+    def batch(self, b: int) -> list[TwinItem]:
+        """Global batch ``b``, restricted to this process's slice."""
+        first = b * self.batch_source
+        items = [self.item(first + i) for i in range(self.batch_source)]
+        return items[self.rank :: self.world_size]
+
+    def __iter__(self):
+        b = self.start
+        while self.stop is None or b < self.stop:
+            yield self.batch(b)
+            b += 1
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("an endless TwinBatchSampler has no length")
+        return max(0, self.stop - self.start)
+
+    def state_dict(self, next_batch: int) -> dict:
+        """The sampler's state: what a resumed run needs to draw the same batches (any world size)."""
+        return {"seed": self.seed, "batch_source": self.batch_source, "next_batch": int(next_batch), "n": self.n}
+
+
+# ------------------------------------------------------------------------------------------- geometry
+def _resize(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == tuple(size_hw):
+        return image
+    return F.interpolate(image[None], size=size_hw, mode="bilinear", align_corners=False)[0]
+
+
+def _pixel_crop(crop, width: int, height: int) -> list[float]:
+    x0, y0, x1, y1 = crop
+    return [round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)]
+
+
+def apply_geometry(image: torch.Tensor, target: Any, task: str, flip: bool,
+                   crop: tuple[float, float, float, float] | None) -> tuple[torch.Tensor, Any]:
+    """Crop (relative box, resized back to the full size) and flip an image and its labels alike."""
+    height, width = image.shape[-2:]
+    if crop is not None:
+        box = _pixel_crop(crop, width, height)
+        image = _resize(image[:, box[1] : box[3], box[0] : box[2]], (height, width))
+        if task == "det":
+            boxes, keep = map_boxes(target["boxes"], box, (width, height))
+            target = {**target, "boxes": boxes, "labels": target["labels"][keep],
+                      "difficult": target["difficult"][keep]}
+        else:
+            target = map_mask(target, box, (width, height))
+    if flip:
+        image = image.flip(-1)
+        if task == "det":
+            boxes = target["boxes"].clone()
+            boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+            target = {**target, "boxes": boxes}
+        else:
+            target = target.flip(-1)
+    return image, target
+
+
+def _to_frame(image: torch.Tensor, target: Any, task: str, crop, size: tuple[int, int]):
+    """Bring a source image into its twin's frame (the manifest's crop, then resize to ``size`` W,H)."""
+    height, width = image.shape[-2:]
+    box = crop if crop is not None else (0, 0, width, height)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    image = _resize(image[:, max(0, y0) : y1, max(0, x0) : x1], (size[1], size[0]))
+    if task == "det":
+        boxes, keep = map_boxes(target["boxes"], box, size)
+        target = {**target, "boxes": boxes, "labels": target["labels"][keep], "difficult": target["difficult"][keep]}
+    else:
+        target = map_mask(target, box, size)
+    return image, target
+
+
+# ------------------------------------------------------------------------------------------- dataset
+class TwinTrainSet(Dataset):
+    """Source training images and their generated twins, indexed by ``TwinItem``.
+
+    Args:
+        source: the source training set (``(image, target)`` items; ``.ids`` lists the image ids).
+        task: ``det`` or ``seg``.
+        paired: a ``PairedSynthetic`` (None for source-only training).
+        synth_domains: pseudo-domain names in domain-id order (id = position + 1).
+    """
+
+    def __init__(self, source: Dataset, task: str, paired: Any | None = None, synth_domains: Sequence[str] = ()):
+        self.source, self.task, self.paired = source, task, paired
+        self.synth_domains = tuple(synth_domains)
+        self.domain_ids = {name: i + 1 for i, name in enumerate(self.synth_domains)}
+        self.twin_table: list[dict[int, list[int]]] = []
+        for image_id in source.ids:
+            twins = paired.twins(image_id) if paired is not None else {}
+            self.twin_table.append({self.domain_ids[d]: v for d, v in twins.items() if d in self.domain_ids})
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def coverage(self) -> float:
+        """Fraction of source images with at least one twin."""
+        return sum(bool(t) for t in self.twin_table) / max(1, len(self.twin_table))
+
+    def _seg_target(self, target: Any) -> torch.Tensor:
+        return target["mask"] if isinstance(target, dict) else target
+
+    def __getitem__(self, item: TwinItem) -> dict:
+        image, target = self.source[item.source]
+        image_id = self.source.ids[item.source]
+        if self.task == "seg":
+            target = self._seg_target(target)
+        out = {"source_id": image_id, "domain": item.domain, "twin": None}
+        if item.twin >= 0:
+            twin_image, twin_target = self.paired[item.twin]
+            if self.task == "seg":
+                twin_target = self._seg_target(twin_target)
+            row = self.paired.rows[item.twin]
+            twin_hw = tuple(twin_image.shape[-2:])
+            if row.get("crop") is not None or twin_hw != tuple(image.shape[-2:]):
+                # a twin made from a crop: the source follows it so the pair stays aligned pixel by pixel
+                image, target = _to_frame(image, target, self.task, row.get("crop"), (twin_hw[1], twin_hw[0]))
+            twin_image, twin_target = apply_geometry(twin_image, twin_target, self.task, item.flip, item.crop)
+            out["twin"] = (twin_image, twin_target)
+        out["source"] = apply_geometry(image, target, self.task, item.flip, item.crop)
+        return out
+
+
+@dataclass
+class TwinBatch:
+    """A collated training batch: sources first, then their twins."""
+
+    images: Any  # det: list of [3,H,W]; seg: [N,3,H,W]
+    targets: Any  # det: list of dicts (boxes, labels); seg: [N,H,W] long
+    domains: torch.Tensor  # [N] long, 0 = source, 1..K pseudo-domains
+    pairs: torch.Tensor  # [P,2] long, batch positions (source, twin)
+    source_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.domains.numel())
+
+    def to(self, device: torch.device | str) -> "TwinBatch":
+        """The batch on ``device`` (non-blocking copies)."""
+        if isinstance(self.images, torch.Tensor):
+            images = self.images.to(device, non_blocking=True)
+            targets = self.targets.to(device, non_blocking=True)
+        else:
+            images = [im.to(device, non_blocking=True) for im in self.images]
+            targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                        for k, v in t.items()} for t in self.targets]
+        return TwinBatch(images, targets, self.domains.to(device), self.pairs.to(device), self.source_ids)
+
+
+def _det_target(target: dict) -> dict:
+    return {"boxes": target["boxes"].reshape(-1, 4).float(), "labels": target["labels"].long()}
+
+
+class TwinCollate:
+    """``collate_fn`` turning the items of one step into a ``TwinBatch`` (picklable for workers)."""
+
+    def __init__(self, task: str):
+        self.task = task
+
+    def __call__(self, items: list[dict]) -> TwinBatch:
+        sources = [it["source"] for it in items]
+        twins = [(i, it["twin"], it["domain"]) for i, it in enumerate(items) if it["twin"] is not None]
+        images = [s[0] for s in sources] + [t[1][0] for t in twins]
+        targets = [s[1] for s in sources] + [t[1][1] for t in twins]
+        domains = torch.tensor([0] * len(sources) + [t[2] for t in twins], dtype=torch.long)
+        b = len(sources)
+        pairs = torch.tensor([[i, b + p] for p, (i, _, _) in enumerate(twins)], dtype=torch.long).reshape(-1, 2)
+        ids = [it["source_id"] for it in items]
+        if self.task == "det":
+            return TwinBatch(images, [_det_target(t) for t in targets], domains, pairs, ids)
+        size = tuple(images[0].shape[-2:])
+        # masks are stacked, so every image of the batch is brought to the first one's size
+        images = torch.stack([_resize(im, size) for im in images])
+        masks = []
+        for m in targets:
+            if tuple(m.shape[-2:]) != size:
+                m = map_mask(m, None, (size[1], size[0]))
+            masks.append(m.long())
+        return TwinBatch(images, torch.stack(masks), domains, pairs, ids)
+
+
+# ------------------------------------------------------------------------------------------- builders
+def source_dataset(cfg, domain: str, split: str, progress: bool = False) -> Dataset:
+    """The labelled dataset of ``domain``/``split`` for ``cfg.task``.
+
+    ``data.format`` ``dwd``: every domain is a DWD-layout folder under ``data.root`` (masks for seg).
+    ``gtav``: the source domain is GTAV at ``data.root``. The domain ``cityscapes`` is always read as
+    Cityscapes (its ``val`` split) from ``data.target_roots["cityscapes"]``; any domain listed in
+    ``data.target_roots`` is read from that folder instead of ``data.root``.
+    """
+    root = cfg.data.target_roots.get(domain, cfg.data.root)
+    if cfg.task == "seg" and domain == "cityscapes":
+        from drsf_kit.data.cityscapes import CityscapesSegmentation
+
+        return CityscapesSegmentation(root, "val")
+    if cfg.data.format == "gtav" and domain == cfg.data.source_domain:
+        from drsf_kit.data.cityscapes import GTAVSegmentation
+
+        return GTAVSegmentation(root, None if split == "all" else split, progress=progress)
+    from drsf_kit.data.dwd import DWDDetection
+
+    if cfg.task == "det":
+        return DWDDetection(root, domain, split, progress=progress)
+    from drsf_kit.data.cityscapes import MiniWeatherSegmentation
+
+    return MiniWeatherSegmentation(root, domain, split)
+
+
+class ManifestTwins(Dataset):
+    """Twins of a segmentation source that is not in DWD layout (GTAV), read straight from manifests.
+
+    Offers what ``TwinTrainSet`` uses of ``PairedSynthetic``: ``rows``, ``twins(source_id)`` and
+    ``(image, mask)`` items with the source mask mapped through the row's crop-then-resize.
+    """
+
+    def __init__(self, source: Dataset, synth_root, source_domain: str, domains: Sequence[str]):
+        from drsf_kit.data.manifest import read_manifests
+
+        self.source, self.rows, self._source_of = source, [], []
+        self._twins: dict[str, dict[str, list[int]]] = {}
+        for row in read_manifests(synth_root):
+            if row["source_domain"] != source_domain or row["domain"] not in domains:
+                continue
+            try:
+                j = source.index_of(row["source_id"])
+            except KeyError:
+                continue  # a twin of an image outside the training split
+            self._twins.setdefault(row["source_id"], {}).setdefault(row["domain"], []).append(len(self.rows))
+            self.rows.append(row)
+            self._source_of.append(j)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def twins(self, source_id: str) -> dict[str, list[int]]:
+        """Item indices of the twins of ``source_id`` by pseudo-domain."""
+        return {d: list(v) for d, v in self._twins.get(source_id, {}).items()}
+
+    def __getitem__(self, i: int):
+        from drsf_kit.data import voc
+        from drsf_kit.data.manifest import row_path
+
+        row = self.rows[i]
+        arr = voc.load_rgb(row_path(row))
+        mask = map_mask(self.source.load_mask(self._source_of[i]), row.get("crop"), (arr.shape[1], arr.shape[0]))
+        return voc.rgb_to_tensor(arr), mask
+
+
+def build_train_set(cfg, progress: bool = False) -> TwinTrainSet:
+    """The ``TwinTrainSet`` of a run: source split plus twins when the variant trains on synthetic data."""
+    from drsf_kit.models import get_variant
+
+    source = source_dataset(cfg, cfg.data.source_domain, cfg.data.source_split, progress=progress)
+    if len(source) == 0:
+        raise DataError(cfg.data.root, f"domain {cfg.data.source_domain!r} split {cfg.data.source_split!r} has no images")
+    if not get_variant(cfg.variant).use_synth:
+        return TwinTrainSet(source, cfg.task)
+    if cfg.data.format == "gtav":
+        paired = ManifestTwins(source, cfg.data.synth_root, cfg.data.source_domain, cfg.data.synth_domains)
+    else:
+        from drsf_kit.data.paired import PairedSynthetic
+
+        paired = PairedSynthetic(cfg.data.root, cfg.data.synth_root, cfg.data.source_domain, cfg.data.source_split,
+                                 domains=list(cfg.data.synth_domains), task=cfg.task, progress=progress)
+    train_set = TwinTrainSet(source, cfg.task, paired, cfg.data.synth_domains)
+    if train_set.coverage() == 0:
+        raise DataError(cfg.data.synth_root, f"none of the {len(source)} source images of split "
+                                             f"{cfg.data.source_split!r} has a generated twin")
+    return train_set
+
+
+def steps_per_epoch(num_sources: int, batch_source: int) -> float:
+    """How many steps one pass over the source images takes."""
+    return num_sources / max(1, batch_source)
+
+
+def epochs_for(max_steps: int, num_sources: int, batch_source: int) -> float:
+    """Epochs (passes over the source set) that ``max_steps`` steps make."""
+    return max_steps / max(1e-9, steps_per_epoch(num_sources, batch_source))
+

@@ -1,0 +1,370 @@
+"""The training engine: ``fit(cfg) -> run_dir``, one code path for the CLI, notebooks and tests.
+
+A step draws B source images with one twin each (from a randomly drawn pseudo-domain; none for
+``source_only``), sums the model's already-weighted loss terms, checks that every term is finite,
+clips gradients and steps the optimizer and the warm-up + step/cosine/one-cycle schedule. The run
+folder ``<output_dir>/<run name>/`` receives ``config.json``, ``metrics.jsonl`` (and TensorBoard event
+files), ``checkpoints/last.pt`` every ``train.checkpoint_every`` steps and at the end,
+``results.jsonl`` (tidy rows from scoring the source test split and every target domain) and ``done``.
+
+Writes go through ``RunLogger``, which only the main process opens, so a multi-process launch needs
+no further guards; the sampler's state is the next batch index, valid for any number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from drsf_kit.config import RunConfig, TrainConfig, check_paths, config_to_dict, validate_config
+from drsf_kit.errors import ConfigError, NonFiniteLossError
+from drsf_kit.train.checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint
+from drsf_kit.train.data import TwinBatch, TwinBatchSampler, TwinCollate, build_train_set
+from drsf_kit.utils.io import append_jsonl, atomic_write_json, atomic_write_text
+from drsf_kit.utils.runtime import resolve_device, seed_everything
+
+DONE = "done"
+METRICS = "metrics.jsonl"
+
+
+def is_main_process() -> bool:
+    """True in a single-process run and on rank 0 of a distributed one (the only writer)."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+# ------------------------------------------------------------------------------------------- building
+def build_model_for(cfg: RunConfig) -> torch.nn.Module:
+    """The model a run trains: profile, variant blocks, K+1 domains (source + ``data.synth_domains``)."""
+    from drsf_kit.models import build_model
+
+    sizes = dict(min_size=cfg.model.min_size, max_size=cfg.model.max_size) if cfg.task == "det" else {}
+    return build_model(cfg.task, cfg.model.profile, cfg.variant, num_domains=1 + len(cfg.data.synth_domains),
+                       hparams=dict(cfg.model.hparams) or None, pretrained_backbone=cfg.model.pretrained_backbone,
+                       dfdr_stage=cfg.model.dfdr_stage, mdsf_stage=cfg.model.mdsf_stage,
+                       frozen_bn=cfg.model.frozen_bn, **sizes)
+
+
+def build_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW; biases and normalisation weights get no weight decay (it only shrinks their scale)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if tcfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum)
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.momentum, 0.999))
+
+
+class LRFactor:
+    """Learning-rate factor for step ``s``: linear warm-up, then step decay, cosine or one-cycle.
+
+    A plain object (not a closure) so ``LambdaLR.state_dict`` stores its settings with the checkpoint.
+    """
+
+    def __init__(self, tcfg: TrainConfig):
+        self.schedule, self.max_steps = tcfg.schedule, int(tcfg.max_steps)
+        self.warmup = int(tcfg.warmup_steps)
+        self.start = float(tcfg.warmup_factor)
+        if self.schedule == "onecycle":
+            # one-cycle: a longer ramp from lr/25, then cosine down to lr/1e4 (torch's OneCycleLR shape)
+            self.warmup = self.warmup or max(1, int(0.3 * self.max_steps))
+            self.start, self.floor = 1.0 / 25.0, 1e-4
+        else:
+            self.floor = 0.0
+        self.milestones, self.gamma = tuple(tcfg.lr_steps), float(tcfg.lr_gamma)
+
+    def __call__(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return self.start + (1.0 - self.start) * step / self.warmup
+        if self.schedule == "step":
+            return self.gamma ** sum(step >= m for m in self.milestones)
+        span = max(1, self.max_steps - self.warmup)
+        t = min(1.0, (step - self.warmup) / span)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _follow_current_schedule(scheduler, tcfg: TrainConfig, step: int) -> None:
+    """After a resume, the schedule of the *current* config applies (e.g. a longer max_steps)."""
+    factor = LRFactor(tcfg)
+    scheduler.lr_lambdas = [factor for _ in scheduler.optimizer.param_groups]
+    scheduler.base_lrs = [tcfg.lr for _ in scheduler.optimizer.param_groups]
+    for group in scheduler.optimizer.param_groups:
+        group["lr"] = tcfg.lr * factor(step)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` over ``LRFactor``; stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(tcfg))
+
+
+# ------------------------------------------------------------------------------------------- one step
+@dataclass
+class StepResult:
+    """What one optimizer step produced (plain floats, ready to log)."""
+
+    step: int  # 1-based number of the step just taken
+    losses: dict[str, float]
+    loss: float
+    lr: float
+    grad_norm: float
+    stats: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _autocast(device: torch.device, amp: bool, amp_dtype: str):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if amp_dtype == "bf16" else torch.float16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step: int, progress: float,
+               scheduler=None, scaler=None, generator: torch.Generator | None = None, grad_clip: float = 0.0,
+               amp: bool = False, amp_dtype: str = "bf16", nan_at_step: int = 0) -> StepResult:
+    """Forward, finiteness check, backward, clip, optimizer and scheduler step for one batch.
+
+    Args:
+        step: 1-based number of this step (named in a non-finite-loss error).
+        progress: training progress in [0, 1] (drives MDSF's gradient-reversal ramp).
+        nan_at_step: test hook; the first loss term becomes NaN at this step.
+    Raises:
+        NonFiniteLossError: naming the step and the first non-finite loss term; nothing is updated.
+    """
+    t0 = time.perf_counter()
+    batch = batch.to(device)
+    with _autocast(device, amp, amp_dtype):
+        loss_dict = model(batch.images, batch.targets, domains=batch.domains, pairs=batch.pairs,
+                          progress=progress, generator=generator)
+    if nan_at_step and step == nan_at_step:
+        first = next(iter(loss_dict))
+        loss_dict = {**loss_dict, first: loss_dict[first] * float("nan")}
+    names = list(loss_dict)
+    values = torch.stack([loss_dict[k].detach().float().reshape(()) for k in names]).cpu()  # one sync
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = names[int((~finite).nonzero()[0])]
+        exc = NonFiniteLossError(f"step {step}: loss term {bad!r} is {values[names.index(bad)].item()} "
+                                 f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(names, values.tolist()))}); "
+                                 "lower train.lr, raise train.warmup_steps or set train.grad_clip")
+        exc.step, exc.term = step, bad
+        raise exc
+    total = sum(loss_dict.values())
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+    else:
+        total.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if grad_clip > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    else:
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
+    if scaler is not None and scaler.is_enabled():
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    lr = optimizer.param_groups[0]["lr"]
+    if scheduler is not None:
+        scheduler.step()
+    stats = dict(getattr(getattr(model, "module", model), "last_stats", {}) or {})
+    return StepResult(step, dict(zip(names, values.tolist())), float(values.sum()), lr, grad_norm, stats,
+                      time.perf_counter() - t0)
+
+
+def train_one_epoch(model, loader: Iterable[TwinBatch], optimizer, device: torch.device, *, start_step: int = 0,
+                    total_steps: int, scheduler=None, scaler=None, generator: torch.Generator | None = None,
+                    tcfg: TrainConfig | None = None, on_step: Callable[[StepResult], None] | None = None,
+                    progress: bool = True) -> int:
+    """Train over every batch of ``loader`` (one pass), calling ``on_step`` after each step.
+
+    Args:
+        start_step: steps already taken (numbering continues from it).
+        total_steps: the run's ``max_steps`` (for the progress fraction and the bar).
+        tcfg: clipping, AMP and the NaN test hook (defaults: ``TrainConfig()``).
+        on_step: logging / checkpointing / evaluation callback.
+    Returns:
+        The number of steps taken so far (``start_step`` + batches consumed).
+    """
+    tcfg = tcfg or TrainConfig()
+    model.train()
+    step = start_step
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in loader:
+            step += 1
+            result = train_step(model, batch, optimizer, device, step=step, progress=(step - 1) / max(1, total_steps),
+                                scheduler=scheduler, scaler=scaler, generator=generator, grad_clip=tcfg.grad_clip,
+                                amp=tcfg.amp, amp_dtype=tcfg.amp_dtype, nan_at_step=tcfg.debug_nan_at_step)
+            bar.update(1)
+            bar.set_postfix({"loss": f"{result.loss:.3f}",
+                             **{k.replace("loss_", ""): f"{v:.3f}" for k, v in result.losses.items()}}, refresh=False)
+            if on_step is not None:
+                on_step(result)
+    finally:
+        bar.close()
+    return step
+
+
+# ------------------------------------------------------------------------------------------- logging
+class RunLogger:
+    """metrics.jsonl rows and TensorBoard scalars; a no-op outside the main process."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True):
+        self.run_dir, self.enabled, self.writer = run_dir, enabled, None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional: metrics.jsonl holds the same numbers
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(log_dir=str(run_dir))
+
+    def row(self, row: dict) -> None:
+        """Append one metrics row."""
+        if self.enabled:
+            append_jsonl(self.run_dir / METRICS, {"time": round(time.time(), 3), **row})
+
+    def scalars(self, step: int, values: dict[str, float | None]) -> None:
+        """TensorBoard scalars (skipped without a writer)."""
+        if self.writer is not None:
+            for tag, value in values.items():
+                if value is not None and math.isfinite(value):
+                    self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+# ------------------------------------------------------------------------------------------- fit
+def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """Create the run folder; refuse to mix a new run into an old one unless resuming or overwriting."""
+    run_dir = cfg.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if not overwrite:
+            raise ConfigError(f"run folder {run_dir} already holds a run; pass --resume to continue it, "
+                              f"--overwrite to start over, or choose another run_name/output_dir")
+        if not (run_dir / "config.json").is_file():
+            raise ConfigError(f"{run_dir} is not a run folder (no config.json); refusing to delete it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Train ``cfg`` to ``train.max_steps``, evaluate, and return the run folder.
+
+    Args:
+        cfg: the run config (``drsf_kit.config.load_config``).
+        resume: continue from ``checkpoints/last.pt`` (a finished run is returned as is).
+        overwrite: delete an existing run folder of the same name first.
+        progress: show tqdm bars.
+    Raises:
+        ConfigError: bad names, a missing data folder, a run folder in the way.
+        NonFiniteLossError: a NaN/inf loss term (the row lands in metrics.jsonl; last.pt stays intact).
+    """
+    from drsf_kit.train.evaluate import RESULTS, evaluate_model, format_summary, write_run_tables
+
+    validate_config(cfg)
+    check_paths(cfg)
+    main = is_main_process()
+    run_dir = prepare_run_dir(cfg, resume, overwrite) if main else cfg.run_dir
+    ckpt_path = run_dir / "checkpoints" / LAST
+    if resume and (run_dir / DONE).exists():
+        return run_dir
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    train_set = build_train_set(cfg, progress=progress)
+    model = build_model_for(cfg).to(device)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    fp16 = cfg.train.amp and device.type == "cuda" and cfg.train.amp_dtype == "fp16"
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    generator = torch.Generator().manual_seed(cfg.seed)  # MDSF's mixing draws, checkpointed with the rest
+    start = 0
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt["config"].get("variant") != cfg.variant or ckpt["config"].get("task") != cfg.task:
+            raise ConfigError(f"{ckpt_path} belongs to a {ckpt['config'].get('task')}/{ckpt['config'].get('variant')} "
+                              f"run, not {cfg.task}/{cfg.variant}")
+        start = restore_training_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                                       scaler=scaler, generator=generator)
+        _follow_current_schedule(scheduler, cfg.train, start)
+    if main:
+        atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
+    from drsf_kit.models import get_variant
+
+    sampler = TwinBatchSampler(train_set.twin_table, cfg.train.batch_source, cfg.seed, start=start,
+                               stop=cfg.train.max_steps, use_twins=get_variant(cfg.variant).use_synth,
+                               hflip=cfg.train.hflip, crop_min_scale=cfg.train.crop_min_scale)
+    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=TwinCollate(cfg.task),
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    log = RunLogger(run_dir, cfg.train.tensorboard, enabled=main)
+    if main and start == 0:
+        log.row({"step": 0, "event": "start", "device": str(device), "train_images": len(train_set),
+                 "twin_coverage": train_set.coverage(), "trainable_params": sum(
+                     p.numel() for p in model.parameters() if p.requires_grad)})
+    elif main:
+        log.row({"step": start, "event": "resume"})
+
+    def checkpoint(step: int) -> None:
+        if main:
+            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            step=step, config=config_to_dict(cfg), sampler_state=sampler.state_dict(step),
+                            generator=generator)
+
+    def on_step(r: StepResult) -> None:
+        t = cfg.train
+        if r.step % max(1, t.log_every) == 0 or r.step == t.max_steps or r.step == start + 1:
+            log.row({"step": r.step, "loss": r.loss, **r.losses, "lr": r.lr, "grad_norm": r.grad_norm,
+                     "sec_per_step": r.seconds, **{f"stats/{k}": v for k, v in r.stats.items()}})
+            log.scalars(r.step, {**{f"loss/{k}": v for k, v in r.losses.items()}, "loss/total": r.loss,
+                                 "lr": r.lr, "grad_norm": r.grad_norm, **{f"stats/{k}": v for k, v in r.stats.items()}})
+        if t.checkpoint_every and r.step % t.checkpoint_every == 0 and r.step < t.max_steps:
+            checkpoint(r.step)
+        if t.eval_every and r.step % t.eval_every == 0 and r.step < t.max_steps and main:
+            _, summary = evaluate_model(model, cfg, device=device, step=r.step, progress=False)
+            log.row({"step": r.step, "event": "eval", "protocol": cfg.eval_protocol(), "eval": summary})
+            log.scalars(r.step, {f"eval/{d}/{m}": v for d, vals in summary.items() for m, v in vals.items()})
+            model.train()
+
+    try:
+        step = train_one_epoch(model, loader, optimizer, device, start_step=start, total_steps=cfg.train.max_steps,
+                               scheduler=scheduler, scaler=scaler, generator=generator, tcfg=cfg.train,
+                               on_step=on_step, progress=progress)
+    except NonFiniteLossError as exc:
+        log.row({"step": getattr(exc, "step", None), "event": "non_finite_loss", "term": getattr(exc, "term", None),
+                 "error": str(exc)})
+        log.close()
+        raise
+    except BaseException:
+        log.close()
+        raise
+    checkpoint(step)
+    if main:
+        rows, summary = evaluate_model(model, cfg, device=device, step=step, progress=progress)
+        for row in rows:
+            append_jsonl(run_dir / RESULTS, row)
+        log.row({"step": step, "event": "eval", "protocol": cfg.eval_protocol(), "eval": summary})
+        log.scalars(step, {f"eval/{d}/{m}": v for d, vals in summary.items() for m, v in vals.items()})
+        write_run_tables(run_dir, cfg.task, cfg.eval_protocol(), cfg.data.source_domain)
+        if progress:
+            print(f"[train] {cfg.name}: {step} steps; {cfg.eval_protocol()} protocol\n{format_summary(summary, cfg.task)}")
+        atomic_write_text(run_dir / DONE, f"{step}\n")
+    log.close()
+    return run_dir

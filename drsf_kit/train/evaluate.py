@@ -1,0 +1,230 @@
+"""Scoring a model or a finished run: per-domain metrics, tidy result rows, tables, and ``load_run``.
+
+Detection runs are scored with VOC2007 11-point mAP@0.5, COCO-style AP and calibration error;
+segmentation runs with mIoU and pixel accuracy. The source domain is scored on its ``test`` split and
+every target on the split its protocol names (``drsf_kit.data.dwd.PROTOCOLS``). Rows follow
+CONTRIBUTING.md and are appended to ``<run>/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from drsf_kit.config import RunConfig, config_from_dict
+from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES
+from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.train.checkpoint import LAST, load_checkpoint, unwrap_model
+from drsf_kit.utils.io import append_jsonl
+
+RESULTS = "results.jsonl"
+CONFIG = "config.json"
+SUMMARY_METRIC = {"det": "map50_voc07", "seg": "miou"}
+TABLE_METRICS = {"det": ("map50_voc07", "ap50_coco"), "seg": ("miou",)}
+
+
+def eval_split(cfg: RunConfig, domain: str, protocol: str) -> str:
+    """The split of ``domain`` that is scored: the source's ``test``, a target's per ``protocol``."""
+    if domain == "cityscapes":
+        return "val"
+    if domain == cfg.data.source_domain:
+        return "test"
+    from drsf_kit.data.dwd import split_for
+
+    return split_for(domain, protocol)
+
+
+def _list_collate(items):
+    return items
+
+
+def _loader(dataset, cfg: RunConfig, max_images: int) -> DataLoader:
+    if max_images and len(dataset) > max_images:
+        dataset = Subset(dataset, range(max_images))  # the first N, so repeated looks score the same images
+    return DataLoader(dataset, batch_size=max(1, cfg.eval.batch_size), shuffle=False,
+                      num_workers=cfg.data.num_workers, collate_fn=_list_collate)
+
+
+def _dataset_ids(dataset) -> list[str]:
+    if isinstance(dataset, Subset):
+        return [dataset.dataset.ids[i] for i in dataset.indices]
+    return list(dataset.ids)
+
+
+@torch.no_grad()
+def score_detection(model, loader: DataLoader, device, desc: str = "eval", progress: bool = True,
+                    score_threshold: float = 0.0) -> dict:
+    """Run a detector over ``loader`` and return ``evaluate_detections`` (VOC07, COCO, ECE)."""
+    from drsf_kit.evaluation.detection import evaluate_detections
+
+    preds, targets = {}, {}
+    ids = iter(_dataset_ids(loader.dataset))
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        images = [im.to(device) for im, _ in batch]
+        outputs = model(images)
+        for (_, target), out in zip(batch, outputs):
+            image_id = str(target.get("image_id", next(ids))) if isinstance(target, dict) else next(ids)
+            keep = out["scores"] >= score_threshold
+            preds[image_id] = {k: out[k][keep].float().cpu() for k in ("boxes", "scores", "labels")}
+            targets[image_id] = {k: target[k] for k in ("boxes", "labels", "difficult") if k in target}
+    return evaluate_detections(preds, targets, DWD_CLASSES, metrics=("voc07", "coco", "ece"))
+
+
+@torch.no_grad()
+def score_segmentation(model, loader: DataLoader, device, desc: str = "eval", progress: bool = True) -> dict:
+    """Run a segmenter over ``loader`` and return ``SegmentationMeter.compute()`` (mIoU, pixel accuracy)."""
+    from drsf_kit.evaluation.segmentation import SegmentationMeter
+
+    meter = SegmentationMeter(class_names=CITYSCAPES_CLASSES)
+    ids = iter(_dataset_ids(loader.dataset))
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        names = [next(ids) for _ in batch]
+        same = len({tuple(im.shape) for im, _ in batch}) == 1
+        groups = [batch] if same else [[item] for item in batch]  # stack only images of one size
+        start = 0
+        for group in groups:
+            images = torch.stack([im for im, _ in group]).to(device)
+            masks = torch.stack([m for _, m in group])
+            logits = model(images).float().cpu()
+            meter.update(logits, masks, image_ids=names[start : start + len(group)])
+            start += len(group)
+    return meter.compute()
+
+
+def evaluate_model(model, cfg: RunConfig, domains: Sequence[str] | None = None, protocol: str | None = None,
+                   device=None, step: int | None = None, progress: bool = True,
+                   max_images: int | None = None) -> tuple[list[dict], dict]:
+    """Score ``model`` on ``domains`` (default: source test + targets) and build tidy result rows.
+
+    Returns:
+        ``(rows, summary)``: the CONTRIBUTING.md rows of every domain, and ``{domain: {metric: value}}``
+        with the summary metrics (for logs and TensorBoard).
+    """
+    from drsf_kit.data.dwd import PROTOCOLS
+    from drsf_kit.evaluation.results import detection_rows, segmentation_rows
+    from drsf_kit.train.data import source_dataset
+
+    domains = tuple(domains or cfg.eval_domains())
+    protocol = protocol or cfg.eval_protocol()
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown evaluation protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    max_images = cfg.eval.max_images if max_images is None else max_images
+    device = device or next(unwrap_model(model).parameters()).device
+    was_training = model.training
+    model.eval()
+    rows, summary = [], {}
+    try:
+        for domain in domains:
+            split = eval_split(cfg, domain, protocol)
+            dataset = source_dataset(cfg, domain, split)
+            if len(dataset) == 0:
+                raise DataError(cfg.data.target_roots.get(domain, cfg.data.root), f"domain {domain!r} split {split!r} has no images")
+            loader = _loader(dataset, cfg, max_images)
+            desc = f"eval {domain}/{split}"
+            common = dict(variant=cfg.variant, seed=cfg.seed, domain=domain, split=split, protocol=protocol,
+                          step=step, run=cfg.name)
+            if cfg.task == "det":
+                result = score_detection(model, loader, device, desc, progress, cfg.eval.score_threshold)
+                rows += detection_rows(result, task="det", **common)
+                summary[domain] = {m: result.get(m) for m in ("map50_voc07", "ap50_coco", "ece")}
+            else:
+                result = score_segmentation(model, loader, device, desc, progress)
+                rows += segmentation_rows(result, task="seg", **common)
+                summary[domain] = {m: result.get(m) for m in ("miou", "pixel_acc")}
+    finally:
+        model.train(was_training)
+    return rows, summary
+
+
+def format_summary(summary: dict, task: str) -> str:
+    """One line per domain with the headline metric in percent."""
+    metric = SUMMARY_METRIC[task]
+    return "\n".join(f"  {domain:>14s}  {metric} {100 * (vals.get(metric) or float('nan')):5.1f}%"
+                     for domain, vals in summary.items())
+
+
+def write_run_tables(run_dir: str | Path, task: str, protocol: str, source: str | None = None) -> list[Path]:
+    """Write the per-domain and per-class tables of a run's ``results.jsonl`` for one protocol."""
+    from drsf_kit.evaluation.results import load_results
+    from drsf_kit.evaluation.tables import write_tables
+
+    run_dir = Path(run_dir)
+    df = load_results(run_dir / RESULTS)
+    df = df[df["protocol"] == protocol]  # tables refuse to mix protocols; one set of files per protocol
+    if df.empty:
+        return []
+    domains = list(dict.fromkeys(df["domain"]))
+    source = source if source in domains else None
+    targets = [d for d in domains if d != source]
+    written = []
+    for metric in TABLE_METRICS[task]:
+        paths = write_tables(df, run_dir, metric, name=f"{metric}_{protocol}", task=task, source=source,
+                             targets=targets)
+        written += list(paths.values())
+    return written
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The ``RunConfig`` saved in ``<run_dir>/config.json``."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise DataError(path, "not a run folder: config.json is missing")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc.msg})") from None
+    return config_from_dict(values)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str = LAST):
+    """Rebuild a trained run's model from its folder, in eval mode.
+
+    Returns:
+        ``(model, cfg)``: the model with the weights of ``checkpoints/<checkpoint>`` and the run config.
+    """
+    from drsf_kit.train.engine import build_model_for
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / checkpoint, map_location="cpu")
+    model = build_model_for(cfg)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    model.trained_steps = int(ckpt["step"])
+    return model, cfg
+
+
+def evaluate_run(run_dir: str | Path, domains: Iterable[str] | None = None, protocol: str | None = None,
+                 device: str = "auto", progress: bool = True, max_images: int | None = None,
+                 write: bool = True) -> list[dict]:
+    """Score a trained run, append the rows to ``<run>/results.jsonl`` and write its tables.
+
+    Args:
+        run_dir: the run folder (``config.json`` + ``checkpoints/last.pt``).
+        domains: domains to score (default: the run's eval domains: source test + targets).
+        protocol: ``all_images`` or ``drsf_code`` (default: the run's).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        progress: show progress bars.
+        max_images: cap per domain (default: the run's ``eval.max_images``).
+        write: append rows and write tables (False only returns the rows).
+
+    Returns:
+        The tidy rows.
+    """
+    from drsf_kit.utils.runtime import resolve_device
+
+    dev = resolve_device(device)
+    model, cfg = load_run(run_dir, dev)
+    protocol = protocol or cfg.eval_protocol()
+    rows, summary = evaluate_model(model, cfg, list(domains) if domains else None, protocol, dev,
+                                   step=model.trained_steps, progress=progress, max_images=max_images)
+    if write:
+        for row in rows:
+            append_jsonl(Path(run_dir) / RESULTS, row)
+        write_run_tables(run_dir, cfg.task, protocol, cfg.data.source_domain)
+    return rows

@@ -1,0 +1,259 @@
+"""Figures shared by the analysis module and the notebooks; every function returns a matplotlib Figure.
+
+Domains keep one colour everywhere (``DOMAIN_COLORS``); real images are drawn as circles and
+synthetic ones (analysis keys ``synth:<domain>``) as triangles, so a legend entry reads
+"<domain> (real)" or "<domain> (synthetic)".
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from drsf_kit.data.classes import DOMAIN_COLORS
+
+SYNTH_PREFIX = "synth:"
+_MARKERS = {"real": "o", "synthetic": "^"}
+# Extra colours for domains outside the DWD list (a researcher's own pseudo-domains).
+_FALLBACK = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39")
+
+
+def split_group(name: str) -> tuple[str, str]:
+    """``synth:night_rainy`` -> (``night_rainy``, ``synthetic``); a plain domain -> (domain, ``real``)."""
+    if name.startswith(SYNTH_PREFIX):
+        return name[len(SYNTH_PREFIX):], "synthetic"
+    return name, "real"
+
+
+def domain_color(name: str) -> str:
+    """The colour of a domain (or analysis key); unknown domains get a stable fallback colour."""
+    domain, _ = split_group(name)
+    if domain in DOMAIN_COLORS:
+        return DOMAIN_COLORS[domain]
+    return _FALLBACK[sum(map(ord, domain)) % len(_FALLBACK)]
+
+
+def domain_label(name: str, with_kind: bool = True) -> str:
+    """Readable legend text: ``synth:dusk_rainy`` -> ``dusk rainy (synthetic)``."""
+    domain, kind = split_group(name)
+    text = domain.replace("_", " ")
+    return f"{text} ({kind})" if with_kind else text
+
+
+def _new_axes(ax, figsize):
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize, constrained_layout=True)
+    return fig, ax
+
+
+def to_hwc(image) -> np.ndarray:
+    """An image as a float ``HxWx3`` array in [0, 1]: accepts ``[3,H,W]`` tensors, arrays or PIL images."""
+    if hasattr(image, "detach"):
+        image = image.detach().cpu().numpy()
+    arr = np.asarray(image)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
+        arr = np.transpose(arr, (1, 2, 0))
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    arr = arr.astype(np.float32)
+    if arr.max() > 1.0 + 1e-6:
+        arr = arr / 255.0
+    return np.clip(arr, 0.0, 1.0)
+
+
+def plot_embedding(emb, groups: Sequence[str], kinds: Sequence[str] | None = None, title: str | None = None,
+                   xlabel: str = "dimension 1", ylabel: str = "dimension 2", ax=None):
+    """Scatter a 2-D embedding: colour by domain, circle = real, triangle = synthetic, legend names domains.
+
+    Args:
+        emb: ``[N, 2]`` coordinates.
+        groups: domain per point (``synth:<domain>`` marks synthetic points when ``kinds`` is None).
+        kinds: ``real``/``synthetic`` per point; overrides the prefix.
+    """
+    emb = np.asarray(emb)
+    if emb.ndim != 2 or emb.shape[1] < 2 or len(emb) != len(groups):
+        raise ValueError(f"plot_embedding: expected [N, 2] coordinates for {len(groups)} points, got {emb.shape}")
+    doms = [split_group(g)[0] for g in groups]
+    kinds = list(kinds) if kinds is not None else [split_group(g)[1] for g in groups]
+    fig, ax = _new_axes(ax, (7.5, 5.5))
+    keys = list(dict.fromkeys(zip(doms, kinds)))
+    keys.sort(key=lambda k: (k[1] != "real", k[0]))
+    doms_arr, kinds_arr = np.asarray(doms), np.asarray(kinds)
+    for dom, kind in keys:
+        sel = (doms_arr == dom) & (kinds_arr == kind)
+        real = kind == "real"
+        ax.scatter(emb[sel, 0], emb[sel, 1], s=22 if real else 26, marker=_MARKERS.get(kind, "s"),
+                   c=domain_color(dom), alpha=0.8, linewidths=0.6 if real else 0.9,
+                   edgecolors="white" if real else "black",
+                   label=f"{dom.replace('_', ' ')} ({kind}, n={int(sel.sum())})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Feature embedding by domain")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
+              title="domain (kind)", title_fontsize=9)
+    ax.grid(alpha=0.2)
+    return fig
+
+
+def plot_gap_heatmap(matrix, metric: str = "mmd", title: str | None = None, ax=None, digits: int = 3):
+    """Heatmap of a ``target x compared-domain`` gap matrix (``gap.gap_matrix``); the best pseudo-domain
+    per target is outlined, and the source column (when present) is the reference."""
+    import matplotlib.patches as patches
+
+    values = matrix.to_numpy(dtype=float)
+    rows, cols = [str(r) for r in matrix.index], [str(c) for c in matrix.columns]
+    fig, ax = _new_axes(ax, (1.6 + 1.25 * len(cols), 1.4 + 0.7 * len(rows)))
+    im = ax.imshow(values, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(cols)), [domain_label(c).replace(" (", "\n(") for c in cols], fontsize=8)
+    ax.set_yticks(range(len(rows)), [domain_label(r, with_kind=False) for r in rows], fontsize=9)
+    ax.set_xlabel("compared domain")
+    ax.set_ylabel("real target")
+    finite = values[np.isfinite(values)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.{digits}f}", ha="center", va="center", fontsize=8,
+                        color="white" if values[i, j] > mid else "black")
+        pseudo = [j for j, c in enumerate(cols) if c.startswith(SYNTH_PREFIX) and np.isfinite(values[i, j])]
+        if pseudo:
+            best = min(pseudo, key=lambda j: values[i, j])
+            ax.add_patch(patches.Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    fig.colorbar(im, ax=ax, label=f"{metric} (lower = closer)")
+    ax.set_title(title or f"Feature gap to each real target ({metric}; red box = closest pseudo-domain)", fontsize=10)
+    return fig
+
+
+def plot_gap_change(compare, metric: str = "mmd", labels: tuple[str, str] = ("before", "after"),
+                    title: str | None = None, ax=None):
+    """Grouped bars of one metric per (target, domain) pair for two models (``compare_gap_tables``)."""
+    a, b = f"{metric}_{labels[0]}", f"{metric}_{labels[1]}"
+    if a not in compare or b not in compare:
+        raise ValueError(f"plot_gap_change: columns {a!r}/{b!r} not in the comparison table")
+    names = [f"{domain_label(t, False)}\nvs {domain_label(d)}" for t, d in zip(compare["target"], compare["domain"])]
+    x = np.arange(len(names))
+    fig, ax = _new_axes(ax, (max(6.0, 0.9 * len(names) + 2), 4.5))
+    ax.bar(x - 0.2, compare[a], width=0.4, label=labels[0], color="#bbbbbb", edgecolor="black", linewidth=0.5)
+    ax.bar(x + 0.2, compare[b], width=0.4, label=labels[1], color=[domain_color(d) for d in compare["domain"]],
+           edgecolor="black", linewidth=0.5)
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(f"{metric} (lower = closer)")
+    ax.set_title(title or f"Feature gap {labels[0]} vs {labels[1]} ({metric})")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_histograms(values_by_domain: Mapping[str, np.ndarray], xlabel: str, title: str | None = None,
+                    bins: int = 30, value_range: tuple[float, float] | None = None, ax=None):
+    """Overlaid step histograms (density) of one value per domain, e.g. per-channel gates or entropies."""
+    fig, ax = _new_axes(ax, (7.0, 4.2))
+    arrays = {k: np.asarray(v, dtype=float).ravel() for k, v in values_by_domain.items()}
+    arrays = {k: v[np.isfinite(v)] for k, v in arrays.items() if v.size}
+    if value_range is None and arrays:
+        allv = np.concatenate(list(arrays.values()))
+        value_range = (float(allv.min()), float(allv.max()) + 1e-9)
+    for name, vals in arrays.items():
+        _, kind = split_group(name)
+        ax.hist(vals, bins=bins, range=value_range, density=True, histtype="step", linewidth=1.8,
+                linestyle="-" if kind == "real" else "--", color=domain_color(name),
+                label=f"{domain_label(name)} (mean {vals.mean():.3f})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title or xlabel)
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.2)
+    return fig
+
+
+def plot_overlay(image, heat, alpha: float = 0.5, cmap: str = "inferno", title: str | None = None,
+                 vmin: float | None = None, vmax: float | None = None, ax=None, colorbar: bool = True,
+                 label: str = "value"):
+    """An image with a heat map blended over it (the map is resized to the image when sizes differ)."""
+    img = to_hwc(image)
+    heat = resize_map(np.asarray(heat, dtype=np.float32), img.shape[:2])
+    fig, ax = _new_axes(ax, (6.0, 3.6))
+    ax.imshow(img)
+    im = ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    if colorbar:
+        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label=label)
+    return fig
+
+
+def resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D map to ``size`` (H, W)."""
+    import torch
+
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"expected a 2-D map, got shape {heat.shape}")
+    if heat.shape == tuple(size):
+        return heat
+    t = torch.from_numpy(heat)[None, None]
+    return torch.nn.functional.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def plot_map_grid(images_by_column: Mapping[str, object], maps_by_row: Mapping[str, Mapping[str, np.ndarray]],
+                  shared_scale: bool = True, cmap: str = "inferno", alpha: float = 0.55, title: str | None = None):
+    """A grid: the first row shows one image per column (domain), each further row one map per column
+    (e.g. GradCAM, integrated gradients) overlaid on it. With ``shared_scale`` every row uses one colour
+    scale across its columns, so magnitudes compare across domains."""
+    import matplotlib.pyplot as plt
+
+    cols = list(images_by_column)
+    rows = list(maps_by_row)
+    fig, axes = plt.subplots(1 + len(rows), len(cols), figsize=(2.9 * len(cols) + 0.8, 1.9 * (1 + len(rows)) + 0.5),
+                             squeeze=False, constrained_layout=True)
+    for j, col in enumerate(cols):
+        axes[0, j].imshow(to_hwc(images_by_column[col]))
+        axes[0, j].set_title(domain_label(col), fontsize=9, color=domain_color(col))
+        axes[0, j].set_axis_off()
+    for i, row in enumerate(rows, start=1):
+        maps = {c: np.asarray(maps_by_row[row][c], dtype=np.float32) for c in cols if c in maps_by_row[row]}
+        vmax = max((float(np.nanmax(m)) for m in maps.values()), default=1.0) if shared_scale else None
+        vmin = min((float(np.nanmin(m)) for m in maps.values()), default=0.0) if shared_scale else None
+        im = None
+        for j, col in enumerate(cols):
+            ax = axes[i, j]
+            ax.set_axis_off()
+            if col not in maps:
+                continue
+            img = to_hwc(images_by_column[col])
+            ax.imshow(img)
+            im = ax.imshow(resize_map(maps[col], img.shape[:2]), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
+        axes[i, 0].text(-0.04, 0.5, row, transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center",
+                        fontsize=9)
+        if im is not None:
+            fig.colorbar(im, ax=list(axes[i, :]), fraction=0.02, pad=0.01)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def save_figure(fig, path, dpi: int = 130, close: bool = True):
+    """Save ``fig`` atomically (PNG, PDF or SVG from the suffix) and close it unless ``close`` is False."""
+    import io
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from drsf_kit.utils.io import atomic_write_bytes
+
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    if close:
+        plt.close(fig)
+    return path

@@ -1,0 +1,403 @@
+"""Interactive widgets for the notebooks: each function returns an ipywidgets object.
+
+The widgets only wire controls to package functions (``viz.dashboard`` computes tables, charts, feature
+colours and prediction drawings). Each returned widget exposes its controls by name in
+``.controls`` and its current state as plain attributes (``table_df``, ``figure_png``, ...), so tests
+drive it headless: set a control's ``value``, read the state. Images are PNG bytes in
+``ipywidgets.Image`` widgets.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import ipywidgets as widgets
+import numpy as np
+
+from drsf_kit.data.classes import SOURCE_DOMAIN
+from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.viz import dashboard
+
+DEFAULT_METRICS = {"det": "map50_voc07", "seg": "miou"}
+
+
+# ------------------------------------------------------------------------------------ ablation dashboard
+class AblationDashboard(widgets.VBox):
+    """Results of any set of runs: choose task, metric, protocol, variants and domains; see the table
+    (mean ± std over seeds) and the bar chart with the seed spread.
+
+    Controls (``.controls``): ``task``, ``metric``, ``protocol``, ``variants``, ``domains``, ``dfdr``,
+    ``mdsf``. State: ``rows`` (all tidy rows), ``table_df`` (``evaluation.tables.domain_table``:
+    fractions, caption in ``attrs``; None for an empty selection), ``shown_df`` (the percent strings
+    displayed), ``summary_df`` (long: variant, domain, mean, std, n_seeds), ``table_markdown``,
+    ``figure_png``. The DFDR/MDSF checkboxes select the variants carrying exactly those blocks (both:
+    drsf; DFDR only: dfdr; MDSF only: mdsf; neither: naive_synth and source_only); until one is
+    clicked, every variant is shown.
+    """
+
+    def __init__(self, rows, task: str | None = None, metric: str | None = None):
+        self.rows = dashboard.load_rows(rows)
+        opts = dashboard.available_options(self.rows)
+        if not opts["tasks"]:
+            raise ConfigError("no overall result rows to show (need rows with task, variant, seed, domain, metric, value)")
+        task = task or opts["tasks"][0]
+        if task not in opts["tasks"]:
+            raise ConfigError(f"task {task!r} has no result rows; tasks present: {', '.join(opts['tasks'])}")
+        self._busy = False
+        layout = widgets.Layout(width="auto")
+        self.controls = {
+            "task": widgets.Dropdown(options=opts["tasks"], value=task, description="task"),
+            "metric": widgets.Dropdown(options=[], description="metric"),
+            "protocol": widgets.Dropdown(options=[], description="protocol"),
+            "variants": widgets.SelectMultiple(options=[], description="variants", rows=5, layout=layout),
+            "domains": widgets.SelectMultiple(options=[], description="domains", rows=5, layout=layout),
+            "dfdr": widgets.Checkbox(value=False, description="DFDR", indent=False),
+            "mdsf": widgets.Checkbox(value=False, description="MDSF", indent=False),
+        }
+        self.table_html = widgets.HTML()
+        self.chart = widgets.Image(format="png")
+        self.table_df = self.shown_df = self.summary_df = self.figure = None
+        self.table_markdown = ""
+        self.figure_png = b""
+        self._set_options(task, metric)
+        self.controls["task"].observe(self._on_task, names="value")
+        self.controls["metric"].observe(self._on_metric, names="value")
+        for name in ("protocol", "variants", "domains"):
+            self.controls[name].observe(self._on_change, names="value")
+        for name in ("dfdr", "mdsf"):
+            self.controls[name].observe(self._on_blocks, names="value")
+        c = self.controls
+        row1 = widgets.HBox([c["task"], c["metric"], c["protocol"]])
+        row2 = widgets.HBox([c["variants"], c["domains"], widgets.VBox([widgets.HTML("<b>blocks</b>"), c["dfdr"], c["mdsf"]])])
+        super().__init__([row1, row2, self.table_html, self.chart])
+        self.refresh()
+
+    def _set_options(self, task: str, metric: str | None = None, keep_selection: bool = False) -> None:
+        """Fill the metric, protocol, variant and domain choices for ``task`` (and ``metric``)."""
+        c = self.controls
+        self._busy = True
+        try:
+            metrics = dashboard.available_options(self.rows, task)["metrics"]
+            metric = metric or c["metric"].value
+            if metric not in metrics:
+                default = DEFAULT_METRICS.get(task)
+                metric = default if default in metrics else metrics[0]
+            c["metric"].options = metrics
+            c["metric"].value = metric
+            opts = dashboard.available_options(self.rows, task, metric)
+            previous = {k: tuple(c[k].value) for k in ("variants", "domains")}
+            protocol = c["protocol"].value
+            c["protocol"].options = opts["protocols"]
+            c["protocol"].value = protocol if protocol in opts["protocols"] else opts["protocols"][0]
+            for key in ("variants", "domains"):
+                kept = tuple(v for v in previous[key] if v in opts[key]) if keep_selection else ()
+                c[key].options = opts[key]
+                c[key].value = kept or tuple(opts[key])
+        finally:
+            self._busy = False
+
+    def _on_task(self, change) -> None:
+        self._set_options(change["new"])
+        self.refresh()
+
+    def _on_metric(self, change) -> None:
+        if not self._busy:
+            self._set_options(self.controls["task"].value, change["new"], keep_selection=True)
+            self.refresh()
+
+    def _on_change(self, change) -> None:
+        if not self._busy:
+            self.refresh()
+
+    def _on_blocks(self, change) -> None:
+        chosen = dashboard.variants_for_blocks(
+            self.controls["dfdr"].value, self.controls["mdsf"].value, self.controls["variants"].options
+        )
+        self._busy = True
+        try:
+            self.controls["variants"].value = tuple(chosen)
+        finally:
+            self._busy = False
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the table and the chart from the controls' values."""
+        c = self.controls
+        task, metric = c["task"].value, c["metric"].value
+        try:
+            self.table_df = dashboard.ablation_table(
+                self.rows, task, metric, c["variants"].value, c["domains"].value, c["protocol"].value
+            )
+            caption = dashboard.table_caption(self.table_df, task, metric)
+        except (ConfigError, DataError) as exc:  # e.g. one variant's seed scored by two runs
+            self.table_df, caption = None, f"{task}: {metric}: cannot tabulate this selection: {exc}"
+        self.shown_df = dashboard.display_table(self.table_df)
+        self.summary_df = dashboard.long_summary(self.table_df)
+        self.table_markdown = dashboard.table_markdown(self.table_df)
+        self.table_html.value = dashboard.table_html(self.shown_df, caption)
+        self.figure = dashboard.seed_spread_figure(self.summary_df, metric, title=f"{task}: {metric}, mean ± std over seeds")
+        self.figure_png = dashboard.figure_png(self.figure)
+        self.chart.value = self.figure_png
+
+
+def ablation_dashboard(run_dirs_or_df, task: str | None = None, metric: str | None = None) -> AblationDashboard:
+    """The ablation dashboard over tidy result rows: a DataFrame, a run folder, a folder of runs, or a
+    list of them (every ``results.jsonl`` below is read)."""
+    return AblationDashboard(run_dirs_or_df, task=task, metric=metric)
+
+
+# ---------------------------------------------------------------------------------------------- explorers
+def _normalise_scenes(scenes) -> dict[str, dict]:
+    """``{scene_id: {domain: image}}`` from that mapping or from a list of ``{domain: image}`` mappings."""
+    if isinstance(scenes, Mapping):
+        out = {str(k): dict(v) for k, v in scenes.items()}
+    else:
+        out = {str(i): dict(v) for i, v in enumerate(scenes)}
+    if not out:
+        raise ConfigError("no scenes given: expected {scene_id: {domain: image tensor [3,H,W]}}")
+    for scene_id, twins in out.items():
+        if not twins:
+            raise ConfigError(f"scene {scene_id!r} has no images")
+    return out
+
+
+def _default_domain_names(n: int) -> list[str]:
+    """Discriminator outputs are (source, pseudo-domains in config order); the defaults when they fit."""
+    from drsf_kit.data.classes import TARGET_DOMAINS
+
+    default = [SOURCE_DOMAIN, *TARGET_DOMAINS]
+    return default if n == len(default) else [f"domain {i}" for i in range(n)]
+
+
+class MdsfExplorer(widgets.VBox):
+    """MDSF's soft fusion, live: ``z = lam * z_A + (1 - lam) * z_B`` for the twins of one scene.
+
+    Controls (``.controls``): ``scene``, ``domain_a``, ``domain_b`` (the pseudo-domain), ``lam``. The
+    model must implement ``predict_mixed(image_a, image_b, lam) -> {"features", "domain_probs",
+    "prediction"}``. Shown: the mixed features as RGB (PCA fitted on both unmixed twins, so colours stay
+    comparable along the slider), the discriminator's domain probabilities, and the prediction decoded
+    from the mixed features, drawn over the pixel blend of the twins (for orientation only: the mixing
+    happens on features). State: ``features``, ``domain_probs``, ``prediction`` and the three PNGs.
+    """
+
+    def __init__(self, model, scenes, domain_names: Sequence[str] | None = None, source_domain: str = SOURCE_DOMAIN,
+                 feature_level: str | None = None, score_threshold: float = 0.3, lam: float = 0.5):
+        if not hasattr(model, "predict_mixed"):
+            raise ConfigError(f"{type(model).__name__} has no predict_mixed(image_a, image_b, lam); build the model with MDSF")
+        self.model = model
+        self.scenes = _normalise_scenes(scenes)
+        self.source_domain = source_domain
+        self.domain_names = list(domain_names or getattr(model, "domain_names", None) or [])
+        self.feature_level = feature_level
+        self.score_threshold = score_threshold
+        self._busy = False
+        first = next(iter(self.scenes))
+        self.controls = {
+            "scene": widgets.Dropdown(options=list(self.scenes), value=first, description="scene"),
+            "domain_a": widgets.Dropdown(description="A"),
+            "domain_b": widgets.Dropdown(description="B (pseudo)"),
+            "lam": widgets.FloatSlider(value=lam, min=0.0, max=1.0, step=0.05, continuous_update=True,
+                                       description="λ (A)", readout_format=".2f"),
+        }
+        self.feature_image = widgets.Image(format="png")
+        self.probs_image = widgets.Image(format="png")
+        self.prediction_image = widgets.Image(format="png")
+        self.status = widgets.HTML()
+        self.features = self.domain_probs = self.prediction = None
+        self.feature_png = self.probs_png = self.prediction_png = b""
+        self._set_domains(first)
+        self.controls["scene"].observe(self._on_scene, names="value")
+        for name in ("domain_a", "domain_b"):
+            self.controls[name].observe(self._on_domains, names="value")
+        self.controls["lam"].observe(self._on_lam, names="value")
+        c = self.controls
+        images = widgets.HBox([
+            widgets.VBox([widgets.HTML("<b>mixed features (PCA → RGB)</b>"), self.feature_image]),
+            widgets.VBox([widgets.HTML("<b>prediction from mixed features</b>"), self.prediction_image]),
+            widgets.VBox([widgets.HTML("<b>domain discriminator</b>"), self.probs_image]),
+        ])
+        super().__init__([widgets.HBox([c["scene"], c["domain_a"], c["domain_b"]]), c["lam"], images, self.status])
+        self._fit_basis()
+        self.refresh()
+
+    def _set_domains(self, scene_id: str) -> None:
+        domains = list(self.scenes[scene_id])
+        a = self.source_domain if self.source_domain in domains else domains[0]
+        others = [d for d in domains if d != a]
+        self._busy = True
+        try:
+            self.controls["domain_a"].options = domains
+            self.controls["domain_a"].value = a
+            self.controls["domain_b"].options = domains
+            self.controls["domain_b"].value = others[0] if others else a
+        finally:
+            self._busy = False
+
+    def _images(self):
+        twins = self.scenes[self.controls["scene"].value]
+        return twins[self.controls["domain_a"].value], twins[self.controls["domain_b"].value]
+
+    def _predict(self, lam: float) -> dict:
+        import torch
+
+        image_a, image_b = self._images()
+        with torch.no_grad():
+            out = self.model.predict_mixed(image_a, image_b, float(lam))
+        missing = [k for k in ("features", "domain_probs", "prediction") if k not in out]
+        if missing:
+            raise ConfigError(f"predict_mixed returned no {', '.join(missing)} (keys: {', '.join(out)})")
+        return out
+
+    def _fit_basis(self) -> None:
+        maps = [dashboard.feature_map(self._predict(lam)["features"], self.feature_level) for lam in (1.0, 0.0)]
+        self.basis = dashboard.PcaBasis(maps)
+
+    def _on_scene(self, change) -> None:
+        self._set_domains(change["new"])
+        self._fit_basis()
+        self.refresh()
+
+    def _on_domains(self, change) -> None:
+        if not self._busy:
+            self._fit_basis()
+            self.refresh()
+
+    def _on_lam(self, change) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Run ``predict_mixed`` at the slider's lambda and redraw the three images."""
+        lam = float(self.controls["lam"].value)
+        out = self._predict(lam)
+        image_a, image_b = (dashboard.to_numpy_image(x) for x in self._images())
+        self.features = dashboard.feature_map(out["features"], self.feature_level)
+        rgb = self.basis.rgb(self.features)
+        self.feature_png = dashboard.png_bytes(dashboard.resize_nearest(rgb, image_a.shape[:2]))
+        if out["domain_probs"] is None:  # a variant without MDSF has no discriminator
+            self.domain_probs, names = None, []
+            self.probs_png = dashboard.figure_png(dashboard.message_figure("no domain discriminator\n(variant without MDSF)"))
+        else:
+            self.domain_probs = np.asarray(dashboard._numpy(out["domain_probs"]), np.float64).reshape(-1)
+            n = len(self.domain_probs)
+            names = self.domain_names if len(self.domain_names) == n else _default_domain_names(n)
+            self.probs_png = dashboard.figure_png(dashboard.probability_figure(self.domain_probs, names))
+        self.prediction = out["prediction"]
+        blend = (lam * image_a.astype(np.float32) + (1 - lam) * image_b.astype(np.float32)).astype(np.uint8)
+        self.prediction_png = dashboard.png_bytes(dashboard.render_prediction(blend, self.prediction, self.score_threshold))
+        self.feature_image.value = self.feature_png
+        self.probs_image.value = self.probs_png
+        self.prediction_image.value = self.prediction_png
+        a, b = self.controls["domain_a"].value, self.controls["domain_b"].value
+        top = names[int(self.domain_probs.argmax())] if names else "none (no discriminator)"
+        note = " (A and B are the same domain: λ changes nothing)" if a == b else ""
+        self.status.value = f"λ = {lam:.2f}: {lam:.0%} {a} + {1 - lam:.0%} {b}; discriminator's top domain: {top}{note}"
+
+
+def mdsf_explorer(model, scenes, domain_names: Sequence[str] | None = None, **kwargs) -> MdsfExplorer:
+    """Explore MDSF's interpolation between twins: pick a scene and a pseudo-domain, drag lambda.
+
+    Args:
+        model: implements ``predict_mixed(image_a, image_b, lam)`` (see ``MdsfExplorer``).
+        scenes: ``{scene_id: {domain: image [3,H,W] in [0,1]}}`` (or a list of ``{domain: image}``).
+        domain_names: names of the discriminator's outputs (default: ``model.domain_names``).
+    """
+    return MdsfExplorer(model, scenes, domain_names=domain_names, **kwargs)
+
+
+class TwinExplorer(widgets.VBox):
+    """Entropy and attribution across the twins of one scene (one column per domain).
+
+    Controls (``.controls``): ``scene``, ``method`` (attribution method), ``alpha`` (overlay opacity).
+    ``entropy_fn(image)`` returns a 2-D map (drawn as an overlay) or 1-D per-channel entropies (drawn
+    as a histogram); ``attribution_fn(image, method)`` returns a 2-D map (or ``[C,H,W]``, summed in
+    absolute value). State: ``entropy``, ``attribution`` (per domain), ``stats_df``, ``grid_png``.
+    Stats: mean entropy per twin, and how much each twin's attribution agrees with the first twin's
+    (Pearson correlation of the maps): low agreement means the network looks elsewhere in that weather.
+    """
+
+    def __init__(self, scenes, entropy_fn: Callable, attribution_fn: Callable | None = None,
+                 methods: Sequence[str] = ("saliency",), alpha: float = 0.6):
+        self.scenes = _normalise_scenes(scenes)
+        self.entropy_fn = entropy_fn
+        self.attribution_fn = attribution_fn
+        self._cache: dict = {}
+        first = next(iter(self.scenes))
+        methods = list(methods) or ["default"]
+        self.controls = {
+            "scene": widgets.Dropdown(options=list(self.scenes), value=first, description="scene"),
+            "method": widgets.Dropdown(options=methods, value=methods[0], description="attribution",
+                                       disabled=attribution_fn is None),
+            "alpha": widgets.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="overlay"),
+        }
+        self.grid_image = widgets.Image(format="png")
+        self.stats_html = widgets.HTML()
+        self.entropy = self.attribution = None
+        self.stats_df = None
+        self.grid_png = b""
+        for control in self.controls.values():
+            control.observe(self._on_change, names="value")
+        c = self.controls
+        super().__init__([widgets.HBox([c["scene"], c["method"], c["alpha"]]), self.grid_image, self.stats_html])
+        self.refresh()
+
+    def _cached(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = np.asarray(dashboard._numpy(fn()), np.float32)
+        return self._cache[key]
+
+    def _on_change(self, change) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Compute (or reuse) the maps of every twin of the chosen scene and redraw the grid."""
+        import pandas as pd
+
+        scene, method, alpha = (self.controls[k].value for k in ("scene", "method", "alpha"))
+        twins = self.scenes[scene]
+        self.entropy, self.attribution = {}, {}
+        rows_images, rows_entropy, rows_attr, stats = [], [], [], []
+        for domain, image in twins.items():
+            picture = dashboard.to_numpy_image(image)
+            ent = self._cached((scene, domain, "entropy"), lambda image=image: self.entropy_fn(image))
+            self.entropy[domain] = ent
+            rows_images.append(picture)
+            if ent.ndim == 1:
+                rows_entropy.append(dashboard.histogram_image(ent, picture.shape[:2]))
+            else:
+                rows_entropy.append(dashboard.heatmap_overlay(picture, ent, alpha, cmap="viridis"))
+            row = {"domain": domain, "mean entropy": float(np.nanmean(ent))}
+            if self.attribution_fn is not None:
+                attr = self._cached((scene, domain, method), lambda image=image: self.attribution_fn(image, method))
+                if attr.ndim == 3:
+                    attr = np.abs(attr).sum(axis=0)
+                self.attribution[domain] = attr
+                rows_attr.append(dashboard.heatmap_overlay(picture, attr, alpha))
+            stats.append(row)
+        if self.attribution:
+            reference = next(iter(self.attribution.values())).ravel()
+            for row in stats:
+                other = self.attribution[row["domain"]].ravel()
+                same = other.shape == reference.shape and reference.std() > 0 and other.std() > 0
+                row[f"attribution agreement with {next(iter(twins))}"] = (
+                    float(np.corrcoef(reference, other)[0, 1]) if same else float("nan")
+                )
+        cells = [rows_images, rows_entropy] + ([rows_attr] if rows_attr else [])
+        row_titles = ["image", "entropy"] + ([method] if rows_attr else [])
+        grid = dashboard.image_grid(cells, col_titles=[dashboard.DOMAIN_SHORT.get(d, d) for d in twins], row_titles=row_titles)
+        self.grid_png = dashboard.png_bytes(grid)
+        self.grid_image.value = self.grid_png
+        self.stats_df = pd.DataFrame(stats).set_index("domain")
+        self.stats_html.value = self.stats_df.to_html(float_format=lambda x: f"{x:.3f}", border=0)
+
+
+def twin_explorer(scenes, entropy_fn: Callable, attribution_fn: Callable | None = None,
+                  methods: Sequence[str] = ("saliency",), **kwargs) -> TwinExplorer:
+    """Entropy and attribution maps across the twins of each scene (see ``TwinExplorer``).
+
+    Args:
+        scenes: ``{scene_id: {domain: image [3,H,W] in [0,1]}}``.
+        entropy_fn: ``image -> 2-D entropy map or 1-D per-channel entropies``.
+        attribution_fn: ``(image, method) -> 2-D map``; None hides the attribution row.
+        methods: the attribution methods offered.
+    """
+    return TwinExplorer(scenes, entropy_fn, attribution_fn=attribution_fn, methods=methods, **kwargs)

@@ -1,0 +1,268 @@
+"""Widgets driven headless: set a control's value, check the state the widget exposes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from drsf_kit.data.classes import DWD_DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS
+from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.utils.io import append_jsonl
+from drsf_kit.viz import dashboard
+from drsf_kit.viz.widgets import ablation_dashboard, mdsf_explorer, twin_explorer
+
+VARIANTS = ("source_only", "naive_synth", "dfdr", "mdsf", "drsf")
+
+
+def _value(variant: str, seed: int, domain: str, metric: str) -> float:
+    # distinct, known values: variant index sets the level, seeds spread it by +-0.01
+    base = 0.2 + 0.1 * VARIANTS.index(variant) + 0.02 * DWD_DOMAINS.index(domain)
+    return base + (0.5 if metric == "ap50_coco" else 0.0) * 0.1 + 0.01 * (seed - 1)
+
+
+def _rows(task="det", metrics=("map50_voc07", "ap50_coco"), seeds=(0, 1, 2), variants=VARIANTS):
+    rows = []
+    for variant in variants:
+        for seed in seeds:
+            run = f"{task}-{variant}-{seed}"
+            for domain in DWD_DOMAINS:
+                for metric in metrics:
+                    common = dict(task=task, variant=variant, seed=seed, domain=domain, split="test",
+                                  protocol="all_images", run=run)
+                    # an earlier evaluation of the same run: the dashboard must use the latest step
+                    rows.append({**common, "metric": metric, "value": 0.0, "step": 10, "class": None})
+                    rows.append({**common, "metric": metric, "value": _value(variant, seed, domain, metric),
+                                 "step": 100, "class": None})
+                rows.append({**common, "metric": "ap50_voc07", "value": 0.9, "step": 100, "class": "car"})
+    return rows
+
+
+@pytest.fixture()
+def results_df():
+    return pd.DataFrame(_rows() + _rows("seg", metrics=("miou",), seeds=(0, 1), variants=("source_only", "drsf")))
+
+
+def test_ablation_table_uses_latest_step_and_seed_spread(results_df):
+    table = dashboard.ablation_table(results_df, "det", "map50_voc07")
+    summary = dashboard.long_summary(table)
+    assert len(summary) == len(VARIANTS) * len(DWD_DOMAINS)
+    row = summary[(summary.variant == "dfdr") & (summary.domain == "dusk_rainy")].iloc[0]
+    assert row["mean"] == pytest.approx(_value("dfdr", 1, "dusk_rainy", "map50_voc07"))
+    assert row["std"] == pytest.approx(0.01)  # sample std of -0.01, 0, +0.01
+    assert row["n_seeds"] == 3
+    assert list(summary["variant"].unique()) == list(VARIANTS)  # ablation order, not alphabetical
+    assert list(summary["domain"].unique()) == list(DWD_DOMAINS)  # source first
+    assert "all_images" in table.attrs["caption"]
+    assert dashboard.ablation_table(results_df, "det", "map50_voc07", variants=()) is None
+
+
+def test_variants_for_blocks():
+    assert dashboard.variants_for_blocks(True, True) == ["drsf"]
+    assert dashboard.variants_for_blocks(True, False) == ["dfdr"]
+    assert dashboard.variants_for_blocks(False, True) == ["mdsf"]
+    assert sorted(dashboard.variants_for_blocks(False, False)) == ["naive_synth", "source_only"]
+    assert dashboard.variants_for_blocks(False, False, available=["source_only", "drsf"]) == ["source_only"]
+
+
+def test_dashboard_controls_change_table_and_chart(results_df):
+    dash = ablation_dashboard(results_df)
+    c = dash.controls
+    assert c["task"].value == "det" and c["metric"].value == "map50_voc07" and c["protocol"].value == "all_images"
+    assert list(dash.table_df.index) == list(VARIANTS)
+    assert "target_mean" in dash.shown_df.columns and list(dash.shown_df["seeds"]) == [3] * 5
+    cell = dash.shown_df.loc["drsf", "daytime_clear (DC)"]
+    assert cell == f"{100 * _value('drsf', 1, SOURCE_DOMAIN, 'map50_voc07'):.1f} ± 1.0"
+    assert "mAP@0.5" in dash.table_html.value and "all_images" in dash.table_html.value
+    assert dash.table_markdown.startswith("Table: ")
+    png_all = dash.figure_png
+    assert png_all.startswith(b"\x89PNG") and dash.chart.value == png_all
+
+    c["variants"].value = ("source_only", "drsf")
+    assert list(dash.table_df.index) == ["source_only", "drsf"]
+    assert dash.figure_png != png_all
+
+    png_two = dash.figure_png
+    c["domains"].value = (SOURCE_DOMAIN, "night_sunny")
+    assert [col.split(" ")[0] for col in dash.shown_df.columns] == [SOURCE_DOMAIN, "night_sunny", "target_mean", "seeds"]
+    assert dash.figure_png != png_two
+
+    c["metric"].value = "ap50_coco"
+    assert c["variants"].value == ("source_only", "drsf")  # the selection survives a metric change
+    assert dash.summary_df["mean"].iloc[0] == pytest.approx(_value("source_only", 1, SOURCE_DOMAIN, "ap50_coco"))
+
+    c["task"].value = "seg"
+    assert c["metric"].value == "miou"
+    assert list(c["variants"].options) == ["source_only", "drsf"]
+    assert list(dash.table_df.index) == ["source_only", "drsf"]
+    assert "± " in dash.shown_df.iloc[0, 0]  # two seeds: a spread is shown
+
+
+def test_dashboard_protocols_are_never_mixed(results_df):
+    other = results_df[results_df.task == "det"].assign(protocol="drsf_code", run=lambda d: d.run + "-code")
+    other = other.assign(value=other.value + 0.05)
+    dash = ablation_dashboard(pd.concat([results_df, other], ignore_index=True))
+    c = dash.controls
+    assert list(c["protocol"].options) == ["all_images", "drsf_code"]
+    first = dash.summary_df["mean"].to_numpy()
+    c["protocol"].value = "drsf_code"
+    assert dash.summary_df["mean"].to_numpy() == pytest.approx(first + 0.05)
+    assert "drsf_code" in dash.table_html.value
+
+
+def test_dashboard_block_toggles_select_variants(results_df):
+    dash = ablation_dashboard(results_df)
+    c = dash.controls
+    c["dfdr"].value = True
+    assert c["variants"].value == ("dfdr",) and list(dash.table_df.index) == ["dfdr"]
+    c["mdsf"].value = True
+    assert c["variants"].value == ("drsf",) and list(dash.table_df.index) == ["drsf"]
+    c["dfdr"].value = False
+    assert c["variants"].value == ("mdsf",)
+    c["mdsf"].value = False
+    assert set(c["variants"].value) == {"naive_synth", "source_only"}
+    assert list(dash.table_df.index) == ["source_only", "naive_synth"]
+
+
+def test_dashboard_empty_selection_says_so(results_df):
+    dash = ablation_dashboard(results_df)
+    dash.controls["variants"].value = ()
+    assert dash.table_df is None and len(dash.summary_df) == 0
+    assert "No result rows" in dash.table_html.value
+    assert dash.figure_png.startswith(b"\x89PNG")
+
+
+def test_dashboard_reads_run_folders(tmp_path):
+    rows = _rows(seeds=(0, 1), variants=("naive_synth", "drsf"))
+    for row in rows:
+        append_jsonl(tmp_path / row["run"] / "results.jsonl", row)
+    dash = ablation_dashboard(sorted(tmp_path.iterdir()))
+    assert list(dash.table_df.index) == ["naive_synth", "drsf"]
+    assert dash.summary_df["n_seeds"].eq(2).all()
+    assert ablation_dashboard(tmp_path).shown_df.equals(dash.shown_df)  # a folder of runs works too
+
+
+def test_dashboard_bad_input(tmp_path):
+    with pytest.raises(DataError, match="value"):
+        ablation_dashboard(pd.DataFrame([{"task": "det", "variant": "drsf", "seed": 0, "domain": "x", "metric": "m"}]))
+    with pytest.raises(DataError, match="does not exist"):
+        ablation_dashboard(tmp_path / "no-such-run")
+    with pytest.raises(ConfigError, match="task 'seg'"):
+        ablation_dashboard(pd.DataFrame(_rows(seeds=(0,))), task="seg")
+
+
+class FakeMixModel:
+    """Features, probabilities and prediction all depend on lambda in a known way."""
+
+    domain_names = (SOURCE_DOMAIN,) + TARGET_DOMAINS
+
+    def __init__(self):
+        gen = torch.Generator().manual_seed(0)
+        self.proj = torch.randn(8, 3, generator=gen)
+        self.calls = []
+
+    def encode(self, image):
+        small = torch.nn.functional.avg_pool2d(image[None], 4)[0]  # [3, h, w]
+        return torch.einsum("ck,khw->chw", self.proj, small)
+
+    def predict_mixed(self, image_a, image_b, lam):
+        self.calls.append(lam)
+        z = lam * self.encode(image_a) + (1 - lam) * self.encode(image_b)
+        probs = torch.zeros(len(self.domain_names))
+        probs[0], probs[1] = lam, 1 - lam
+        x0 = 4 + 20 * lam
+        prediction = {"boxes": torch.tensor([[x0, 4.0, x0 + 10, 14.0]]), "labels": torch.tensor([3]),
+                      "scores": torch.tensor([0.9])}
+        return {"features": z[None], "domain_probs": probs, "prediction": prediction}
+
+
+def _twins(seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(3, 32, 48, generator=gen)
+    return {SOURCE_DOMAIN: base, "daytime_foggy": 0.5 * base + 0.5, "night_sunny": 0.3 * base}
+
+
+def test_mdsf_explorer_lambda_changes_everything():
+    model = FakeMixModel()
+    explorer = mdsf_explorer(model, {"s0": _twins(0), "s1": _twins(1)})
+    c = explorer.controls
+    assert c["lam"].continuous_update is True
+    assert c["domain_a"].value == SOURCE_DOMAIN and c["domain_b"].value == "daytime_foggy"
+    before = (explorer.feature_png, explorer.probs_png, explorer.prediction_png, explorer.domain_probs.copy())
+    c["lam"].value = 0.9
+    assert model.calls[-1] == pytest.approx(0.9)
+    assert explorer.feature_png != before[0]
+    assert explorer.probs_png != before[1]
+    assert explorer.prediction_png != before[2]
+    assert explorer.domain_probs[0] == pytest.approx(0.9) and explorer.domain_probs[1] == pytest.approx(0.1)
+    assert "daytime_clear" in explorer.status.value
+    # the fixed PCA basis: lambda = 1 shows the source twin's features exactly as the basis saw them
+    c["lam"].value = 1.0
+    expected = explorer.basis.rgb(model.encode(_twins(0)[SOURCE_DOMAIN]).numpy())
+    assert np.array_equal(explorer.basis.rgb(explorer.features), expected)
+    feature_s0 = explorer.feature_png
+    c["scene"].value = "s1"
+    assert explorer.feature_png != feature_s0
+    c["domain_b"].value = "night_sunny"
+    assert model.calls[-3:] == [1.0, 0.0, 1.0]  # basis refit on both twins, then the slider's lambda
+
+
+def test_mdsf_explorer_segmentation_and_errors():
+    class SegModel(FakeMixModel):
+        def predict_mixed(self, image_a, image_b, lam):
+            out = super().predict_mixed(image_a, image_b, lam)
+            mask = torch.full((32, 48), 255)
+            mask[:, : int(48 * lam)] = 13
+            out["prediction"] = mask
+            return out
+
+    explorer = mdsf_explorer(SegModel(), [_twins(0)])
+    png = explorer.prediction_png
+    explorer.controls["lam"].value = 0.1
+    assert explorer.prediction_png != png
+    with pytest.raises(ConfigError, match="predict_mixed"):
+        mdsf_explorer(object(), [_twins(0)])
+
+
+def test_twin_explorer_with_callables():
+    calls = []
+
+    def entropy_fn(image):
+        calls.append("entropy")
+        return image.mean(0)  # a 2-D map that differs per twin
+
+    def attribution_fn(image, method):
+        calls.append(method)
+        return image[0] if method == "saliency" else image[2] ** 2
+
+    explorer = twin_explorer({"s0": _twins(0), "s1": _twins(1)}, entropy_fn, attribution_fn,
+                             methods=("saliency", "gradcam"))
+    assert list(explorer.stats_df.index) == [SOURCE_DOMAIN, "daytime_foggy", "night_sunny"]
+    assert explorer.stats_df.loc["daytime_foggy", "mean entropy"] > explorer.stats_df.loc["night_sunny", "mean entropy"]
+    agreement = explorer.stats_df.filter(like="agreement").iloc[:, 0]
+    assert agreement.loc[SOURCE_DOMAIN] == pytest.approx(1.0)
+    grid = explorer.grid_png
+    n_calls = len(calls)
+    explorer.controls["alpha"].value = 0.2
+    assert explorer.grid_png != grid and len(calls) == n_calls  # overlay only: nothing recomputed
+    explorer.controls["method"].value = "gradcam"
+    assert calls[-1] == "gradcam"
+    explorer.controls["scene"].value = "s1"
+    assert explorer.entropy[SOURCE_DOMAIN].shape == (32, 48)
+    channels = twin_explorer([_twins(0)], lambda image: image.mean(dim=(1, 2)))  # 1-D: histogram row
+    assert channels.grid_png.startswith(b"\x89PNG") and "agreement" not in " ".join(channels.stats_df.columns)
+
+
+def test_mdsf_explorer_with_a_kit_model():
+    """The explorer drives a real (untrained, tiny) DRSF segmenter through predict_mixed."""
+    from drsf_kit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("seg", "mini", "drsf", num_domains=5)
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))
+    explorer = mdsf_explorer(model, {"s": {SOURCE_DOMAIN: image, "night_sunny": 0.3 * image}})
+    assert explorer.features.ndim == 3 and explorer.domain_probs.sum() == pytest.approx(1.0, abs=1e-4)
+    features, probs = explorer.features.copy(), explorer.domain_probs.copy()
+    explorer.controls["lam"].value = 0.0
+    assert not np.allclose(explorer.features, features) and not np.allclose(explorer.domain_probs, probs)
