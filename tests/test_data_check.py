@@ -158,4 +158,3 @@ def test_mini_weather_benchmark_passes_the_check(request, capsys):
     assert target["mask"].shape == image.shape[1:] and len(target["boxes"]) == len(target["labels"])
     seg = MiniWeatherSegmentation(tiny_weather, "night_rainy", "all")
     assert seg[0][1].shape == seg[0][0].shape[1:]
-

@@ -170,6 +170,9 @@ def test_broken_xml(tmp_path):
     (voc / "Annotations" / "broken.xml").write_text(voc_xml("broken.jpg", [("car", 1, "x", 5, 5)]))
     with pytest.raises(DataError, match=r"broken\.xml: object 1 \(car\) has a missing or non-numeric <ymin>"):
         DWDDetection(tmp_path, "daytime_clear", progress=False)
+    (voc / "Annotations" / "broken.xml").write_text(voc_xml("broken.jpg", [("car", 1, 1, "nan", 5)]))
+    with pytest.raises(DataError, match=r"broken\.xml: object 1 \(car\) has a missing or non-numeric <xmax>: 'nan'"):
+        DWDDetection(tmp_path, "daytime_clear", progress=False)
 
 
 def test_listed_id_without_annotation(tmp_path):

@@ -161,7 +161,7 @@ def test_adversarial_loss_soft_ce_and_reversed_feature_gradient():
     all_logits = mdsf.discriminator(torch.cat([unmixed, mixed]))
     assert loss.item() == pytest.approx(soft_cross_entropy(all_logits, targets).item(), rel=1e-6)
     assert torch.allclose(logits, all_logits[:3])
-    (g_rev,) = torch.autograd.grad(loss, unmixed)
+    (g_rev,) = torch.autograd.grad(loss, unmixed, retain_graph=True)
     plain = soft_cross_entropy(mdsf.discriminator(torch.cat([unmixed, mixed])), targets)
     (g_plain,) = torch.autograd.grad(plain, unmixed)
     assert torch.allclose(g_rev, -0.5 * g_plain, atol=1e-7)

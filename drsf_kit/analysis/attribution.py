@@ -285,7 +285,7 @@ def auto_target(model: nn.Module, image, stage: str | None = None) -> tuple[Call
     activation of ``stage``.
     """
     from drsf_kit.analysis.features import default_stage
-    from drsf_kit.data.classes import CITYSCAPES_CLASSES
+    from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES
 
     x = _as_batch(image)
     if is_rcnn(model):
@@ -294,7 +294,9 @@ def auto_target(model: nn.Module, image, stage: str | None = None) -> tuple[Call
         if len(det["boxes"]):
             top = int(det["scores"].argmax())
             label = int(det["labels"][top])
-            return DetectionRoIScore(model, det["boxes"][top], label), f"RoI logit of the top box (label {label})"
+            name = DWD_CLASSES[label - 1] if getattr(model, "num_classes", None) == len(DWD_CLASSES) + 1 \
+                else f"label {label}"
+            return DetectionRoIScore(model, det["boxes"][top], label), f"RoI logit of the top box ({name})"
     else:
         with torch.no_grad(), _eval_mode(model):
             try:

@@ -213,7 +213,8 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
     from drsf_kit.analysis.attribution import attribution_maps, auto_target
     from drsf_kit.analysis.embedding import pca_embed, plot_embedding, tsne_embed
     from drsf_kit.analysis.entropy import channel_stats_by_domain, gate_histograms
-    from drsf_kit.analysis.features import load_image
+    from drsf_kit.analysis.features import load_image, resolve_module
+    from drsf_kit.errors import ConfigError
     from drsf_kit.analysis.gap import gap_matrix
     from drsf_kit.viz.plots import plot_gap_change, plot_gap_heatmap, plot_map_grid, save_figure
 
@@ -244,13 +245,15 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
     scene = {g: load_image(p) for g, p in _scene(records).items()}
     first = next(iter(scene.values()))
     fn, what = auto_target(model, first, stage)
-    modules = dict(model.named_modules())
-    layer = stage if stage in modules else getattr(fn, "stage", None)
-    methods = ("gradcam", "integrated_gradients") if layer in modules else ("integrated_gradients",)
+    try:
+        resolve_module(model, stage)
+        layer, methods = stage, ("gradcam", "integrated_gradients")
+    except ConfigError:  # a stage that is no module (e.g. a kit model's "head.0"): gradients only
+        layer, methods = None, ("integrated_gradients",)
     with torch.enable_grad():
         maps = attribution_maps(scene, model_fn=fn, layer=layer, methods=methods, progress=progress)
-    fig = plot_map_grid(scene, maps, title=f"Attribution of the {what} (GradCAM at `{layer}`); one colour "
-                        "scale per row")
+    where = f"; GradCAM at `{layer}`" if layer else ""
+    fig = plot_map_grid(scene, maps, title=f"Attribution of the {what}{where}; one colour scale per row")
     written.append(save_figure(fig, fig_dir / "attribution.png"))
     if comparison is not None and len(comparison):
         written.append(save_figure(plot_gap_change(comparison, metric), fig_dir / "gap_change.png"))

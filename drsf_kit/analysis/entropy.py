@@ -16,7 +16,7 @@ import torch
 from drsf_kit.analysis.features import DEFAULT_SIZE, default_stage, iter_stage_outputs, load_image, resolve_module
 from drsf_kit.errors import ConfigError
 from drsf_kit.models.dfdr import channel_entropy  # the DFDR block owns the definition
-from drsf_kit.viz.plots import plot_histograms, plot_overlay, to_hwc
+from drsf_kit.viz.plots import alpha_map, plot_histograms, plot_overlay, resize_map, to_hwc
 
 
 def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[str, list], stage: str | None = None,
@@ -175,17 +175,15 @@ def detection_entropy_map(boxes, class_probs, size: tuple[int, int], reduce: str
     return total.astype(np.float32)
 
 
-def overlay(image, heat, alpha: float = 0.5, cmap: str = "inferno", as_array: bool = False, **plot_kwargs):
+def overlay(image, heat, alpha: float = 0.75, cmap: str = "inferno", as_array: bool = False, **plot_kwargs):
     """Blend a map over an image: a Figure (default) or, with ``as_array``, a uint8 ``HxWx3`` array.
 
-    The map is resized to the image; for the array it is scaled by its own min/max (or
-    ``vmin``/``vmax`` when given) before the colormap.
+    The map is resized to the image and scaled by its min/max (or ``vmin``/``vmax``); opacity grows with
+    the value up to ``alpha``, so low values leave the image visible.
     """
     if not as_array:
         return plot_overlay(image, heat, alpha=alpha, cmap=cmap, **plot_kwargs)
     import matplotlib
-
-    from drsf_kit.viz.plots import resize_map
 
     img = to_hwc(image)
     m = resize_map(np.asarray(heat, dtype=np.float32), img.shape[:2])
@@ -193,4 +191,5 @@ def overlay(image, heat, alpha: float = 0.5, cmap: str = "inferno", as_array: bo
     hi = plot_kwargs.get("vmax", float(np.nanmax(m)))
     norm = np.clip((m - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(m)
     colour = matplotlib.colormaps[cmap](norm)[..., :3]
-    return (np.clip((1 - alpha) * img + alpha * colour, 0, 1) * 255).round().astype(np.uint8)
+    a = alpha_map(m, alpha, lo, hi)[..., None]
+    return (np.clip((1 - a) * img + a * colour, 0, 1) * 255).round().astype(np.uint8)

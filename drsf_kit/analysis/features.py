@@ -160,7 +160,7 @@ def load_image(item, size: tuple[int, int] | None = DEFAULT_SIZE) -> torch.Tenso
         except (OSError, ValueError) as exc:
             raise DataError(item, f"cannot read image ({exc})") from None
     if isinstance(item, Image.Image):
-        item = np.asarray(item.convert("RGB"))
+        item = np.array(item.convert("RGB"))  # a writable copy: torch warns on read-only arrays
     if isinstance(item, np.ndarray):
         if item.ndim != 3 or item.shape[2] != 3:
             raise DataError("<array>", f"expected an HxWx3 image array, got shape {item.shape}")

@@ -8,6 +8,7 @@ gives two tables; ``compare_gap_tables`` puts them side by side.
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -89,11 +90,23 @@ def mmd(x, y, bandwidth: float | None = None, max_samples: int | None = 2000, se
     return float(term_x + term_y - 2.0 * kxy.mean())
 
 
+def _trace_sqrt_product_eigh(c1: np.ndarray, c2: np.ndarray) -> float:
+    """tr((C1 C2)^(1/2)) through the symmetric form C1^(1/2) C2 C1^(1/2), exact for any PSD pair."""
+    w, v = np.linalg.eigh(c1)
+    s1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    m = s1 @ c2 @ s1
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2.0), 0.0, None)).sum())
+
+
 def frechet_distance(x, y, eps: float = 1e-6) -> float:
     """Frechet distance between Gaussians fitted to ``x`` and ``y`` (the FID formula).
 
-    ||mu_x - mu_y||^2 + tr(C_x + C_y - 2 (C_x C_y)^(1/2)). When the matrix square root is singular or
-    not finite, ``eps`` is added to both diagonals; a small imaginary part from rounding is dropped.
+    ||mu_x - mu_y||^2 + tr(C_x + C_y - 2 (C_x C_y)^(1/2)), with ``scipy.linalg.sqrtm`` and FID's guards:
+    ``eps`` is added to both diagonals when the root is not finite, and a small imaginary part from
+    rounding is dropped. With fewer samples than dimensions the covariances are singular and
+    ``sqrtm`` can be inaccurate; when its residual shows that, the trace is taken through the
+    symmetric form C_x^(1/2) C_y C_x^(1/2) instead (exact for PSD matrices). Small samples in many
+    dimensions inflate the distance (the sample covariances differ): compare values at equal n.
     """
     from scipy import linalg
 
@@ -101,17 +114,22 @@ def frechet_distance(x, y, eps: float = 1e-6) -> float:
     mu1, mu2 = a.mean(0), b.mean(0)
     c1, c2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(c1 @ c2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(c1)) * eps
-        covmean = linalg.sqrtm((c1 + offset) @ (c2 + offset))
+    prod = c1 @ c2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # singular products are handled below
+        covmean = linalg.sqrtm(prod)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(c1)) * eps
+            prod = (c1 + offset) @ (c2 + offset)
+            covmean = linalg.sqrtm(prod)
     if np.iscomplexobj(covmean):
-        scale = max(1.0, float(np.abs(covmean).max()))
-        if np.abs(covmean.imag).max() > 1e-3 * scale:
-            raise DataError("frechet_distance", "the covariance square root has a large imaginary part "
-                            f"({np.abs(covmean.imag).max():.3g}); features may be degenerate")
-        covmean = covmean.real
-    value = float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * np.trace(covmean))
+        covmean = covmean.real if np.abs(covmean.imag).max() <= 1e-3 * max(1.0, np.abs(covmean).max()) else None
+    scale = max(float(np.abs(prod).max()), 1e-300)
+    if covmean is None or not np.isfinite(covmean).all() or np.abs(covmean @ covmean - prod).max() > 1e-5 * scale:
+        tr_covmean = _trace_sqrt_product_eigh(c1, c2)
+    else:
+        tr_covmean = float(np.trace(covmean))
+    value = float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * tr_covmean)
     return max(value, 0.0)  # the distance is >= 0; rounding can push identical inputs just below
 
 
@@ -248,10 +266,11 @@ def compare_gap_tables(before: pd.DataFrame, after: pd.DataFrame, labels: tuple[
 
 
 def table_to_markdown(table: pd.DataFrame, caption: str | None = None, digits: int = 4) -> str:
-    """A GitHub markdown table (no extra dependency), with an optional caption line above it."""
+    """A GitHub markdown table (no extra dependency; floats to ``digits`` significant digits) with an
+    optional caption line above it."""
     def fmt(v):
         if isinstance(v, float) and not np.isnan(v):
-            return f"{v:.{digits}f}"
+            return f"{v:.{digits}g}"
         if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
             return ""
         return str(v)

@@ -245,6 +245,7 @@ def _table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
 
     return "\n".join([line(headers)] + [line(r) for r in rows])
 
+
 def format_report(report: CheckReport, markdown: bool = False, max_problems: int | None = 200) -> str:
     """Render a ``CheckReport``: the per-domain table, then the problem list (errors first), then the verdict.
 

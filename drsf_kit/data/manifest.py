@@ -186,6 +186,7 @@ def map_boxes(boxes, crop, size, src_size=None):
         return torch.from_numpy(out), torch.from_numpy(keep)
     return out, keep
 
+
 def map_mask(mask, crop, size):
     """Crop a ``[H, W]`` label mask to ``crop`` and resize it to ``size`` ``[W, H]`` with nearest sampling.
 

@@ -7,6 +7,7 @@ width ``xmax - xmin + 1`` of the inclusive box is kept exactly.
 
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ def parse_voc_xml(path: str | os.PathLike) -> VocAnnotation:
             value = _text(box_node, tag)
             try:
                 coords.append(float(value))
+                if not math.isfinite(coords[-1]):
+                    raise ValueError(value)
             except (TypeError, ValueError):
                 raise DataError(path, f"object {k} ({name}) has a missing or non-numeric <{tag}>: {value!r}") from None
         xmin, ymin, xmax, ymax = coords
@@ -163,6 +166,7 @@ def _fmt_box(box) -> str:
     # show the box as written in the XML (1-based), so the message can be matched against the file
     x0, y0, x1, y1 = box
     return f"(xmin, ymin, xmax, ymax) = ({x0 + 1:g}, {y0 + 1:g}, {x1:g}, {y1:g})"
+
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
     """Read an ImageSets-style id list (one id per line; extra columns and blanks ignored), de-duplicated

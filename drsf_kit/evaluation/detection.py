@@ -194,7 +194,7 @@ def match_detections(pred: Mapping, target: Mapping, iou_threshold: float = 0.5)
             if ious[row, best] < iou_threshold:
                 continue  # FP: no box of its class overlaps enough
             if difficult[best]:
-                status[d] = 0
+                status[d] = -1
             elif not taken[best]:
                 taken[best] = True
                 status[d] = 1

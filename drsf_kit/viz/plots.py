@@ -174,15 +174,24 @@ def plot_histograms(values_by_domain: Mapping[str, np.ndarray], xlabel: str, tit
     return fig
 
 
-def plot_overlay(image, heat, alpha: float = 0.5, cmap: str = "inferno", title: str | None = None,
+def alpha_map(heat: np.ndarray, alpha: float, vmin=None, vmax=None) -> np.ndarray:
+    """Per-pixel opacity growing with the value, so low values leave the image visible underneath."""
+    lo = float(np.nanmin(heat)) if vmin is None else vmin
+    hi = float(np.nanmax(heat)) if vmax is None else vmax
+    norm = np.clip((heat - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(heat)
+    return (alpha * np.sqrt(np.nan_to_num(norm))).astype(np.float32)
+
+
+def plot_overlay(image, heat, alpha: float = 0.75, cmap: str = "inferno", title: str | None = None,
                  vmin: float | None = None, vmax: float | None = None, ax=None, colorbar: bool = True,
                  label: str = "value"):
-    """An image with a heat map blended over it (the map is resized to the image when sizes differ)."""
+    """An image with a heat map blended over it (resized to the image when sizes differ); the opacity grows
+    with the value up to ``alpha``, so low values leave the image visible."""
     img = to_hwc(image)
     heat = resize_map(np.asarray(heat, dtype=np.float32), img.shape[:2])
     fig, ax = _new_axes(ax, (6.0, 3.6))
     ax.imshow(img)
-    im = ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
+    im = ax.imshow(heat, cmap=cmap, alpha=alpha_map(heat, alpha, vmin, vmax), vmin=vmin, vmax=vmax)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
@@ -205,7 +214,7 @@ def resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def plot_map_grid(images_by_column: Mapping[str, object], maps_by_row: Mapping[str, Mapping[str, np.ndarray]],
-                  shared_scale: bool = True, cmap: str = "inferno", alpha: float = 0.55, title: str | None = None):
+                  shared_scale: bool = True, cmap: str = "inferno", alpha: float = 0.8, title: str | None = None):
     """A grid: the first row shows one image per column (domain), each further row one map per column
     (e.g. GradCAM, integrated gradients) overlaid on it. With ``shared_scale`` every row uses one colour
     scale across its columns, so magnitudes compare across domains."""
@@ -213,8 +222,12 @@ def plot_map_grid(images_by_column: Mapping[str, object], maps_by_row: Mapping[s
 
     cols = list(images_by_column)
     rows = list(maps_by_row)
+    if not cols:
+        raise ValueError("plot_map_grid: no images to show")
     fig, axes = plt.subplots(1 + len(rows), len(cols), figsize=(2.9 * len(cols) + 0.8, 1.9 * (1 + len(rows)) + 0.5),
                              squeeze=False, constrained_layout=True)
+    axes[0, 0].text(-0.04, 0.5, "image", transform=axes[0, 0].transAxes, rotation=90, ha="right", va="center",
+                    fontsize=9)
     for j, col in enumerate(cols):
         axes[0, j].imshow(to_hwc(images_by_column[col]))
         axes[0, j].set_title(domain_label(col), fontsize=9, color=domain_color(col))
@@ -230,8 +243,9 @@ def plot_map_grid(images_by_column: Mapping[str, object], maps_by_row: Mapping[s
             if col not in maps:
                 continue
             img = to_hwc(images_by_column[col])
+            heat = resize_map(maps[col], img.shape[:2])
             ax.imshow(img)
-            im = ax.imshow(resize_map(maps[col], img.shape[:2]), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
+            im = ax.imshow(heat, cmap=cmap, alpha=alpha_map(heat, alpha, vmin, vmax), vmin=vmin, vmax=vmax)
         axes[i, 0].text(-0.04, 0.5, row, transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center",
                         fontsize=9)
         if im is not None:
