@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -39,16 +40,17 @@ def bench(task: str, variant: str, steps: int, h: int, w: int) -> dict:
     images, targets = _batch(task, h, w, gen)
     domains = torch.tensor([0, 0, 1, 2])
     pairs = torch.tensor([[0, 2], [1, 3]]) if VARIANTS[variant].use_synth else torch.zeros(0, 2, dtype=torch.long)
-    times = []
+    times, cpu = [], []
     model.train()
     for i in tqdm(range(steps + 2), desc=f"{task}/{variant}", leave=False):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses = model(images, targets, domains=domains, pairs=pairs, progress=i / (steps + 2), generator=gen)
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         opt.step()
         if i >= 2:  # the first steps allocate and pick kernels
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     model.eval()
     infer = []
     with torch.no_grad():
@@ -59,6 +61,7 @@ def bench(task: str, variant: str, steps: int, h: int, w: int) -> dict:
                 infer.append(time.perf_counter() - t0)
     return {
         "train_step_s": round(statistics.median(times), 4),
+        "train_step_cpu_s": round(statistics.median(cpu), 4),
         "infer_batch4_s": round(statistics.median(infer), 4),
         "trainable_params": model.trainable_parameter_count(),
     }
@@ -73,7 +76,13 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(default_num_threads())
-    report = {"threads": torch.get_num_threads(), "size": [args.height, args.width], "batch": 4, "results": {}}
+    report = {
+        "threads": torch.get_num_threads(),
+        "load_avg_1min": os.getloadavg()[0],
+        "size": [args.height, args.width],
+        "batch": 4,
+        "results": {},
+    }
     for task in ("det", "seg"):
         rows = {v: bench(task, v, args.steps, args.height, args.width) for v in args.variants}
         base = rows.get("source_only", {}).get("trainable_params")

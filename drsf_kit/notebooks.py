@@ -344,3 +344,180 @@ def environment_table(ctx: NotebookContext | None = None):
             exists = Path(folder).is_dir()
             rows.append((f"{label} folder", str(folder), "ok" if exists else "note"))
     return pd.DataFrame(rows, columns=["item", "value", "status"]).set_index("item")
+
+
+# ------------------------------------------------------------------------------ data, synthetic data, runs
+# SMOKE sizes: enough images for every domain and split to exist, few enough to render in seconds.
+SMOKE_DATA = {"n_train": 12, "n_test": 4, "n_target": 4}
+# SMOKE training: a few optimizer steps, two images per domain scored, no TensorBoard files.
+SMOKE_TRAIN = ("train.max_steps=3", "train.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=0",
+               "train.tensorboard=false", "eval.max_images=2")
+
+
+def ensure_mini_weather(ctx: NotebookContext, progress: bool = False) -> Path:
+    """The context's data folder, rendering the embedded benchmark there when it is missing.
+
+    With ``SMOKE`` a tiny build (``SMOKE_DATA``) goes to the smoke workspace; otherwise a missing
+    ``data_root`` is built with the demo sizes only when it is a ``mini-weather`` folder (any other
+    missing folder is an error: it is meant to hold real data).
+    """
+    from drsf_kit.data.mini_weather import make_mini_weather
+
+    if ctx.smoke:
+        return make_mini_weather(ctx.data_root, seed=0, progress=progress, **SMOKE_DATA)
+    if ctx.data_root.is_dir():
+        return ctx.data_root
+    if ctx.data_root.name != "mini-weather":
+        raise ConfigError(f"DATA_ROOT {str(ctx.data_root)!r} does not exist; point it at a DWD-layout folder or "
+                          "at data/mini-weather (built on first use)")
+    return make_mini_weather(ctx.data_root, seed=0, progress=progress)
+
+
+def ensure_synth(ctx: NotebookContext, domains=None, progress: bool = False) -> Path:
+    """The context's pseudo-domain folder, generating the missing twins with the backend named by the
+    folder (``<...>/synth/<backend>``; the procedural one needs no weights). Finished twins are kept."""
+    from drsf_kit.synth import GENERATORS, SynthConfig, run_synth
+
+    backend = ctx.synth_root.name
+    if backend not in GENERATORS:
+        raise ConfigError(f"SYNTH_ROOT {str(ctx.synth_root)!r} must end in a backend folder: {', '.join(GENERATORS)}")
+    cfg = SynthConfig(data=str(ensure_mini_weather(ctx)), out=str(ctx.synth_root.parent), backend=backend,
+                      seed=ctx.seed, device=ctx.device, progress=progress,
+                      **({"domains": tuple(domains)} if domains else {}))
+    run_synth(cfg)
+    return ctx.synth_root
+
+
+def run_config(ctx: NotebookContext, task: str, variant: str, seed: int | None = None, overrides=()):
+    """The ``RunConfig`` of one run: ``configs/mini_<task>.yaml`` (the kit's defaults when absent), the
+    context's folders, device and seed, ``SMOKE_TRAIN`` in smoke mode, then ``overrides``
+    (dotted ``key=value`` strings, e.g. ``train.max_steps=200``)."""
+    from drsf_kit.config import load_config
+
+    path = ctx.root / "configs" / f"mini_{task}.yaml"
+    base = [f"task={task}", f"variant={variant}", f"seed={ctx.seed if seed is None else seed}",
+            f"device={ctx.device}", f"output_dir={ctx.runs_dir}", f"data.root={ctx.data_root}",
+            f"data.synth_root={ctx.synth_root}"]
+    smoke = list(SMOKE_TRAIN) if ctx.smoke else []
+    return load_config(path if path.is_file() else None, base + smoke + list(overrides))
+
+
+def ensure_run(ctx: NotebookContext, task: str, variant: str, seed: int | None = None, overrides=(),
+               progress: bool = True) -> Path:
+    """Train one run unless its folder already holds a finished one (``done``); returns the run folder.
+
+    A finished run is reused only when it was trained with the same config; an interrupted one is
+    resumed from its last checkpoint.
+    """
+    import json
+
+    from drsf_kit.config import config_to_dict
+    from drsf_kit.models import get_variant
+    from drsf_kit.train import fit
+
+    cfg = run_config(ctx, task, variant, seed, overrides)
+    ensure_mini_weather(ctx)
+    if get_variant(variant).use_synth:
+        ensure_synth(ctx)
+    run_dir = cfg.run_dir
+    if (run_dir / "done").exists():
+        saved = json.loads((run_dir / "config.json").read_text())
+        if saved == json.loads(json.dumps(config_to_dict(cfg))):
+            return run_dir
+        return fit(cfg, overwrite=True, progress=progress)  # same name, other settings: retrain
+    return fit(cfg, resume=(run_dir / "config.json").exists(), progress=progress)
+
+
+def twin_scenes(ctx: NotebookContext, n: int = 3, task: str = "det", domains=None) -> dict[str, dict]:
+    """``{source_id: {domain: image [3,H,W]}}`` for the first ``n`` source images that have twins:
+    the source image first, then its pseudo-domain twins (resized to the source's size if needed)."""
+    import torch.nn.functional as F
+
+    from drsf_kit.data.paired import PairedSynthetic
+
+    paired = PairedSynthetic(ctx.data_root, ctx.synth_root, task=task, domains=domains, progress=False)
+    scenes = {}
+    for source_id in paired.source_ids[:n]:
+        image = paired.source[paired.source.index_of(source_id)][0]
+        scene = {paired.source_domain: image}
+        for domain, items in sorted(paired.twins(source_id).items()):
+            twin = paired[items[0]][0]
+            if twin.shape != image.shape:
+                twin = F.interpolate(twin[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
+            scene[domain] = twin
+        scenes[source_id] = scene
+    if not scenes:
+        raise ConfigError(f"no source image under {ctx.data_root} has twins under {ctx.synth_root}")
+    return scenes
+
+
+def save_png(data: bytes, name: str, out_dir: str | os.PathLike | None = None) -> Path:
+    """Save PNG bytes (e.g. a widget's picture) atomically as ``<figures>/<name>.png``."""
+    if not isinstance(data, (bytes, bytearray)) or not bytes(data[:8]) == b"\x89PNG\r\n\x1a\n":
+        raise ConfigError(f"save_png({name!r}) expects PNG bytes")
+    return atomic_write_bytes(figures_dir(out_dir) / f"{_checked_name(name)}.png", bytes(data))
+
+
+def forward_check(device: str = "auto", tasks=("det", "seg"), size: tuple[int, int] = (180, 320), seed: int = 0):
+    """Build every variant's mini model per task and run one inference pass on a random image.
+
+    Returns a DataFrame (task, variant, parameters, output, seconds): a quick proof that the models
+    build and run on this machine before any data exists.
+    """
+    import time
+
+    import pandas as pd
+    import torch
+
+    from drsf_kit.models import VARIANTS, build_model
+    from drsf_kit.utils.runtime import resolve_device
+
+    dev = resolve_device(device)
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(seed)).to(dev)
+    rows = []
+    for task in tasks:
+        for variant in VARIANTS:
+            start = time.perf_counter()
+            torch.manual_seed(seed)
+            model = build_model(task, "mini", variant, num_domains=5).to(dev).eval()
+            with torch.no_grad():
+                out = model([image]) if task == "det" else model(image[None])
+            if task == "det":
+                output = f"{len(out[0]['boxes'])} boxes"
+            else:
+                logits = out["out"] if isinstance(out, dict) else out
+                output = f"logits {tuple(logits.shape)}"
+            rows.append({"task": task, "variant": variant, "parameters": sum(p.numel() for p in model.parameters()),
+                         "output": output, "seconds": round(time.perf_counter() - start, 3)})
+    return pd.DataFrame(rows)
+
+
+def ensure_evaluated(ctx: NotebookContext, run_dirs, protocol: str, progress: bool = False) -> list[Path]:
+    """Score each run under ``protocol`` unless its ``results.jsonl`` already has rows for it (after its
+    last training step); SMOKE scores two images per domain. Returns the run folders."""
+    from drsf_kit.evaluation.results import load_results
+    from drsf_kit.train import evaluate_run
+    from drsf_kit.train.evaluate import read_run_config
+
+    done = []
+    for run_dir in map(Path, run_dirs):
+        rows = load_results(run_dir) if (run_dir / "results.jsonl").exists() else None
+        steps = read_run_config(run_dir).train.max_steps
+        scored = rows is not None and ((rows["protocol"] == protocol) & (rows["step"] >= steps)).any()
+        if not scored:
+            evaluate_run(run_dir, protocol=protocol, device=ctx.device, progress=progress,
+                         max_images=2 if ctx.smoke else None)
+        done.append(run_dir)
+    return done
+
+
+def batch_grid(ctx: NotebookContext, **axes) -> dict[str, list]:
+    """The sweep grid ``{NAME: [values]}``; with ``SMOKE`` each axis keeps its first value, except the
+    first axis, which keeps two (so the sweep still has more than one point to compare)."""
+    grid = {}
+    for i, (name, values) in enumerate(axes.items()):
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not values:
+            raise ConfigError(f"sweep axis {name} has no values")
+        grid[name] = values[: (2 if i == 0 else 1)] if ctx.smoke else values
+    return grid

@@ -232,12 +232,18 @@ def test_twin_explorer_with_callables():
         calls.append("entropy")
         return image.mean(0)  # a 2-D map that differs per twin
 
-    def attribution_fn(image, method):
+    def attribution_fn(image, method, reference):
         calls.append(method)
+        assert torch.equal(reference, scenes[explorer_scene()][SOURCE_DOMAIN])
         return image[0] if method == "saliency" else image[2] ** 2
 
-    explorer = twin_explorer({"s0": _twins(0), "s1": _twins(1)}, entropy_fn, attribution_fn,
-                             methods=("saliency", "gradcam"))
+    scenes = {"s0": _twins(0), "s1": _twins(1)}
+    current = ["s0"]  # the scene shown: its source image must arrive as the reference
+
+    def explorer_scene():
+        return current[0]
+
+    explorer = twin_explorer(scenes, entropy_fn, attribution_fn, methods=("saliency", "gradcam"))
     assert list(explorer.stats_df.index) == [SOURCE_DOMAIN, "daytime_foggy", "night_sunny"]
     assert explorer.stats_df.loc["daytime_foggy", "mean entropy"] > explorer.stats_df.loc["night_sunny", "mean entropy"]
     agreement = explorer.stats_df.filter(like="agreement").iloc[:, 0]
@@ -248,6 +254,7 @@ def test_twin_explorer_with_callables():
     assert explorer.grid_png != grid and len(calls) == n_calls  # overlay only: nothing recomputed
     explorer.controls["method"].value = "gradcam"
     assert calls[-1] == "gradcam"
+    current[0] = "s1"
     explorer.controls["scene"].value = "s1"
     assert explorer.entropy[SOURCE_DOMAIN].shape == (32, 48)
     channels = twin_explorer([_twins(0)], lambda image: image.mean(dim=(1, 2)))  # 1-D: histogram row
@@ -266,3 +273,21 @@ def test_mdsf_explorer_with_a_kit_model():
     features, probs = explorer.features.copy(), explorer.domain_probs.copy()
     explorer.controls["lam"].value = 0.0
     assert not np.allclose(explorer.features, features) and not np.allclose(explorer.domain_probs, probs)
+
+
+def test_twin_explorer_with_a_kit_model():
+    """With a model, entropy and attributions come from drsf_kit.analysis, one target for all twins."""
+    from drsf_kit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("seg", "mini", "source_only", num_domains=1)
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(2))
+    explorer = twin_explorer({"s": {SOURCE_DOMAIN: image, "night_sunny": 0.3 * image}}, model=model)
+    assert list(explorer.controls["method"].options) == ["gradcam", "integrated_gradients"]
+    assert explorer.entropy["night_sunny"].shape == (64, 96)
+    assert ((explorer.entropy[SOURCE_DOMAIN] >= 0) & (explorer.entropy[SOURCE_DOMAIN] <= 1)).all()
+    explorer.controls["method"].value = "integrated_gradients"
+    maps = explorer.attribution
+    assert maps[SOURCE_DOMAIN].shape == (64, 96) and not np.allclose(maps[SOURCE_DOMAIN], maps["night_sunny"])
+    with pytest.raises(ConfigError, match="entropy_fn or a model"):
+        twin_explorer({"s": {SOURCE_DOMAIN: image}})

@@ -178,7 +178,7 @@ def _scene(rng, h: int, w: int):
 
 
 def make_tiny_dwd(root, n: int = 6, domain: str = "daytime_clear", size: tuple[int, int] = (180, 320),
-                  seed: int = 0, split: str = "train") -> "Path":
+                  seed: int = 0, split: str = "train") -> Path:
     """Write ``n`` scenes as ROOT/<domain>/VOC2007/{JPEGImages,Annotations,ImageSets/Main,
     SegmentationClass}; returns ROOT. Boxes in the XML are VOC 1-based pixel corners."""
     import numpy as np

@@ -41,7 +41,8 @@ def _model_of(model_fn) -> nn.Module | None:
 
 @contextlib.contextmanager
 def _eval_mode(model_fn):
-    """Attribute in eval mode (batch-norm statistics fixed, detectors return detections), then restore."""
+    """Score in eval mode (batch-norm statistics fixed, detectors return detections), then restore the
+    caller's mode; every score wrapper does this, so calling one directly is safe too."""
     model = _model_of(model_fn)
     was = model.training if model is not None else None
     if model is not None:
@@ -86,7 +87,8 @@ class SegmentationClassScore:
             self.region, self.region_kind = torch.ones_like(self.region), "whole image (class not predicted)"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        logits = seg_logits(self.model(images))[:, self.class_id]
+        with _eval_mode(self.model):
+            logits = seg_logits(self.model(images))[:, self.class_id]
         if logits.shape[-2:] != self.region.shape:
             raise ConfigError(f"region {tuple(self.region.shape)} does not match logits {tuple(logits.shape[-2:])}")
         return (logits * self.region.to(logits.dtype)).sum(dim=(1, 2))
@@ -109,7 +111,8 @@ class DetectionBoxScore:
         self.model, self.box, self.label = model, torch.as_tensor(box, dtype=torch.float32).reshape(1, 4), label
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        outs = self.model(list(images))
+        with _eval_mode(self.model):
+            outs = self.model(list(images))
         scores = []
         for img, out in zip(images, outs):
             keep = torch.ones(len(out["boxes"]), dtype=torch.bool) if self.label is None else out["labels"] == self.label
@@ -172,7 +175,8 @@ class DetectionRoIScore:
         self.model, self.box, self.label = model, torch.as_tensor(box, dtype=torch.float32).reshape(1, 4), int(label)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return roi_class_logits(self.model, images, [self.box] * len(images))[:, self.label]
+        with _eval_mode(self.model):
+            return roi_class_logits(self.model, images, [self.box] * len(images))[:, self.label]
 
 
 class StageActivationScore:
@@ -190,7 +194,8 @@ class StageActivationScore:
 
         handle = self.module.register_forward_hook(hook)
         try:
-            self.model(images)
+            with _eval_mode(self.model):
+                self.model(images)
         except _StopForward:
             pass
         finally:

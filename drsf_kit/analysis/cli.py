@@ -235,7 +235,8 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
     for r in records:
         if len(images_by_group.setdefault(r.group, [])) < entropy_images:
             images_by_group[r.group].append(r.path)
-    stats = channel_stats_by_domain(model, images_by_group, batch_size=batch_size, device=device, progress=progress)
+    stats = channel_stats_by_domain(model, images_by_group, batch_size=batch_size, device=device, progress=progress,
+                                    fallback_stage=stage)
     written.append(save_figure(gate_histograms({g: s["entropy"] for g, s in stats.items()}, what="entropy",
                                                title="Channel entropy per domain"), fig_dir / "entropy.png"))
     if any(s["gate"] is not None for s in stats.values()):

@@ -21,14 +21,16 @@ from drsf_kit.viz.plots import alpha_map, plot_histograms, plot_overlay, resize_
 
 def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[str, list], stage: str | None = None,
                             tau: float = 1.0, batch_size: int = 16, device: str = "cpu",
-                            size: tuple[int, int] | None = DEFAULT_SIZE, progress: bool = True) -> dict[str, dict]:
+                            size: tuple[int, int] | None = DEFAULT_SIZE, progress: bool = True,
+                            fallback_stage: str | None = None) -> dict[str, dict]:
     """Per-domain channel entropy (and DFDR gate values when the model has a DFDR block).
 
     Args:
         model: a kit model with ``dfdr_outputs(images)`` (used when ``stage`` is None and it returns
             a result), or any ``nn.Module`` whose ``stage`` output is a feature map.
         images_by_domain: ``{domain: images}`` (paths, arrays or tensors, as ``extract_features``).
-        stage: module name whose output's channel entropy is measured; None uses DFDR when present.
+        stage: module name whose output's channel entropy is measured; None uses DFDR when present, else
+            ``layer2`` (where DFDR would sit), else ``fallback_stage``, else the model's default stage.
 
     Returns:
         ``{domain: {"entropy": [N, C], "gate": [N, C] or None}}`` as NumPy arrays.
@@ -56,7 +58,7 @@ def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[st
             finally:
                 model.train(was_training)
         if not use_dfdr:
-            st = stage or _dfdr_free_stage(model)
+            st = stage or _dfdr_free_stage(model, fallback_stage)
             for outputs in iter_stage_outputs(model, images, st, batch_size, device, size,
                                               progress=progress, desc=f"entropy {domain}"):
                 if outputs[0].ndim != 4:
@@ -66,7 +68,7 @@ def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[st
     return out
 
 
-def _dfdr_free_stage(model: torch.nn.Module) -> str:
+def _dfdr_free_stage(model: torch.nn.Module, fallback: str | None = None) -> str:
     # The DFDR default location is after ResNet layer2 (C3): measure the same features without it.
     if callable(getattr(model, "stage_names", None)) and "layer2" in model.stage_names():
         return "layer2"
@@ -74,7 +76,7 @@ def _dfdr_free_stage(model: torch.nn.Module) -> str:
         resolve_module(model, "layer2")
         return "layer2"
     except ConfigError:
-        return default_stage(model)
+        return fallback or default_stage(model)
 
 
 def gate_histograms(values_by_domain: Mapping[str, np.ndarray], what: str = "gate", per_channel: bool = True,

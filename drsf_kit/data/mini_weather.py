@@ -27,8 +27,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from drsf_kit.data.classes import DOMAIN_SHORT, DWD_CLASSES, DWD_DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS
-from drsf_kit.data.mini_weather_scene import MiniWeatherSpec, Scene, SceneObject, render_scene
+from drsf_kit.data.classes import (
+    DOMAIN_SHORT,
+    DWD_CLASSES,
+    DWD_DOMAINS,
+    SOURCE_DOMAIN,
+    TARGET_DOMAINS,
+)
+from drsf_kit.data.mini_weather_scene import (
+    MiniWeatherSpec,
+    Scene,
+    SceneObject,
+    render_scene,
+)
 from drsf_kit.data.mini_weather_weather import render_domain
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.utils.io import atomic_save_image, atomic_write_json, atomic_write_text
@@ -64,7 +75,7 @@ def voc_xml(stem: str, width: int, height: int, objects: list[SceneObject], doma
         "  <segmented>1</segmented>",
     ]
     for obj in objects:
-        x0, y0, x1, y1 = (int(round(v)) for v in obj.box)
+        x0, y0, x1, y1 = (round(v) for v in obj.box)
         lines += [
             "  <object>", f"    <name>{obj.name}</name>", "    <pose>Unspecified</pose>",
             f"    <truncated>{int(obj.truncated)}</truncated>", f"    <difficult>{int(obj.difficult)}</difficult>",
@@ -208,7 +219,7 @@ def make_mini_weather(out, seed: int = 0, n_train: int = 800, n_test: int = 200,
     return out
 
 
-def domains_figure(seed: int = 7, height: int = 180, width: int = 320):
+def domains_figure(seed: int = 30, height: int = 180, width: int = 320):
     """One scene in all five domains plus its mask, as a matplotlib Figure (titles: domain names)."""
     import matplotlib.pyplot as plt
 
@@ -239,10 +250,10 @@ if __name__ == "__main__":  # python -m drsf_kit.data.mini_weather FIGURE.png [S
     from drsf_kit.utils.io import atomic_write_bytes
 
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "figures/mini_weather_domains.png")
-    figure = domains_figure(int(sys.argv[2]) if len(sys.argv) > 2 else 7)
+    figure = domains_figure(int(sys.argv[2]) if len(sys.argv) > 2 else 30)
     import io
 
     buf = io.BytesIO()
-    figure.savefig(buf, format="png", dpi=130)
+    figure.savefig(buf, format="png", dpi=100)
     atomic_write_bytes(target, buf.getvalue())
     print(target)

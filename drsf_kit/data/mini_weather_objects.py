@@ -69,7 +69,7 @@ class Template:
                 ys += [cy - ry, cy + ry]
         return min(xs), max(xs), max(0.0, min(ys)), max(ys)
 
-    def mirrored(self) -> "Template":
+    def mirrored(self) -> Template:
         """The same template facing the other way (x -> -x)."""
         out = Template(self.name, self.view)
         for shape, geom, color, tid in self.parts:
@@ -85,8 +85,9 @@ class Template:
 
 
 def _pick(rng: np.random.Generator, palette, jitter: float = 12.0) -> tuple[int, ...]:
-    base = np.asarray(palette[rng.integers(len(palette))], dtype=float)
-    return tuple(int(v) for v in np.clip(base + rng.normal(0, jitter, 3), 0, 255))
+    base = palette[rng.integers(len(palette))]
+    noise = rng.normal(0, jitter, 3)
+    return tuple(int(min(255.0, max(0.0, b + n))) for b, n in zip(base, noise))
 
 
 def _darker(color, f: float = 0.7) -> tuple[int, ...]:
@@ -325,7 +326,7 @@ def prop_template(rng: np.random.Generator, kind: str, toward_road: int, ids: di
         for _ in range(3):
             cx, cy = rng.uniform(-0.8, 0.8), trunk_h + rng.uniform(1.0, 2.2)
             rx = rng.uniform(1.2, 2.2)
-            shade = np.clip(green * rng.uniform(0.75, 1.2), 0, 255)
+            shade = np.minimum(green * rng.uniform(0.75, 1.2), 255.0)
             t.add("ell", (cx, cy, rx, rx * rng.uniform(0.8, 1.1)), shade, ids["vegetation"])
     elif kind == "sign":
         top = rng.uniform(2.6, 3.2)

@@ -134,6 +134,7 @@ class _Canvas:
             self.d_ids.polygon(pts, fill=ident)
 
     def window(self, pts, color) -> None:
+        pts = [(float(x), float(y)) for x, y in pts]
         self.d_rgb.polygon(pts, fill=color)
         self.n_windows = self.n_windows % 255 + 1
         self.d_win.polygon(pts, fill=self.n_windows)
@@ -174,12 +175,18 @@ class _Camera:
 
 
 def _jitter(rng: np.random.Generator, base, amount: float = 18.0) -> tuple[int, int, int]:
-    c = np.asarray(base, dtype=float) + rng.normal(0.0, amount, 3)
-    return tuple(int(v) for v in np.clip(c, 0, 255))
+    noise = rng.normal(0.0, amount, 3)
+    return tuple(int(min(255.0, max(0.0, b + n))) for b, n in zip(base, noise))
+
+
+def _grey_jitter(rng: np.random.Generator, base, amount: float) -> tuple[int, int, int]:
+    """Brightness jitter with only a faint tint (asphalt and pavement are grey, not green)."""
+    shift = rng.normal(0.0, amount) + rng.normal(0.0, 2.0, 3)
+    return tuple(int(min(255.0, max(0.0, b + n))) for b, n in zip(base, shift))
 
 
 def _shade(color, factor: float) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c * factor, 0, 255)) for c in color)
+    return tuple(int(min(255.0, max(0.0, c * factor))) for c in color)
 
 
 _BUILDING_COLORS = ((196, 178, 150), (150, 150, 155), (160, 90, 70), (220, 215, 200), (205, 190, 120),
@@ -193,12 +200,12 @@ def _sky(rng: np.random.Generator, height: int, width: int, horizon: float) -> n
     col = top[None, :] * (1 - t) + low[None, :] * t
     sky = np.broadcast_to(col[:, None, :], (height, width, 3)).copy()
     # soft clouds: a coarse random field upsampled, brightening the sky in patches
-    cloud = _smooth_field(rng, height, width, cell=24)
+    cloud = smooth_field(rng, height, width, cell=24)
     sky += np.clip(cloud, 0, None)[..., None] * rng.uniform(15, 45)
     return np.clip(sky, 0, 255).astype(np.uint8)
 
 
-def _smooth_field(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
     """Zero-mean, unit-ish low-frequency noise (bilinear upsampling of a coarse normal grid)."""
     gh, gw = height // cell + 2, width // cell + 2
     coarse = rng.standard_normal((gh, gw)).astype(np.float32)
@@ -212,10 +219,10 @@ def _draw_street(cv: _Canvas, cam: _Camera, rng: np.random.Generator, geo: dict)
     xl, xr, bl, br = geo["road_left"], geo["road_right"], geo["facade_left"], geo["facade_right"]
     z_near = cam.f * cam.h / (H * 2.0)  # the ground row of this depth lies below the image
     walk = cv.new_id(SIDEWALK, _KIND_GROUND)
-    walk_col = _jitter(rng, (165, 160, 155), 12)
+    walk_col = _grey_jitter(rng, (165, 160, 155), 12)
     cv.poly([(0, cam.horizon), (W, cam.horizon), (W, H), (0, H)], walk_col, walk)
     road = cv.new_id(ROAD, _KIND_GROUND)
-    road_col = _jitter(rng, (95, 95, 100), 10)
+    road_col = _grey_jitter(rng, (95, 95, 100), 10)
     cv.poly(cam.ground_quad(xl, xr, z_near, 5000.0), road_col, road)
     curb = _shade(walk_col, 0.8)
     for x0, x1 in ((xl - 0.25, xl), (xr, xr + 0.25)):
@@ -254,22 +261,26 @@ def _draw_building(cv: _Canvas, cam: _Camera, rng: np.random.Generator, plane: f
     cornice = _shade(color, 0.7)
     cv.poly([cam.project(plane, height - 0.5, z0), cam.project(plane, height, z0), cam.project(plane, height, z1),
              cam.project(plane, height - 0.5, z1)], cornice, ident)
-    if cam.f * 1.2 / z0 < 1.2:  # windows of the whole building would be below a pixel
-        return
-    glass = _jitter(rng, (70, 85, 105) if rng.random() < 0.7 else (150, 170, 190), 12)
-    glass = _shade(glass, lit)
+    glass = _shade(_jitter(rng, (70, 85, 105) if rng.random() < 0.7 else (150, 170, 190), 12), lit)
     sx, ww = rng.uniform(2.4, 3.6), rng.uniform(0.9, 1.5)
     fh, wh = rng.uniform(2.9, 3.4), rng.uniform(1.1, 1.7)
     shop = rng.random() < 0.5  # dark shop front on the ground floor
     if shop:
         cv.poly([cam.project(plane, 0.3, z0 + 0.5), cam.project(plane, 2.6, z0 + 0.5),
                  cam.project(plane, 2.6, z1 - 0.5), cam.project(plane, 0.3, z1 - 0.5)], _shade(glass, 0.8), ident)
-    for zc in np.arange(z0 + sx / 2, z1 - ww, sx):
-        if cam.f * ww / (zc + ww) < 1.0:
-            break
-        for yb in np.arange(fh + 0.8 if shop else 0.9, height - wh - 0.6, fh):
-            cv.window([cam.project(plane, yb, zc), cam.project(plane, yb + wh, zc),
-                       cam.project(plane, yb + wh, zc + ww), cam.project(plane, yb, zc + ww)], glass)
+    zs = np.arange(z0 + sx / 2, z1 - ww, sx)
+    # A window on the facade plane spans f*|X|*ww / (z (z + ww)) pixels across: skip sub-pixel ones.
+    zs = zs[cam.f * abs(plane) * ww / (zs * (zs + ww)) >= 1.0]
+    ys = np.arange(fh + 0.8 if shop else 0.9, height - wh - 0.6, fh)
+    if zs.size == 0 or ys.size == 0:
+        return
+    zn, zf = np.meshgrid(zs, ys)[0].ravel(), np.meshgrid(zs + ww, ys)[0].ravel()
+    yb = np.meshgrid(zs, ys)[1].ravel()
+    un, uf = cam.cx + cam.f * plane / zn, cam.cx + cam.f * plane / zf
+    vnb, vnt = cam.horizon + cam.f * (cam.h - yb) / zn, cam.horizon + cam.f * (cam.h - yb - wh) / zn
+    vfb, vft = cam.horizon + cam.f * (cam.h - yb) / zf, cam.horizon + cam.f * (cam.h - yb - wh) / zf
+    for k in range(zn.size):
+        cv.window([(un[k], vnb[k]), (un[k], vnt[k]), (uf[k], vft[k]), (uf[k], vfb[k])], glass)
 
 
 @dataclass
@@ -417,11 +428,11 @@ def _paint_item(cv: _Canvas, cam: _Camera, item: _Item, shadows: ImageDraw.Image
         if shape == "poly":
             cv.poly([pt(x, y) for x, y in geom], color, ident)
         elif shape == "line":
-            cv.line([pt(x, y) for x, y in geom[0]], color, max(1, int(round(geom[1] * s))), ident)
+            cv.line([pt(x, y) for x, y in geom[0]], color, max(1, round(geom[1] * s)), ident)
         elif shape == "ring":
             cx, cy, r, w = geom
             (a, b), (c, d) = pt(cx - r, cy + r), pt(cx + r, cy - r)
-            cv.ellipse((a, b, c, d), color, ident, width=max(1, int(round(w * s))))
+            cv.ellipse((a, b, c, d), color, ident, width=max(1, round(w * s)))
         else:
             cx, cy, rx, ry = geom
             (a, b), (c, d) = pt(cx - rx, cy + ry), pt(cx + rx, cy - ry)
@@ -489,16 +500,16 @@ def _finish_image(rgb: np.ndarray, mask: np.ndarray, shadow: Image.Image, rng: n
     H, W = mask.shape
     img = rgb.astype(np.float32)
     not_sky = (mask != SKY)[..., None]
-    texture = 1.0 + spec.texture_noise * _smooth_field(rng, H, W, cell=10)[..., None]
-    grain = rng.normal(0.0, spec.grain_noise * 255.0, (H, W, 1)).astype(np.float32)
+    texture = 1.0 + spec.texture_noise * smooth_field(rng, H, W, cell=10)[..., None]
+    grain = rng.standard_normal((H, W, 1), dtype=np.float32) * np.float32(spec.grain_noise * 255.0)
     img = np.where(not_sky, img * texture + grain, img)
-    ground = np.isin(mask, (ROAD, SIDEWALK))
-    shade = 1.0 - 0.45 * (np.asarray(shadow, dtype=np.float32) / 255.0) * ground
-    out = []
-    for version in (img, img * shade[..., None]):
-        pil = Image.fromarray(np.clip(version, 0, 255).astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(0.5))
-        out.append(np.asarray(pil, dtype=np.float32) / 255.0)
-    return out[0], out[1]
+    ground = np.isin(mask, (ROAD, SIDEWALK)).astype(np.float32)
+    shade = 255.0 - 0.45 * np.asarray(shadow, dtype=np.float32) * ground
+    # Blur once; the shadow factor is blurred alike, so image = albedo * shade matches a blurred shadowed image.
+    albedo = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(0.5))
+    shade_img = Image.fromarray(shade.astype(np.uint8), "L").filter(ImageFilter.GaussianBlur(0.5))
+    albedo = np.asarray(albedo, dtype=np.float32) / 255.0
+    return albedo, albedo * (np.asarray(shade_img, dtype=np.float32)[..., None] / 255.0)
 
 
 def _build_scene(rng: np.random.Generator, height: int, width: int, spec: MiniWeatherSpec,

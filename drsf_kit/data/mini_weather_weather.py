@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from drsf_kit.data.mini_weather_scene import BUILDING, ROAD, SIDEWALK, SKY, Scene, _smooth_field
+from drsf_kit.data.mini_weather_scene import (
+    BUILDING,
+    ROAD,
+    SIDEWALK,
+    SKY,
+    Scene,
+    smooth_field,
+)
 
 _GAMMA = 2.2  # display <-> linear light; lighting is applied in linear light
 
@@ -41,8 +48,8 @@ def exposure(img: np.ndarray, rng: np.random.Generator, lo: float = 0.85, hi: fl
 def sensor_noise(img: np.ndarray, rng: np.random.Generator, read: float, shot: float) -> np.ndarray:
     """Signal-dependent sensor noise: variance ``read^2 + shot * I`` plus a little chroma noise."""
     sigma = np.sqrt(read * read + shot * np.clip(img, 0, 1))
-    luma = rng.standard_normal(img.shape[:2] + (1,)).astype(np.float32)
-    chroma = rng.standard_normal(img.shape).astype(np.float32) * 0.35
+    luma = rng.standard_normal(img.shape[:2] + (1,), dtype=np.float32)
+    chroma = rng.standard_normal(img.shape, dtype=np.float32) * 0.35
     return np.clip(img + sigma * (luma + chroma), 0.0, 1.0)
 
 
@@ -53,7 +60,7 @@ def fog(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator, beta: floa
     ``patchiness`` modulates beta with low-frequency noise (fog is rarely uniform).
     """
     H, W = depth.shape
-    beta_map = beta * np.clip(1.0 + patchiness * _smooth_field(rng, H, W, cell=48), 0.3, None)
+    beta_map = beta * np.clip(1.0 + patchiness * smooth_field(rng, H, W, cell=48), 0.3, None)
     t = np.exp(-beta_map * depth)[..., None]
     return img * t + airlight[None, None, :] * (1.0 - t)
 
@@ -126,9 +133,9 @@ def wet_ground(img: np.ndarray, scene: Scene, rng: np.random.Generator, darken: 
     refl = np.take_along_axis(img, np.broadcast_to(src[..., None], img.shape), axis=0)
     valid = ground & (last >= 0) & ~np.take_along_axis(ground, src, axis=0)
     refl = uniform_filter1d(refl, size=max(3, H // 40), axis=0)  # ripples smear reflections vertically
-    shift = (1.5 * _smooth_field(rng, H, W, cell=4)).astype(np.int64)
+    shift = (1.5 * smooth_field(rng, H, W, cell=4)).astype(np.int64)
     refl = np.take_along_axis(refl, np.clip(np.arange(W)[None, :] + shift, 0, W - 1)[..., None].repeat(3, -1), axis=1)
-    puddles = np.clip(_smooth_field(rng, H, W, cell=20) - 0.3, 0, 1)  # patches of standing water
+    puddles = np.clip(smooth_field(rng, H, W, cell=20) - 0.3, 0, 1)  # patches of standing water
     weight = reflect * (0.6 + puddles)[..., None] * valid[..., None]
     wet = img * darken + refl * weight
     return np.where(ground[..., None], np.clip(wet, 0, 1), img)
@@ -186,7 +193,6 @@ def _foggy(scene: Scene, rng: np.random.Generator) -> np.ndarray:
 
 def _night_base(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """Low bluish ambient light, lamp pools from 3D lamps, lit windows, a dark sky, halos."""
-    H, W = scene.mask.shape
     ambient = rng.uniform(0.004, 0.012) * np.array([0.75, 0.85, 1.15], np.float32)
     light = ambient + lamp_light(scene, rng, power=rng.uniform(12, 24))
     img = _srgb(_lin(scene.albedo) * light)

@@ -113,7 +113,7 @@ def load_backbone_weights(module: nn.Module, path: str | Path, ignore_prefixes: 
     state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith(ignore_prefixes)}
     own = module.state_dict()
     # BatchNorm's counter is not a weight; frozen BN has none, plain BN may lack it in old files.
-    own_keys = {k for k in own if not k.endswith("num_batches_tracked")}
+    own_keys = {k for k in own if not k.endswith("num_batches_tracked") and not k.startswith(ignore_prefixes)}
     given = {k for k in state if not k.endswith("num_batches_tracked")}
     missing = sorted(own_keys - given)
     unexpected = sorted(given - own_keys)
@@ -126,7 +126,8 @@ def load_backbone_weights(module: nn.Module, path: str | Path, ignore_prefixes: 
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
         if shape:
             k = shape[0]
-            parts.append(f"{len(shape)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+            parts.append(f"{len(shape)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} "
+                         f"vs model {tuple(own[k].shape)})")
         raise DataError(path, f"does not match the {type(module).__name__} backbone: " + "; ".join(parts))
     module.load_state_dict(state, strict=False)
 

@@ -72,7 +72,8 @@ class DRSFModel(nn.Module):
         if not isinstance(num_domains, int) or num_domains < 1:
             raise ConfigError(f"num_domains must be a positive int (source + K pseudo-domains), got {num_domains!r}")
         if (self.spec.use_dfdr or self.spec.use_mdsf) and num_domains < 2:
-            raise ConfigError(f"variant {variant!r} needs num_domains >= 2 (source + at least one pseudo-domain), got {num_domains}")
+            raise ConfigError(f"variant {variant!r} needs num_domains >= 2 (source + at least one pseudo-domain), "
+                              f"got {num_domains}")
         self.num_domains = num_domains
         self.body = body
         self.collect_stages = list(collect_stages)
@@ -105,12 +106,14 @@ class DRSFModel(nn.Module):
         if domains.shape != (n,):
             raise ConfigError(f"domains must be a LongTensor of shape [{n}] (one id per image), got {tuple(domains.shape)}")
         if n and (int(domains.min()) < 0 or int(domains.max()) >= self.num_domains):
-            raise ConfigError(f"domain ids must lie in [0, {self.num_domains - 1}] (num_domains={self.num_domains}), got {domains.tolist()}")
+            raise ConfigError(f"domain ids must lie in [0, {self.num_domains - 1}] (num_domains={self.num_domains}), "
+                              f"got {domains.tolist()}")
         pairs = torch.as_tensor(pairs if pairs is not None else [], dtype=torch.long).cpu()
         if pairs.numel() == 0:
             pairs = torch.zeros((0, 2), dtype=torch.long)
         elif pairs.dim() != 2 or pairs.shape[1] != 2:
-            raise ConfigError(f"pairs must be a LongTensor [P, 2] of (source_i, twin_i) batch indices, got shape {tuple(pairs.shape)}")
+            raise ConfigError("pairs must be a LongTensor [P, 2] of (source_i, twin_i) batch indices, "
+                              f"got shape {tuple(pairs.shape)}")
         if pairs.numel() and (int(pairs.min()) < 0 or int(pairs.max()) >= n):
             raise ConfigError(f"pairs hold batch indices outside [0, {n - 1}]: {pairs.tolist()}")
         return domains, pairs.to(device)

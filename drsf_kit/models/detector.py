@@ -24,7 +24,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.models.backbones import StageBody, mini_detection_body, resnet_body
-from drsf_kit.models.base import HEAD, DRSFModel, eval_mode
+from drsf_kit.models.base import DRSFModel, eval_mode
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -130,7 +130,8 @@ class DRSFDetector(DRSFModel):
     @staticmethod
     def _clean_targets(targets, n: int) -> list[dict[str, torch.Tensor]]:
         if targets is None or len(targets) != n:
-            raise DataError("targets", f"training needs one target dict per image ({n}), got {None if targets is None else len(targets)}")
+            got = None if targets is None else len(targets)
+            raise DataError("targets", f"training needs one target dict per image ({n}), got {got}")
         out = []
         for i, t in enumerate(targets):
             name = f"target of image {t.get('image_id', i)}" if isinstance(t, dict) else f"target {i}"
@@ -235,4 +236,4 @@ def build_detector(profile: str, variant: str, num_domains: int, hparams=None, n
     return DRSFDetector(body, settings, num_classes, variant, num_domains, hparams, dfdr_stage, mdsf_stage)
 
 
-__all__ = ["DRSFDetector", "DETECTION_PROFILES", "build_detector", "HEAD"]
+__all__ = ["DRSFDetector", "DETECTION_PROFILES", "build_detector"]

@@ -36,7 +36,9 @@ class LightASPP(nn.Module):
         )
         # No BatchNorm on the pooled branch: a 1x1 map per image makes batch statistics degenerate.
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, width, 1), nn.ReLU(inplace=True))
-        self.project = nn.Sequential(nn.Conv2d(width * (len(rates) + 2), out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(
+            nn.Conv2d(width * (len(rates) + 2), out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Multi-rate context features at the input's resolution."""
@@ -117,7 +119,8 @@ class DRSFSegmenter(DRSFModel):
             return self._logits(maps, size)
         n = x.shape[0]
         if targets is None or not torch.is_tensor(targets) or targets.shape != (n, *size):
-            raise DataError("targets", f"training needs masks [N, H, W] = {[n, *size]}, got {getattr(targets, 'shape', targets)}")
+            got = getattr(targets, "shape", targets)
+            raise DataError("targets", f"training needs masks [N, H, W] = {[n, *size]}, got {got}")
         domains, pairs = self._check_batch(n, domains, pairs, x.device)
         maps, aux = self._features(x, train=True, domains=domains, pairs=pairs, progress=progress, generator=generator)
         targets = targets.long()

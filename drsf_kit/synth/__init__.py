@@ -6,7 +6,7 @@ is what `drsf synth` calls; ``merge_shards`` is `drsf synth merge`. Diffusers is
 diffusion backend is built.
 """
 
-from drsf_kit.synth.base import (  # noqa: F401
+from drsf_kit.synth.base import (
     DEFAULT_PROMPTS,
     DEFAULT_SYNTH_DOMAINS,
     GENERATORS,
@@ -18,11 +18,22 @@ from drsf_kit.synth.base import (  # noqa: F401
     item_seed,
     load_prompts,
 )
-from drsf_kit.synth.consistency import layout_consistency  # noqa: F401
-from drsf_kit.synth.runner import merge_shards, parse_shard, run_synth  # noqa: F401
+from drsf_kit.synth.consistency import layout_consistency
+from drsf_kit.synth.runner import merge_shards, parse_shard, run_synth
 
 __all__ = [
-    "DEFAULT_PROMPTS", "DEFAULT_SYNTH_DOMAINS", "GENERATORS", "GeneratedItem", "Generator", "SourceItem",
-    "SynthConfig", "build_generator", "item_seed", "load_prompts", "layout_consistency", "merge_shards",
-    "parse_shard", "run_synth",
+    "DEFAULT_PROMPTS",
+    "DEFAULT_SYNTH_DOMAINS",
+    "GENERATORS",
+    "GeneratedItem",
+    "Generator",
+    "SourceItem",
+    "SynthConfig",
+    "build_generator",
+    "item_seed",
+    "layout_consistency",
+    "load_prompts",
+    "merge_shards",
+    "parse_shard",
+    "run_synth",
 ]

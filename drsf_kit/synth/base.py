@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from drsf_kit.errors import ConfigError
 
@@ -179,6 +180,8 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
     ``prompts``, ``weather``, ``time``, ``objects``, ``actions`` (mappings), ``scene`` and
     ``negative_prompt`` (strings). Unknown keys are an error.
     """
+    import yaml
+
     from drsf_kit.errors import DataError
 
     data: dict = {}
@@ -186,15 +189,13 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
         path = Path(path)
         if not path.is_file():
             raise DataError(path, "prompt file does not exist")
-        text = path.read_text(encoding="utf-8")
         try:
+            text = path.read_text(encoding="utf-8")
             if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
+                data = yaml.safe_load(text)
             else:
                 data = json.loads(text)
-        except Exception as exc:  # both parsers raise their own error types
+        except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
             raise DataError(path, f"cannot parse prompt file ({exc})") from None
         if not isinstance(data, dict):
             raise DataError(path, "prompt file must hold a mapping")

@@ -1,10 +1,11 @@
 """Layout consistency of a twin with its source, in [0, 1].
 
 A twin may change colour, light and weather but must keep the objects where the labels say they are.
-The score is the Pearson correlation of gradient magnitudes of the source (mapped through the twin's
-crop and resize) and the twin, inside the labelled boxes, clipped to [0, 1]. Correlation ignores the
-global gain and offset that darkening or haze add, so a night twin with intact edges still scores
-high, while a twin whose objects moved or vanished scores low. With no boxes (or boxes too small to
+The score is the Pearson correlation of gradient magnitudes of log intensity of the source (mapped
+through the twin's crop and resize) and the twin, inside the labelled boxes, clipped to [0, 1].
+Correlation ignores a global gain on the gradients and the log turns darkening into an offset, so a
+night twin with intact edges still scores high, while a twin whose objects moved or vanished scores
+low. With no boxes (or boxes too small to
 measure) the whole image is used. Both images are reduced first (area average) so sensor-like noise
 and rain streaks do not dominate the gradients.
 """
@@ -30,11 +31,15 @@ def gradient_magnitude(gray: np.ndarray) -> np.ndarray:
     return np.sqrt(gx * gx + gy * gy)
 
 
-def _gray(image, size: tuple[int, int]) -> np.ndarray:
+# Offset inside the log: keeps the gradients of near-black (noisy) pixels from exploding.
+LOG_EPS = 0.05
+
+
+def _log_gray(image, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
     small = image.convert("L").resize(size, Image.BOX)
-    return np.asarray(small, dtype=np.float32) / 255.0
+    return np.log(np.asarray(small, dtype=np.float32) / 255.0 + LOG_EPS)
 
 
 def layout_consistency(source, twin, boxes=None, crop: list[int] | None = None) -> float:
@@ -50,8 +55,8 @@ def layout_consistency(source, twin, boxes=None, crop: list[int] | None = None) 
     mapped = crop_resize_image(source, crop, size)
     scale = min(1.0, WORK_SIDE / max(size))
     work = (max(8, round(size[0] * scale)), max(8, round(size[1] * scale)))
-    ga = gradient_magnitude(_gray(mapped, work))
-    gb = gradient_magnitude(_gray(twin, work))
+    ga = gradient_magnitude(_log_gray(mapped, work))
+    gb = gradient_magnitude(_log_gray(twin, work))
     region = np.ones(ga.shape, bool)
     if boxes is not None and len(boxes):
         twin_boxes, _ = map_boxes(np.asarray(boxes), crop, size, source.size)

@@ -91,9 +91,9 @@ class ControlNetGenerator(DiffusionGenerator):
         default_cn = DEFAULT_REPOS["controlnet_seg" if cfg.condition == "seg" else "controlnet_edges"]
         cn_folder = resolve_weights(cfg.controlnet, default_cn, "ControlNet", required="config.json")
         controlnet = load_pretrained(diffusers.ControlNetModel, cn_folder, "ControlNet",
-                                     layout=CONTROLNET_LAYOUT, torch_dtype=self.dtype)
+                                     layout=CONTROLNET_LAYOUT, dtype=self.dtype)
         pipe = load_pretrained(diffusers.StableDiffusionControlNetPipeline, base,
-                               "Stable Diffusion pipeline", controlnet=controlnet, torch_dtype=self.dtype,
+                               "Stable Diffusion pipeline", controlnet=controlnet, dtype=self.dtype,
                                safety_checker=None, requires_safety_checker=False)
         model_id = f"{cfg.model or DEFAULT_REPOS['sd15']}+{cfg.controlnet or default_cn}"
         self._finish_loading(pipe, model_id, [base, cn_folder])

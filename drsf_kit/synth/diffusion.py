@@ -25,12 +25,12 @@ DEFAULT_REPOS = {
 }
 
 PIPELINE_LAYOUT = (
-    "a diffusers pipeline folder: model_index.json, scheduler/scheduler_config.json, "
+    "model_index.json, scheduler/scheduler_config.json, "
     "text_encoder/{config.json, model.safetensors}, tokenizer/{vocab.json, merges.txt, "
     "tokenizer_config.json, special_tokens_map.json}, unet/{config.json, "
     "diffusion_pytorch_model.safetensors}, vae/{config.json, diffusion_pytorch_model.safetensors}"
 )
-CONTROLNET_LAYOUT = "a diffusers ControlNet folder: config.json, diffusion_pytorch_model.safetensors"
+CONTROLNET_LAYOUT = "config.json, diffusion_pytorch_model.safetensors"
 
 # Weight files that identify a model (model_hash covers their names and contents).
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -41,9 +41,9 @@ def _missing_weights(what: str, spec: str, layout: str, reason: str) -> ConfigEr
 
     return ConfigError(
         f"no local weights for the {what}: {reason}. Nothing is downloaded at run time. Either pass "
-        f"a local folder holding {layout} (e.g. `huggingface-cli download {spec} --local-dir "
-        f"weights/{spec.split('/')[-1]}` on a machine with network, then copy it here), or put the "
-        f"repo {spec!r} in the local Hugging Face cache ({HF_HUB_CACHE})"
+        f"a local folder in diffusers layout ({layout}), e.g. made with `huggingface-cli download "
+        f"{spec} --local-dir weights/{spec.split('/')[-1]}` on a machine with network and copied "
+        f"here, or put the repo {spec!r} in the local Hugging Face cache ({HF_HUB_CACHE})"
     )
 
 
@@ -71,7 +71,7 @@ def resolve_weights(spec: str | None, default_repo: str, what: str, required: st
         from huggingface_hub import snapshot_download
 
         folder = Path(snapshot_download(spec, local_files_only=True))
-    except Exception:  # LocalEntryNotFoundError and friends: the repo is not cached
+    except (OSError, ValueError):  # LocalEntryNotFoundError (not cached), HFValidationError (bad id)
         raise _missing_weights(what, spec, layout, f"{spec!r} is not a folder and not in the local cache") from None
     if not (folder / required).is_file():
         raise _missing_weights(what, spec, layout, f"the cached copy {folder} has no {required}")
@@ -101,8 +101,9 @@ def pipeline_class_name(folder: Path) -> str:
         raise DataError(folder / "model_index.json", f"cannot read the pipeline index ({exc})") from None
 
 
-def resolve_dtype(dtype: str, device) -> "torch.dtype":  # noqa: F821
-    """``auto`` = fp16 on cuda, fp32 on cpu; fp16 on cpu is refused (slow, and some ops lack kernels)."""
+def resolve_dtype(dtype: str, device):
+    """The torch dtype for ``dtype``: ``auto`` = fp16 on cuda, fp32 on cpu; fp16 on cpu is refused
+    (slow, and some ops lack kernels)."""
     import torch
 
     if dtype not in ("auto", "fp16", "fp32"):
@@ -114,13 +115,20 @@ def resolve_dtype(dtype: str, device) -> "torch.dtype":  # noqa: F821
     return torch.float16 if dtype == "fp16" else torch.float32
 
 
-def load_pretrained(cls, folder: Path, what: str, layout: str = PIPELINE_LAYOUT, **kwargs):
-    """``cls.from_pretrained(folder, local_files_only=True, **kwargs)``, with loading failures (missing
-    or broken component files) turned into a ConfigError naming the folder and the expected layout."""
+def load_pretrained(cls, folder: Path, what: str, layout: str = PIPELINE_LAYOUT, dtype=None, **kwargs):
+    """``cls.from_pretrained(folder, local_files_only=True, **kwargs)`` in ``dtype``, with loading
+    failures (missing or broken component files) turned into a ConfigError naming the folder and the
+    expected layout."""
+    from diffusers.utils import deprecation_utils
+
+    if dtype is not None:
+        # diffusers renamed torch_dtype to dtype (the old name warns); older releases know only torch_dtype
+        renamed = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+        kwargs["dtype" if renamed else "torch_dtype"] = dtype
     try:
         return cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load the {what} from {folder}: {exc}. Expected {layout}") from None
+        raise ConfigError(f"cannot load the {what} from {folder}: {exc}. Expected a diffusers layout: {layout}") from None
 
 
 class DiffusionGenerator(Generator):
@@ -128,13 +136,20 @@ class DiffusionGenerator(Generator):
 
     def __init__(self, cfg: SynthConfig):
         super().__init__(cfg)
-        from drsf_kit.utils.runtime import resolve_device
+        from drsf_kit.utils.runtime import default_num_threads, resolve_device
 
         if cfg.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {cfg.steps}")
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
+        if self.device.type == "cpu":
+            import torch
+
+            # more threads than free cores makes torch's CPU kernels spin and crawl; DRSF_NUM_THREADS caps it
+            torch.set_num_threads(default_num_threads())
         self.prompts = load_prompts(cfg.prompts)
+        for domain in cfg.domains:  # a missing prompt should stop the run before weights load
+            self.prompts.prompt(domain)
         self._model_id = ""
         self._folders: list[Path] = []
         self._hash: str | None = None

@@ -51,7 +51,7 @@ class GligenGenerator(DiffusionGenerator):
                 f"'gated' (a box-grounded UNet with a position net), e.g. {DEFAULT_REPOS['gligen']}"
             )
         pipe = load_pretrained(diffusers.StableDiffusionGLIGENPipeline, folder, "GLIGEN pipeline",
-                               torch_dtype=self.dtype, safety_checker=None, requires_safety_checker=False)
+                               dtype=self.dtype, safety_checker=None, requires_safety_checker=False)
         self._finish_loading(pipe, cfg.model or DEFAULT_REPOS["gligen"], [folder])
 
     def layout(self, item: SourceItem) -> tuple[list[int], np.ndarray, np.ndarray]:

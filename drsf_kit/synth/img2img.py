@@ -40,10 +40,10 @@ class Img2ImgGenerator(DiffusionGenerator):
         self.sdxl = "XL" in pipeline_class_name(folder)
         if self.sdxl:
             pipe = load_pretrained(diffusers.StableDiffusionXLImg2ImgPipeline, folder,
-                                   "SDXL pipeline", torch_dtype=self.dtype)
+                                   "SDXL pipeline", dtype=self.dtype)
         else:
             pipe = load_pretrained(diffusers.StableDiffusionImg2ImgPipeline, folder,
-                                   "Stable Diffusion pipeline", torch_dtype=self.dtype,
+                                   "Stable Diffusion pipeline", dtype=self.dtype,
                                    safety_checker=None, requires_safety_checker=False)
         self._finish_loading(pipe, cfg.model or DEFAULT_REPOS["sd15"], [folder])
 

@@ -217,6 +217,13 @@ class ProceduralGenerator(Generator):
 
     name = "procedural"
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        for domain in cfg.domains:  # fail before any image is made
+            if domain not in DOMAIN_EFFECTS:
+                raise ConfigError(f"the procedural backend has no recipe for domain {domain!r}; "
+                                  f"valid domains: {', '.join(DOMAIN_EFFECTS)}")
+
     def identity(self) -> dict:
         """The model id is this module; the hash covers its source, so a changed recipe shows."""
         digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()

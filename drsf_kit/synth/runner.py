@@ -11,6 +11,7 @@ duplicates a row.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from drsf_kit.synth.consistency import layout_consistency
 from drsf_kit.utils.io import atomic_save_image, atomic_write_json, read_jsonl, write_jsonl
 
 PART_PATTERN = re.compile(r"^manifest\.part-(\d+)-of-(\d+)\.jsonl$")
+# Which shards a folder's manifest.jsonl already holds (their parts are deleted after merging).
+SHARDS_RECORD = "shards.json"
 
 
 def part_name(shard: tuple[int, int] | None) -> str:
@@ -145,7 +148,13 @@ def run_synth(cfg: SynthConfig) -> dict:
 
     validate_config(cfg)
     with_mask = _needs_masks(cfg)
-    ds = DWDDetection(cfg.data, cfg.source, cfg.split, with_masks=with_mask, progress=cfg.progress)
+    try:
+        ds = DWDDetection(cfg.data, cfg.source, cfg.split, with_masks=with_mask, progress=cfg.progress)
+    except DataError as exc:
+        if with_mask and "mask" in exc.problem:
+            raise DataError(exc.path, f"{exc.problem}; the controlnet seg condition needs the source masks "
+                                      "(VOC2007/SegmentationClass/<id>.png): use --condition edges without them") from None
+        raise
     ids = select_ids(ds.ids, cfg.limit, cfg.shard)
     base = Path(cfg.out) / cfg.backend
     manifests, done, stats = {}, {}, {}
@@ -158,6 +167,10 @@ def run_synth(cfg: SynthConfig) -> dict:
         if cfg.shard is None:
             _check_no_unmerged_parts(folder)
         done[domain] = prepare_manifest(manifests[domain], cfg.overwrite)
+        if cfg.shard is not None and not cfg.overwrite:
+            # rows of this shard already merged into manifest.jsonl (its part was removed by the merge)
+            done[domain] |= {(r["source_id"], int(r.get("index", 0) or 0)) for r in read_jsonl(folder / MANIFEST_NAME)
+                             if (folder / r["path"]).is_file()}
         if not manifests[domain].exists():
             write_jsonl(manifests[domain], [])  # an (empty) part marks the shard as started for merge
         stats[domain] = _new_stats()
@@ -242,18 +255,20 @@ def _finish(base: Path, cfg: SynthConfig, summary: dict) -> dict:
 
 def merge_shards(root: str | Path, allow_partial: bool = False) -> dict:
     """Join the ``manifest.part-I-of-N.jsonl`` files of every folder below ``root`` into its
-    ``manifest.jsonl`` (sorted by source id and index). Returns ``{folder: rows}``.
+    ``manifest.jsonl`` (sorted by source id and index), then delete the parts. Returns
+    ``{folder: rows in manifest.jsonl}`` (empty when there is nothing to merge).
 
     Two parts listing the same image is an error, and so is a missing shard unless
-    ``allow_partial``. Rows of an existing ``manifest.jsonl`` are kept unless a part has the same
-    image (the part is the record of the run that wrote the file). Parts are kept, so merging again
-    gives the same result.
+    ``allow_partial``. Rows already in ``manifest.jsonl`` are kept unless a part lists the same
+    image (the part is the record of the run that last wrote the file).
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "folder does not exist")
     folders = sorted({p.parent for p in root.rglob("manifest.part-*-of-*.jsonl") if PART_PATTERN.match(p.name)})
     if not folders:
+        if any(root.rglob(MANIFEST_NAME)):
+            return {}  # already merged
         raise DataError(root, "no manifest.part-<I>-of-<N>.jsonl files in this folder or below")
     return {str(f): _merge_folder(f, allow_partial) for f in folders}
 
@@ -268,7 +283,14 @@ def _merge_folder(folder: Path, allow_partial: bool) -> int:
     if len(counts) != 1:
         raise DataError(folder, f"shard parts disagree on the number of shards: {sorted(counts)}")
     n = counts.pop()
-    missing = sorted(set(range(n)) - {i for i, _ in parts.values()})
+    record = folder / SHARDS_RECORD
+    merged_before = set()
+    if record.is_file():
+        info = json.loads(record.read_text())
+        if info.get("of") == n:
+            merged_before = set(info.get("merged", []))
+    present = {i for i, _ in parts.values()} | merged_before
+    missing = sorted(set(range(n)) - present)
     if missing and not allow_partial:
         raise DataError(folder, f"shard(s) {missing} of {n} have no manifest part; run them first "
                                 "(or merge with --allow-partial)")
@@ -287,4 +309,9 @@ def _merge_folder(folder: Path, allow_partial: bool) -> int:
         merged.setdefault(row_key(row), row)
     rows = sorted(merged.values(), key=lambda r: (r["source_id"], int(r.get("index", 0) or 0)))
     write_jsonl(main, rows)
+    atomic_write_json(record, {"of": n, "merged": sorted(present)})
+    # Parts go only after manifest.jsonl is safely replaced; a kill in between leaves parts whose rows
+    # are already merged, and merging again gives the same file.
+    for part in parts:
+        part.unlink(missing_ok=True)
     return len(rows)

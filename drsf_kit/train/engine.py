@@ -313,7 +313,9 @@ def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
                                hflip=cfg.train.hflip, crop_min_scale=cfg.train.crop_min_scale)
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=TwinCollate(cfg.task),
                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        # its own generator: creating the iterator must not draw from the global RNG, or a
+                        # resumed run would be one draw off the uninterrupted one
+                        generator=torch.Generator().manual_seed(cfg.seed))
     log = RunLogger(run_dir, cfg.train.tensorboard, enabled=main)
     if main and start == 0:
         log.row({"step": 0, "event": "start", "device": str(device), "train_images": len(train_set),

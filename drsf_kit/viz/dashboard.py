@@ -1,31 +1,22 @@
 """The logic behind the widgets, tested without them.
 
-Ablation dashboard: tidy result rows (CONTRIBUTING.md, one per run, domain, metric[, class]) -> seed
-summary -> table and bar chart. Explorers: feature maps to RGB by a fixed PCA basis, predictions (boxes
-or masks) drawn over images, probability bars, PNG bytes. ``viz.widgets`` only wires controls to these.
+Ablation dashboard: tidy result rows (CONTRIBUTING.md, one per run, domain, metric[, class]) -> the
+kit's domain table (``evaluation.tables``) -> displayed table and a bar chart with the seed spread.
+Twin explorer: entropy and attribution functions built from a kit model (``analysis``). Image
+rendering lives in ``viz.images``; ``viz.widgets`` only wires controls to these functions.
 """
 
 from __future__ import annotations
 
 import html
-import io
-import os
-from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable
 
 import numpy as np
 
-from drsf_kit.data.classes import (
-    CITYSCAPES_PALETTE,
-    DOMAIN_COLORS,
-    DOMAIN_SHORT,
-    DWD_CLASSES,
-    DWD_DOMAINS,
-    IGNORE_INDEX,
-    SOURCE_DOMAIN,
-)
+from drsf_kit.data.classes import DOMAIN_SHORT, DWD_DOMAINS, SOURCE_DOMAIN
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.models.variants import VARIANTS
+from drsf_kit.viz.images import figure_png  # noqa: F401  (the dashboard's PNG bytes)
 
 # Which blocks each ablation variant carries, read from the one VARIANTS dict; the "neither" case maps
 # to both block-free variants: with synthetic data (naive_synth) and without (source_only).
@@ -227,229 +218,117 @@ def seed_spread_figure(summary, metric: str, title: str | None = None):
     return fig
 
 
-def figure_png(fig, dpi: int | None = None) -> bytes:
-    """PNG bytes of a matplotlib figure (for ``ipywidgets.Image``)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
+def kit_twin_functions(model, steps: int = 8, layer: str | None = None):
+    """``(entropy_fn, attribution_fn, methods)`` for ``twin_explorer`` from a kit detector or segmenter.
 
-
-# ------------------------------------------------------------------------------------------ image helpers
-def to_numpy_image(image) -> np.ndarray:
-    """A ``[3,H,W]`` float tensor/array in [0,1] (or ``[H,W,3]`` uint8) as an ``[H,W,3]`` uint8 array."""
-    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
-        arr = arr.transpose(1, 2, 0)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-    return arr
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """PNG bytes of an ``[H,W,3]`` uint8 array."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an ``[h,w(,c)]`` array to ``size=(H, W)`` by nearest neighbour (labels stay labels)."""
-    h, w = array.shape[:2]
-    rows = (np.arange(size[0]) * h // size[0]).clip(0, h - 1)
-    cols = (np.arange(size[1]) * w // size[1]).clip(0, w - 1)
-    return array[rows][:, cols]
-
-
-def feature_map(features, level: str | None = None) -> np.ndarray:
-    """One ``[C,h,w]`` float array from features given as a tensor (``[C,h,w]`` or ``[1,C,h,w]``) or a
-    mapping of levels (``level`` picks one; default the first, the finest FPN level)."""
-    if isinstance(features, Mapping):
-        if not features:
-            raise ConfigError("predict_mixed returned an empty feature mapping")
-        key = level if level is not None else next(iter(features))
-        if key not in features:
-            raise ConfigError(f"feature level {key!r} not found; levels: {', '.join(map(str, features))}")
-        features = features[key]
-    arr = features.detach().float().cpu().numpy() if hasattr(features, "detach") else np.asarray(features, np.float32)
-    if arr.ndim == 4:
-        arr = arr[0]
-    if arr.ndim != 3:
-        raise ConfigError(f"expected features of shape [C,h,w] or [1,C,h,w], got {tuple(arr.shape)}")
-    return arr
-
-
-class PcaBasis:
-    """Three principal directions of feature vectors and the colour range of their projections.
-
-    Fitting once on both unmixed twins keeps colours comparable while lambda moves between them.
+    Entropy: the per-pixel class entropy of a segmenter, or each detected box's class entropy painted
+    into its box for a detector (``analysis.entropy``). Attribution (``analysis.attribution``): GradCAM
+    at ``layer`` (default: the model's default stage) or integrated gradients with ``steps`` steps, of
+    one target chosen on the reference (source) image by ``auto_target`` and reused for every twin.
+    The model is put in eval mode.
     """
+    import torch
 
-    def __init__(self, maps: Sequence[np.ndarray]):
-        data = np.concatenate([m.reshape(m.shape[0], -1).T for m in maps], axis=0).astype(np.float64)
-        self.mean = data.mean(axis=0)
-        centred = data - self.mean
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        comps = vt[:3]
-        if comps.shape[0] < 3:  # fewer than 3 channels: pad with zero directions (grey)
-            comps = np.vstack([comps, np.zeros((3 - comps.shape[0], comps.shape[1]))])
-        # sign convention: the largest loading of each component is positive, so refits agree
-        signs = np.sign(comps[np.arange(3), np.abs(comps).argmax(axis=1)])
-        self.components = comps * np.where(signs == 0, 1.0, signs)[:, None]
-        proj = centred @ self.components.T
-        self.low = np.percentile(proj, 1, axis=0)
-        self.high = np.percentile(proj, 99, axis=0)
+    from drsf_kit.analysis import attribution as attr
+    from drsf_kit.analysis import entropy as ent
+    from drsf_kit.analysis.features import default_stage
 
-    def rgb(self, fmap: np.ndarray) -> np.ndarray:
-        """``[C,h,w]`` features -> ``[h,w,3]`` uint8 colours."""
-        c, h, w = fmap.shape
-        proj = (fmap.reshape(c, -1).T - self.mean) @ self.components.T
-        scaled = (proj - self.low) / np.maximum(self.high - self.low, 1e-8)
-        return (np.clip(scaled, 0, 1).reshape(h, w, 3) * 255 + 0.5).astype(np.uint8)
+    model.eval()
+    detector = attr.is_rcnn(model)
+    layer = layer or default_stage(model)
+    targets: dict[int, tuple] = {}
 
+    def entropy_fn(image):
+        with torch.no_grad():
+            if not detector:
+                return ent.prediction_entropy_map(attr.seg_logits(model(image[None])))[0]
+            boxes = model([image])[0]["boxes"]
+            size = tuple(image.shape[-2:])
+            if len(boxes) == 0:
+                return np.zeros(size, np.float32)
+            return ent.detection_entropy_map(boxes, attr.roi_class_probs(model, image, boxes), size)
 
-def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a train-id mask over an ``[H,W,3]`` uint8 image with the Cityscapes palette (255 clear)."""
-    mask = resize_nearest(np.asarray(mask), image.shape[:2]).astype(np.int64)
-    palette = np.zeros((256, 3), np.float32)
-    palette[: len(CITYSCAPES_PALETTE)] = np.asarray(CITYSCAPES_PALETTE, np.float32)
-    colour = palette[np.clip(mask, 0, 255)]
-    keep = ((mask != IGNORE_INDEX) & (mask >= 0) & (mask < len(CITYSCAPES_PALETTE)))[..., None]
-    out = np.where(keep, (1 - alpha) * image + alpha * colour, image)
-    return out.astype(np.uint8)
+    def attribution_fn(image, method, reference):
+        # one target per reference image, kept with the image so its id cannot be reused
+        entry = targets.get(id(reference))
+        if entry is None or entry[0] is not reference:
+            entry = targets[id(reference)] = (reference, attr.auto_target(model, reference)[0])
+        score = entry[1]
+        if method == "gradcam":
+            return attr.gradcam(score, image, layer)
+        if method == "integrated_gradients":
+            return attr.integrated_gradients(score, image, steps=steps)
+        raise ConfigError(f"unknown attribution method {method!r}; valid: {', '.join(attr.METHODS)}")
 
-
-def draw_boxes(image: np.ndarray, prediction: Mapping, score_threshold: float = 0.3, class_names=DWD_CLASSES) -> np.ndarray:
-    """Draw xyxy boxes (torchvision labels, 1-based) scoring at least ``score_threshold``."""
-    from PIL import Image, ImageDraw
-
-    pil = Image.fromarray(image)
-    draw = ImageDraw.Draw(pil)
-    boxes = np.asarray(_numpy(prediction.get("boxes", np.zeros((0, 4)))), np.float32).reshape(-1, 4)
-    labels = np.asarray(_numpy(prediction.get("labels", np.zeros(len(boxes)))), np.int64).reshape(-1)
-    scores = np.asarray(_numpy(prediction.get("scores", np.ones(len(boxes)))), np.float32).reshape(-1)
-    for box, label, score in zip(boxes, labels, scores):
-        if score < score_threshold:
-            continue
-        name = class_names[label - 1] if 1 <= label <= len(class_names) else str(label)
-        rgb = CITYSCAPES_PALETTE[(int(label) * 5) % len(CITYSCAPES_PALETTE)]
-        draw.rectangle([float(v) for v in box], outline=rgb, width=2)
-        draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{name} {score:.2f}", fill=rgb)
-    return np.asarray(pil)
+    return entropy_fn, attribution_fn, tuple(attr.METHODS)
 
 
-def render_prediction(image: np.ndarray, prediction, score_threshold: float = 0.3) -> np.ndarray:
-    """Boxes (a torchvision detection dict, or a one-element list of them) or a segmentation output
-    (``[H,W]`` labels, ``[C,H,W]`` or ``[1,C,H,W]`` logits) drawn over ``image``."""
-    if isinstance(prediction, (list, tuple)) and len(prediction) == 1:
-        prediction = prediction[0]
-    if isinstance(prediction, Mapping):
-        if "boxes" in prediction:
-            return draw_boxes(image, prediction, score_threshold)
-        for key in ("mask", "out", "logits"):
-            if key in prediction:
-                return render_prediction(image, prediction[key], score_threshold)
-        raise ConfigError(f"cannot draw a prediction with keys {sorted(prediction)}")
-    arr = _numpy(prediction)
-    if arr.ndim == 4:
-        arr = arr[0]
-    if arr.ndim == 3:
-        arr = arr.argmax(axis=0)
-    if arr.ndim != 2:
-        raise ConfigError(f"cannot draw a prediction of shape {tuple(arr.shape)}")
-    return overlay_mask(image, arr)
+def lambda_sweep(model, image_a, image_b, steps: int = 11, domain_names=None, score_threshold: float = 0.3):
+    """``predict_mixed`` at ``steps`` evenly spaced lambdas from 0 to 1: one row per lambda.
+
+    Columns: ``lam``; ``p(<domain>)`` per discriminator output (none for a variant without MDSF);
+    for detections ``boxes`` (scoring >= ``score_threshold``) and ``top_score``; for segmentation
+    ``agreement_with_a``, the fraction of pixels predicted as at ``lam = 1`` (image A alone).
+    """
+    import pandas as pd
+    import torch
+
+    from drsf_kit.viz.images import as_numpy
+
+    if steps < 2:
+        raise ConfigError(f"lambda_sweep needs at least 2 steps, got {steps}")
+    rows, reference = [], None
+    for lam in np.linspace(1.0, 0.0, int(steps)):  # lam = 1 first: it is the reference prediction
+        with torch.no_grad():
+            out = model.predict_mixed(image_a, image_b, float(lam))
+        row = {"lam": round(float(lam), 6)}
+        if out.get("domain_probs") is not None:
+            probs = as_numpy(out["domain_probs"]).reshape(-1)
+            names = list(domain_names) if domain_names is not None and len(domain_names) == len(probs) else \
+                [f"domain {i}" for i in range(len(probs))]
+            row.update({f"p({n})": float(p) for n, p in zip(names, probs)})
+        pred = out["prediction"]
+        pred = pred[0] if isinstance(pred, (list, tuple)) else pred
+        if isinstance(pred, dict) and "boxes" in pred:
+            scores = as_numpy(pred.get("scores", np.zeros(0))).reshape(-1)
+            row["boxes"] = int((scores >= score_threshold).sum())
+            row["top_score"] = float(scores.max()) if scores.size else 0.0
+        else:
+            labels = as_numpy(pred["out"] if isinstance(pred, dict) else pred)
+            labels = labels.argmax(axis=-3) if labels.ndim >= 3 else labels
+            labels = labels.reshape(labels.shape[-2:])
+            reference = labels if reference is None else reference
+            row["agreement_with_a"] = float((labels == reference).mean())
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("lam").reset_index(drop=True)
 
 
-def probability_figure(probs: np.ndarray, names: Sequence[str], title: str = "discriminator: domain probabilities"):
-    """Horizontal bars of the discriminator's domain probabilities, one per domain name."""
+def lambda_sweep_figure(sweep, title: str = "MDSF soft fusion: z = lam * z_A + (1 - lam) * z_B"):
+    """Discriminator probabilities against lambda (left) and the prediction statistic (right)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2, 0.45 * len(names) + 0.9), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    ys = np.arange(len(names))
-    ax.barh(ys, probs, color=[DOMAIN_COLORS.get(n, "#555555") for n in names])
-    for y, p in zip(ys, probs):
-        ax.text(min(float(p) + 0.02, 0.9), y, f"{p:.2f}", va="center", fontsize=8)
-    ax.set_yticks(ys)
-    ax.set_yticklabels([DOMAIN_SHORT.get(n, n) for n in names])
-    ax.set_xlim(0, 1)
-    ax.invert_yaxis()
-    ax.set_title(title, fontsize=9)
+    from drsf_kit.data.classes import DOMAIN_COLORS
+
+    fig = Figure(figsize=(10, 3.6), dpi=100)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    prob_columns = [c for c in sweep.columns if c.startswith("p(")]
+    for column in prob_columns:
+        name = column[2:-1]
+        left.plot(sweep["lam"], sweep[column], marker=".", label=name, color=DOMAIN_COLORS.get(name))
+    if prob_columns:
+        left.legend(fontsize=7)
+    else:
+        left.text(0.5, 0.5, "no discriminator (variant without MDSF)", ha="center", transform=left.transAxes)
+    left.set_xlabel("lambda (weight of A)")
+    left.set_ylabel("discriminator probability")
+    stats = [c for c in ("boxes", "top_score", "agreement_with_a") if c in sweep.columns]
+    for column in stats:
+        right.plot(sweep["lam"], sweep[column], marker=".", label=column)
+    right.set_xlabel("lambda (weight of A)")
+    right.set_ylabel("prediction")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return fig
-
-
-def _numpy(value) -> np.ndarray:
-    return value.detach().float().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-
-
-def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:
-    """Colour a 2-D map (min-max scaled, resized to the image) and blend it over ``image`` by ``alpha``."""
-    import matplotlib
-
-    heat = np.asarray(heat, np.float32)
-    heat = heat.reshape(heat.shape[-2:]) if heat.ndim > 2 and np.prod(heat.shape[:-2]) == 1 else heat
-    if heat.ndim != 2:
-        raise ConfigError(f"expected a 2-D map, got shape {tuple(heat.shape)}")
-    low, high = float(np.nanmin(heat)), float(np.nanmax(heat))
-    scaled = np.nan_to_num((heat - low) / max(high - low, 1e-8))
-    colour = matplotlib.colormaps[cmap](resize_nearest(scaled, image.shape[:2]))[..., :3] * 255
-    return ((1 - alpha) * image + alpha * colour).astype(np.uint8)
-
-
-def histogram_image(values: np.ndarray, size: tuple[int, int], bins: int = 20, value_range=(0.0, 1.0)) -> np.ndarray:
-    """An ``[H,W,3]`` uint8 picture of a histogram of ``values`` (e.g. per-channel entropies in [0,1])."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from PIL import Image
-
-    h, w = size
-    # drawn at a readable size, then scaled to the cell
-    fig = Figure(figsize=(max(w, 240) / 100, max(h, 160) / 100), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.hist(np.asarray(values, np.float32).ravel(), bins=bins, range=value_range, color="#444444")
-    ax.set_xlabel("channel entropy", fontsize=7)
-    ax.tick_params(labelsize=6)
-    fig.tight_layout(pad=0.3)
-    canvas.draw()
-    arr = np.asarray(canvas.buffer_rgba())[..., :3]
-    return np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((w, h), Image.BILINEAR))
-
-
-def image_grid(cells: Sequence[Sequence[np.ndarray]], col_titles: Sequence[str] = (), row_titles: Sequence[str] = (), pad: int = 4) -> np.ndarray:
-    """Tile ``cells[row][col]`` (``[H,W,3]`` uint8, resized to the first cell's size) into one image,
-    with column titles above and row titles on the left."""
-    from PIL import Image, ImageDraw
-
-    h, w = cells[0][0].shape[:2]
-    n_rows, n_cols = len(cells), max(len(r) for r in cells)
-    top = 14 if col_titles else 0
-    left = 70 if row_titles else 0
-    canvas = Image.new("RGB", (left + n_cols * (w + pad), top + n_rows * (h + pad)), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for r, row in enumerate(cells):
-        for c, cell in enumerate(row):
-            tile = cell if cell.shape[:2] == (h, w) else resize_nearest(cell, (h, w))
-            canvas.paste(Image.fromarray(np.ascontiguousarray(tile)), (left + c * (w + pad), top + r * (h + pad)))
-    for c, title in enumerate(col_titles):
-        draw.text((left + c * (w + pad) + 2, 1), str(title), fill=(0, 0, 0))
-    for r, title in enumerate(row_titles):
-        draw.text((2, top + r * (h + pad) + h // 2 - 6), str(title), fill=(0, 0, 0))
-    return np.asarray(canvas)
-
-
-def message_figure(text: str, size: tuple[float, float] = (4.2, 2.0)):
-    """A small figure holding only ``text`` (placeholders such as "no discriminator")."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-    ax.set_axis_off()
     return fig

@@ -14,9 +14,9 @@ from typing import Callable, Mapping, Sequence
 import ipywidgets as widgets
 import numpy as np
 
-from drsf_kit.data.classes import SOURCE_DOMAIN
+from drsf_kit.data.classes import DOMAIN_SHORT, SOURCE_DOMAIN
 from drsf_kit.errors import ConfigError, DataError
-from drsf_kit.viz import dashboard
+from drsf_kit.viz import dashboard, images
 
 DEFAULT_METRICS = {"det": "map50_voc07", "seg": "miou"}
 
@@ -136,7 +136,7 @@ class AblationDashboard(widgets.VBox):
         self.table_markdown = dashboard.table_markdown(self.table_df)
         self.table_html.value = dashboard.table_html(self.shown_df, caption)
         self.figure = dashboard.seed_spread_figure(self.summary_df, metric, title=f"{task}: {metric}, mean ± std over seeds")
-        self.figure_png = dashboard.figure_png(self.figure)
+        self.figure_png = images.figure_png(self.figure)
         self.chart.value = self.figure_png
 
 
@@ -211,12 +211,12 @@ class MdsfExplorer(widgets.VBox):
             self.controls[name].observe(self._on_domains, names="value")
         self.controls["lam"].observe(self._on_lam, names="value")
         c = self.controls
-        images = widgets.HBox([
+        panels = widgets.HBox([
             widgets.VBox([widgets.HTML("<b>mixed features (PCA → RGB)</b>"), self.feature_image]),
             widgets.VBox([widgets.HTML("<b>prediction from mixed features</b>"), self.prediction_image]),
             widgets.VBox([widgets.HTML("<b>domain discriminator</b>"), self.probs_image]),
         ])
-        super().__init__([widgets.HBox([c["scene"], c["domain_a"], c["domain_b"]]), c["lam"], images, self.status])
+        super().__init__([widgets.HBox([c["scene"], c["domain_a"], c["domain_b"]]), c["lam"], panels, self.status])
         self._fit_basis()
         self.refresh()
 
@@ -249,8 +249,8 @@ class MdsfExplorer(widgets.VBox):
         return out
 
     def _fit_basis(self) -> None:
-        maps = [dashboard.feature_map(self._predict(lam)["features"], self.feature_level) for lam in (1.0, 0.0)]
-        self.basis = dashboard.PcaBasis(maps)
+        maps = [images.feature_map(self._predict(lam)["features"], self.feature_level) for lam in (1.0, 0.0)]
+        self.basis = images.PcaBasis(maps)
 
     def _on_scene(self, change) -> None:
         self._set_domains(change["new"])
@@ -269,21 +269,21 @@ class MdsfExplorer(widgets.VBox):
         """Run ``predict_mixed`` at the slider's lambda and redraw the three images."""
         lam = float(self.controls["lam"].value)
         out = self._predict(lam)
-        image_a, image_b = (dashboard.to_numpy_image(x) for x in self._images())
-        self.features = dashboard.feature_map(out["features"], self.feature_level)
+        image_a, image_b = (images.to_numpy_image(x) for x in self._images())
+        self.features = images.feature_map(out["features"], self.feature_level)
         rgb = self.basis.rgb(self.features)
-        self.feature_png = dashboard.png_bytes(dashboard.resize_nearest(rgb, image_a.shape[:2]))
+        self.feature_png = images.png_bytes(images.resize_nearest(rgb, image_a.shape[:2]))
         if out["domain_probs"] is None:  # a variant without MDSF has no discriminator
             self.domain_probs, names = None, []
-            self.probs_png = dashboard.figure_png(dashboard.message_figure("no domain discriminator\n(variant without MDSF)"))
+            self.probs_png = images.figure_png(images.message_figure("no domain discriminator\n(variant without MDSF)"))
         else:
-            self.domain_probs = np.asarray(dashboard._numpy(out["domain_probs"]), np.float64).reshape(-1)
+            self.domain_probs = np.asarray(images.as_numpy(out["domain_probs"]), np.float64).reshape(-1)
             n = len(self.domain_probs)
             names = self.domain_names if len(self.domain_names) == n else _default_domain_names(n)
-            self.probs_png = dashboard.figure_png(dashboard.probability_figure(self.domain_probs, names))
+            self.probs_png = images.figure_png(images.probability_figure(self.domain_probs, names))
         self.prediction = out["prediction"]
         blend = (lam * image_a.astype(np.float32) + (1 - lam) * image_b.astype(np.float32)).astype(np.uint8)
-        self.prediction_png = dashboard.png_bytes(dashboard.render_prediction(blend, self.prediction, self.score_threshold))
+        self.prediction_png = images.png_bytes(images.render_prediction(blend, self.prediction, self.score_threshold))
         self.feature_image.value = self.feature_png
         self.probs_image.value = self.probs_png
         self.prediction_image.value = self.prediction_png
@@ -309,8 +309,10 @@ class TwinExplorer(widgets.VBox):
 
     Controls (``.controls``): ``scene``, ``method`` (attribution method), ``alpha`` (overlay opacity).
     ``entropy_fn(image)`` returns a 2-D map (drawn as an overlay) or 1-D per-channel entropies (drawn
-    as a histogram); ``attribution_fn(image, method)`` returns a 2-D map (or ``[C,H,W]``, summed in
-    absolute value). State: ``entropy``, ``attribution`` (per domain), ``stats_df``, ``grid_png``.
+    as a histogram); ``attribution_fn(image, method, reference)`` returns a 2-D map (or ``[C,H,W]``,
+    summed in absolute value); ``reference`` is the scene's first image (the source), so the function
+    can fix one target there (a box, a class region) and score that same target on every twin.
+    State: ``entropy``, ``attribution`` (per domain), ``stats_df``, ``grid_png``.
     Stats: mean entropy per twin, and how much each twin's attribution agrees with the first twin's
     (Pearson correlation of the maps): low agreement means the network looks elsewhere in that weather.
     """
@@ -342,7 +344,7 @@ class TwinExplorer(widgets.VBox):
 
     def _cached(self, key, fn):
         if key not in self._cache:
-            self._cache[key] = np.asarray(dashboard._numpy(fn()), np.float32)
+            self._cache[key] = np.asarray(images.as_numpy(fn()), np.float32)
         return self._cache[key]
 
     def _on_change(self, change) -> None:
@@ -354,24 +356,26 @@ class TwinExplorer(widgets.VBox):
 
         scene, method, alpha = (self.controls[k].value for k in ("scene", "method", "alpha"))
         twins = self.scenes[scene]
+        reference = next(iter(twins.values()))
         self.entropy, self.attribution = {}, {}
         rows_images, rows_entropy, rows_attr, stats = [], [], [], []
         for domain, image in twins.items():
-            picture = dashboard.to_numpy_image(image)
+            picture = images.to_numpy_image(image)
             ent = self._cached((scene, domain, "entropy"), lambda image=image: self.entropy_fn(image))
             self.entropy[domain] = ent
             rows_images.append(picture)
             if ent.ndim == 1:
-                rows_entropy.append(dashboard.histogram_image(ent, picture.shape[:2]))
+                rows_entropy.append(images.histogram_image(ent, picture.shape[:2]))
             else:
-                rows_entropy.append(dashboard.heatmap_overlay(picture, ent, alpha, cmap="viridis"))
+                rows_entropy.append(images.heatmap_overlay(picture, ent, alpha, cmap="viridis"))
             row = {"domain": domain, "mean entropy": float(np.nanmean(ent))}
             if self.attribution_fn is not None:
-                attr = self._cached((scene, domain, method), lambda image=image: self.attribution_fn(image, method))
+                attr = self._cached((scene, domain, method),
+                                    lambda image=image: self.attribution_fn(image, method, reference))
                 if attr.ndim == 3:
                     attr = np.abs(attr).sum(axis=0)
                 self.attribution[domain] = attr
-                rows_attr.append(dashboard.heatmap_overlay(picture, attr, alpha))
+                rows_attr.append(images.heatmap_overlay(picture, attr, alpha))
             stats.append(row)
         if self.attribution:
             reference = next(iter(self.attribution.values())).ravel()
@@ -383,21 +387,31 @@ class TwinExplorer(widgets.VBox):
                 )
         cells = [rows_images, rows_entropy] + ([rows_attr] if rows_attr else [])
         row_titles = ["image", "entropy"] + ([method] if rows_attr else [])
-        grid = dashboard.image_grid(cells, col_titles=[dashboard.DOMAIN_SHORT.get(d, d) for d in twins], row_titles=row_titles)
-        self.grid_png = dashboard.png_bytes(grid)
+        grid = images.image_grid(cells, col_titles=[DOMAIN_SHORT.get(d, d) for d in twins], row_titles=row_titles)
+        self.grid_png = images.png_bytes(grid)
         self.grid_image.value = self.grid_png
         self.stats_df = pd.DataFrame(stats).set_index("domain")
         self.stats_html.value = self.stats_df.to_html(float_format=lambda x: f"{x:.3f}", border=0)
 
 
-def twin_explorer(scenes, entropy_fn: Callable, attribution_fn: Callable | None = None,
-                  methods: Sequence[str] = ("saliency",), **kwargs) -> TwinExplorer:
+def twin_explorer(scenes, entropy_fn: Callable | None = None, attribution_fn: Callable | None = None,
+                  methods: Sequence[str] | None = None, model=None, **kwargs) -> TwinExplorer:
     """Entropy and attribution maps across the twins of each scene (see ``TwinExplorer``).
 
     Args:
-        scenes: ``{scene_id: {domain: image [3,H,W] in [0,1]}}``.
+        scenes: ``{scene_id: {domain: image [3,H,W] in [0,1]}}``, the source image first.
         entropy_fn: ``image -> 2-D entropy map or 1-D per-channel entropies``.
-        attribution_fn: ``(image, method) -> 2-D map``; None hides the attribution row.
+        attribution_fn: ``(image, method, reference) -> 2-D map``; None hides the attribution row.
         methods: the attribution methods offered.
+        model: a kit detector or segmenter: fills in whichever of the two functions is missing with
+            ``dashboard.kit_twin_functions`` (prediction entropy; GradCAM / integrated gradients of one
+            target fixed on the source image).
     """
-    return TwinExplorer(scenes, entropy_fn, attribution_fn=attribution_fn, methods=methods, **kwargs)
+    if model is not None:
+        kit_entropy, kit_attribution, kit_methods = dashboard.kit_twin_functions(model)
+        entropy_fn = entropy_fn or kit_entropy
+        if attribution_fn is None:
+            attribution_fn, methods = kit_attribution, methods or kit_methods
+    if entropy_fn is None:
+        raise ConfigError("twin_explorer needs entropy_fn or a model")
+    return TwinExplorer(scenes, entropy_fn, attribution_fn=attribution_fn, methods=methods or ("saliency",), **kwargs)

@@ -1,0 +1,390 @@
+"""`drsf app`: the ablation dashboard and the MDSF explorer as one standalone page (Voilà) on 127.0.0.1.
+
+Usage::
+
+    drsf app                     # or: python -m drsf_kit.app
+    drsf app --runs runs/sweep   # results of any folder of runs
+    drsf app --port 8866
+
+Which results the dashboard shows (the first that exists):
+
+1. ``--runs DIR``: every ``results.jsonl`` below DIR (a results file or a JSON rows file also works);
+2. ``runs/demo``: the results ``drsf demo`` leaves;
+3. ``benchmarks/results/sdg_mini.json``: the benchmark's rows (a JSON list of tidy result rows, or an
+   object holding them under ``"rows"``);
+4. otherwise a quick stand-in: the five variants trained for 2 steps each on a tiny rendered dataset
+   (about 1-2 minutes on 2 CPU cores, once: it is kept in ``runs/app-quick``). Its numbers only show
+   that the pipeline runs; the page says so.
+
+The MDSF explorer uses the first ``drsf``/``mdsf`` run with a checkpoint in the chosen folder, else an
+untrained mini segmenter (the page says which). The launcher hands its choices to the page's kernel in
+environment variables (``DRSF_APP_*``); the page is ``app/drsf_dashboard.ipynb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from drsf_kit.errors import ConfigError, DataError
+
+HOST = "127.0.0.1"
+DEMO_RUNS = Path("runs/demo")
+BENCHMARK_ROWS = Path("benchmarks/results/sdg_mini.json")
+QUICK_RUNS = Path("runs/app-quick")
+PAGE = Path("app/drsf_dashboard.ipynb")
+TEMPLATES = Path("app/jupyter")  # a Jupyter data folder holding the page's Voilà template ("drsf")
+QUICK_VARIANTS = ("source_only", "naive_synth", "dfdr", "mdsf", "drsf")
+ENV_PATH, ENV_KIND = "DRSF_APP_RESULTS", "DRSF_APP_KIND"
+MIXING_VARIANTS = ("drsf", "mdsf")  # variants whose model carries MDSF's discriminator
+KIND_NOTES = {
+    "runs": "results of {path}",
+    "demo": "the demo's results ({path})",
+    "benchmark": "the benchmark's results ({path})",
+    "quick": "a quick stand-in ({path}): each variant trained for only 2 steps on a tiny rendered dataset, "
+             "so the numbers show that the pipeline runs and say nothing about the methods",
+}
+
+
+@dataclass(frozen=True)
+class ResultsSource:
+    """Where the dashboard's rows come from: ``kind`` (runs, demo, benchmark, quick) and ``path``."""
+
+    kind: str
+    path: Path
+
+    @property
+    def note(self) -> str:
+        """One line for the page saying where the numbers come from."""
+        return KIND_NOTES[self.kind].format(path=self.path)
+
+
+# ---------------------------------------------------------------------------------------------- results
+def _has_results(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.rglob("results.jsonl"))
+
+
+def load_rows_file(path: str | os.PathLike):
+    """Tidy result rows from a JSON file: a list of rows, or an object with the list under ``rows``."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    rows = data.get("rows") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(path, "expected a JSON list of result rows, or an object with such a list under 'rows'")
+    return pd.DataFrame(rows)
+
+
+def resolve_results(runs: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
+                    train_if_missing: bool = True, progress: bool = True) -> ResultsSource:
+    """Choose the dashboard's results: ``runs``, else the demo's, else the benchmark's, else a quick run.
+
+    Raises ``DataError`` when ``runs`` is given but holds no results, ``ConfigError`` when nothing is
+    found and ``train_if_missing`` is False.
+    """
+    from drsf_kit.notebooks import project_root, resolve_path
+
+    root = Path(root) if root is not None else project_root()
+    if runs is not None:
+        path = resolve_path(runs, root).resolve()
+        if path.is_file() and path.suffix == ".json":
+            load_rows_file(path)  # fail now, in the terminal, rather than on the page
+            return ResultsSource("runs", path)
+        if path.is_file() or _has_results(path):
+            return ResultsSource("runs", path)
+        problem = "does not exist" if not path.exists() else "holds no results.jsonl (train or evaluate a run first)"
+        raise DataError(path, problem)
+    if _has_results(root / DEMO_RUNS):
+        return ResultsSource("demo", (root / DEMO_RUNS).resolve())
+    if (root / BENCHMARK_ROWS).is_file():
+        return ResultsSource("benchmark", (root / BENCHMARK_ROWS).resolve())
+    quick = (root / QUICK_RUNS).resolve()
+    if not _has_results(quick) or not all((quick / f"seg-{v}-0" / "done").exists() for v in QUICK_VARIANTS):
+        if not train_if_missing:
+            raise ConfigError(f"no results found: none in {root / DEMO_RUNS}, no {root / BENCHMARK_ROWS}; "
+                              "run `drsf demo` or pass --runs DIR")
+        quick_results(quick, progress=progress)
+    return ResultsSource("quick", quick)
+
+
+def quick_results(out: str | os.PathLike, progress: bool = True) -> Path:
+    """Train each ablation variant for 2 steps on a tiny rendered dataset and score it (stand-in results).
+
+    Writes ``out/data``, ``out/synth`` and one run folder per variant (``out/seg-<variant>-0``); runs
+    already finished are kept. Returns ``out``.
+    """
+    from drsf_kit.config import config_from_dict
+    from drsf_kit.data.mini_weather import make_mini_weather
+    from drsf_kit.synth.base import SynthConfig
+    from drsf_kit.synth.runner import run_synth
+    from drsf_kit.train.engine import fit
+
+    out = Path(out)
+    print(f"[app] no results found: training a quick stand-in into {out} (about 1-2 minutes, once)", flush=True)
+    data = make_mini_weather(out / "data", seed=0, n_train=8, n_test=4, n_target=4, progress=progress)
+    run_synth(SynthConfig(data=str(data), out=str(out / "synth"), progress=progress))
+    for variant in QUICK_VARIANTS:
+        cfg = config_from_dict({
+            "task": "seg", "variant": variant, "seed": 0, "output_dir": str(out), "device": "cpu",
+            "data": {"root": str(data), "synth_root": str(out / "synth" / "procedural")},
+            "train": {"max_steps": 2, "warmup_steps": 0, "optimizer": "adamw", "lr": 0.002,
+                      "checkpoint_every": 2, "log_every": 1, "tensorboard": False},
+            "eval": {"max_images": 4},
+        })
+        fit(cfg, resume=True, progress=progress)  # resume: a finished run is returned as is
+    return out
+
+
+# ----------------------------------------------------------------------------------------- page content
+def demo_scenes(n: int = 3, height: int = 180, width: int = 320, seed: int = 0, domains=None) -> dict:
+    """``{scene: {domain: image [3,H,W] in [0,1]}}``: rendered clear-day scenes and their pseudo-domain
+    twins made by the procedural generator (the twins MDSF mixes during training)."""
+    import numpy as np
+    import torch
+
+    from drsf_kit.data.classes import SOURCE_DOMAIN
+    from drsf_kit.data.mini_weather_scene import render_scene
+    from drsf_kit.data.mini_weather_weather import render_domain
+    from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS
+    from drsf_kit.synth.procedural import apply_domain
+
+    def tensor(arr: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0
+
+    scenes = {}
+    for i in range(n):
+        clear = render_domain(render_scene(seed + i, height, width), SOURCE_DOMAIN, seed + i)
+        twins = {SOURCE_DOMAIN: tensor(clear)}
+        for domain in domains or DEFAULT_SYNTH_DOMAINS:
+            twins[domain] = tensor(apply_domain(clear, domain, seed + i)[0])
+        scenes[f"scene {i}"] = twins
+    return scenes
+
+
+def explorer_model(source: ResultsSource | None):
+    """``(model, domain_names, note)``: a trained ``drsf``/``mdsf`` run of ``source`` when one has a
+    checkpoint, else an untrained mini segmenter with both blocks."""
+    from drsf_kit.data.classes import SOURCE_DOMAIN
+    from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS
+
+    folder = source.path if source is not None and source.path.is_dir() else None
+    candidates = sorted(folder.rglob("checkpoints/last.pt")) if folder is not None else []
+    for ckpt in candidates:
+        run = ckpt.parent.parent
+        try:
+            config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # not a run folder we can rebuild; look further
+        if config.get("variant") in MIXING_VARIANTS:
+            from drsf_kit.train.evaluate import load_run
+
+            model, cfg = load_run(run)
+            names = [cfg.data.source_domain, *cfg.data.synth_domains]
+            return model, names, f"trained run {run} ({model.trained_steps} steps)"
+    from drsf_kit.models import build_model
+
+    model = build_model(task="seg", profile="mini", variant="drsf", num_domains=1 + len(DEFAULT_SYNTH_DOMAINS)).eval()
+    note = "an untrained mini segmenter (no drsf/mdsf run with a checkpoint among the results): mixing works, predictions are noise"
+    return model, [SOURCE_DOMAIN, *DEFAULT_SYNTH_DOMAINS], note
+
+
+def page_results() -> ResultsSource:
+    """The results the launcher chose (``DRSF_APP_*`` variables), else ``resolve_results()``."""
+    path = os.environ.get(ENV_PATH)
+    if path:
+        return ResultsSource(os.environ.get(ENV_KIND, "runs"), Path(path))
+    return resolve_results()
+
+
+def _rows(source: ResultsSource):
+    if source.path.is_file() and source.path.suffix == ".json":
+        return load_rows_file(source.path)
+    return source.path
+
+
+def page_dashboard(source: ResultsSource | None = None):
+    """The ablation dashboard over ``source`` (default ``page_results()``), under a line naming it."""
+    import html
+
+    import ipywidgets as widgets
+
+    from drsf_kit.viz.widgets import ablation_dashboard
+
+    source = source or page_results()
+    note = widgets.HTML(f"<p><b>Results:</b> {html.escape(source.note)}.</p>")
+    note.add_class("drsf-results-source")
+    dash = ablation_dashboard(_rows(source))
+    return widgets.VBox([note, dash])
+
+
+def page_explorer(source: ResultsSource | None = None, n_scenes: int = 3):
+    """The MDSF interpolation explorer on rendered scenes and their procedural twins."""
+    import html
+
+    import ipywidgets as widgets
+
+    from drsf_kit.viz.widgets import mdsf_explorer
+
+    model, names, note = explorer_model(source if source is not None else page_results())
+    line = widgets.HTML(f"<p><b>Model:</b> {html.escape(note)}.</p>")
+    line.add_class("drsf-model-source")
+    return widgets.VBox([line, mdsf_explorer(model, demo_scenes(n_scenes), domain_names=names)])
+
+
+# -------------------------------------------------------------------------------------------- launcher
+def free_port(host: str = HOST) -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """Whether ``host:port`` can be bound now (Voilà would otherwise fail, or another server answer)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def voila_command(notebook: str | os.PathLike, port: int, host: str = HOST) -> list[str]:
+    """The command that serves ``notebook`` with Voilà on ``host:port`` (no browser, light theme, the
+    kit's ``drsf`` template: found through ``voila_env``'s ``JUPYTER_PATH``)."""
+    return [sys.executable, "-m", "voila", str(notebook), f"--port={port}", f"--Voila.ip={host}",
+            "--Voila.port_retries=0", "--no-browser", "--theme=light", "--template=drsf",
+            "--VoilaConfiguration.show_tracebacks=True"]
+
+
+def voila_env(source: ResultsSource, root: str | os.PathLike, base: dict | None = None) -> dict:
+    """Environment for the server and the page's kernel: the chosen results, offline hub, headless
+    matplotlib, and the kit's template folder first on ``JUPYTER_PATH``."""
+    env = dict(os.environ if base is None else base)
+    env[ENV_PATH], env[ENV_KIND] = str(source.path), source.kind
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("MPLBACKEND", "Agg")
+    paths = [str(Path(root).resolve() / TEMPLATES), *filter(None, env.get("JUPYTER_PATH", "").split(os.pathsep))]
+    env["JUPYTER_PATH"] = os.pathsep.join(paths)
+    return env
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 120.0, host: str = HOST) -> None:
+    """Return once ``host:port`` accepts connections; ``ConfigError`` if ``process`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ConfigError(f"the Voilà server exited with code {process.returncode} before serving on port {port}")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                pass
+            time.sleep(0.2)  # the answer must come from this server, not one that was there before
+            if process.poll() is None:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise ConfigError(f"the Voilà server did not answer on {host}:{port} within {timeout:.0f} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the server and every process below it (kernels run in their own sessions), then SIGKILL."""
+    import psutil
+
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for proc in family:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=5)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None, progress: bool = True) -> int:
+    """Resolve the results, start Voilà on 127.0.0.1, print the address, wait until interrupted."""
+    from drsf_kit.notebooks import project_root
+
+    root = project_root()
+    page = Path(notebook) if notebook else root / PAGE
+    if not page.is_file():
+        raise DataError(page, "the app's notebook is missing")
+    source = resolve_results(runs, root, progress=progress)
+    port = int(port) or free_port()
+    if not port_is_free(port):
+        raise ConfigError(f"port {port} on {HOST} is in use; pick another with --port, or leave it out for a free one")
+    process = subprocess.Popen(voila_command(page, port), cwd=str(page.parent), env=voila_env(source, root))
+    # SIGTERM (e.g. from a service manager) stops the server the same way Ctrl+C does
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        wait_for_port(port, process)
+        print(f"[app] results: {source.note}", flush=True)
+        print(f"[app] serving http://{HOST}:{port}/  (Ctrl+C stops it)", flush=True)
+        return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(process)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `drsf app` / `python -m drsf_kit.app`."""
+    p.add_argument("--runs", default=None, help="folder of runs, results.jsonl or JSON rows file "
+                   "(default: runs/demo, else benchmarks/results/sdg_mini.json, else a quick 2-step stand-in)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--notebook", default=None, help=f"page to serve (default {PAGE})")
+
+
+def _run(args: argparse.Namespace) -> int:
+    return serve(args.runs, args.port, args.notebook)
+
+
+def add_parser(subparsers) -> None:
+    """Register `drsf app`."""
+    p = subparsers.add_parser("app", help="serve the ablation dashboard and MDSF explorer on 127.0.0.1 (Voilà)")
+    add_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m drsf_kit.app [--runs DIR] [--port N]`; errors print as one line."""
+    from drsf_kit.errors import DrsfError
+
+    parser = argparse.ArgumentParser(prog="python -m drsf_kit.app", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except DrsfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
