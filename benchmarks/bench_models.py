@@ -1,7 +1,9 @@
 """Step time and parameter overhead of the mini profiles (180x320, batch 4 = 2 source + 2 twins).
 
 Prints one JSON object. Goal: <= 0.4 s per detection training step on 2 CPU cores, and DRSF's extra
-trainable parameters <= 2% of source_only's. Usage: ``python benchmarks/bench_models.py [--steps 10]``.
+trainable parameters <= 2% of source_only's. Wall times need an otherwise idle machine; the report
+carries the load average and the CPU time per step (``--threads 1`` makes the CPU time load-robust).
+Usage: ``python benchmarks/bench_models.py [--steps 10] [--threads 2]``.
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ def main(argv=None) -> None:
     parser.add_argument("--height", type=int, default=180)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    # 1 thread gives a load-robust CPU time: with 2 threads on a busy machine OpenMP spin-waits inflate it.
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(default_num_threads())
+    torch.set_num_threads(args.threads or default_num_threads())
     report = {
         "threads": torch.get_num_threads(),
         "load_avg_1min": os.getloadavg()[0],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -74,12 +75,13 @@ def main() -> None:
     model = default_backbone(args.task)
     stage = args.stage or default_stage(model)
 
-    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
     feats = extract_features(model, images, stage, batch_size=args.batch_size, progress=False)
-    features_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    features_s, features_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     emb = tsne_embed(feats.pooled, seed=0)
-    tsne_s = time.perf_counter() - t0
+    tsne_s, tsne_cpu = time.perf_counter() - t0, time.process_time() - c0
 
     groups = np.asarray(styles)
     by_style = {s: feats.pooled[groups == s] for s in STYLES}
@@ -99,12 +101,17 @@ def main() -> None:
     total = features_s + tsne_s
     print(json.dumps({
         "benchmark": "gap_speed",
-        "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__,
+                    "cores": os.cpu_count(), "load_avg_1min_before": round(load_before, 2),
+                    "load_avg_1min_after": round(os.getloadavg()[0], 2)},
         "images": args.images, "size": [180, 320], "task": args.task, "profile": "mini", "stage": stage,
         "feature_dim": int(feats.pooled.shape[1]),
         "seconds": {"render": round(render_s, 2), "features": round(features_s, 2), "tsne": round(tsne_s, 2),
                     "features_plus_tsne": round(total, 2), "gap_table_4_pairs": round(gap_s, 2),
                     "cache_reopen_256": round(cache_s, 3)},
+        # CPU time of this process (all threads): close to the wall time of an otherwise idle machine
+        # times the threads used; the wall times above grow when other jobs share the cores.
+        "cpu_seconds": {"features": round(features_cpu, 2), "tsne": round(tsne_cpu, 2)},
         "images_per_s": round(args.images / features_s, 1),
         "cache_hit": bool(again.from_cache),
         "tsne_shape": list(emb.shape),

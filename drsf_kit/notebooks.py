@@ -64,6 +64,12 @@ def _variants() -> tuple[str, ...]:
     return tuple(VARIANTS)
 
 
+def _protocols() -> tuple[str, ...]:
+    from drsf_kit.data.dwd import PROTOCOLS
+
+    return tuple(PROTOCOLS)
+
+
 def _domains() -> tuple[str, ...]:
     from drsf_kit.data.classes import DWD_DOMAINS
 
@@ -135,6 +141,7 @@ PARAMETER_CHECKS = {
     "SEED": _check_int(0),
     "DEVICE": _check_device,
     "TASK": _check_choice(("det", "seg")),
+    "PROTOCOL": _check_choice(_protocols),
     "VARIANT": _check_choice(_variants),
     "VARIANTS": _check_subset(_variants),
     "SEEDS": lambda name, value: [_check_int(0)(name, v) for v in (value if isinstance(value, (list, tuple)) else [value])],
@@ -145,7 +152,7 @@ PARAMETER_CHECKS = {
     "SYNTH_ROOT": _check_path,
     "RUNS_DIR": _check_path,
     "OUTPUT_DIR": lambda name, value: "" if value in (None, "") else _check_path(name, value),
-    "MAX_STEPS": _check_int(1),
+    "MAX_STEPS": _check_int(0),  # 0 keeps the config's train.max_steps
     "BATCH_SOURCE": _check_int(1),
     "N_IMAGES": _check_int(1),
     "LR": _check_positive_number,
@@ -350,7 +357,7 @@ def environment_table(ctx: NotebookContext | None = None):
 # SMOKE sizes: enough images for every domain and split to exist, few enough to render in seconds.
 SMOKE_DATA = {"n_train": 12, "n_test": 4, "n_target": 4}
 # SMOKE training: a few optimizer steps, two images per domain scored, no TensorBoard files.
-SMOKE_TRAIN = ("train.max_steps=3", "train.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=0",
+SMOKE_TRAIN = ("train.max_steps=3", "train.batch_source=1", "train.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=0",
                "train.tensorboard=false", "eval.max_images=2")
 
 
@@ -403,11 +410,13 @@ def run_config(ctx: NotebookContext, task: str, variant: str, seed: int | None =
 
 
 def ensure_run(ctx: NotebookContext, task: str, variant: str, seed: int | None = None, overrides=(),
-               progress: bool = True) -> Path:
+               progress: bool = True, on_mismatch: str = "reuse") -> Path:
     """Train one run unless its folder already holds a finished one (``done``); returns the run folder.
 
-    A finished run is reused only when it was trained with the same config; an interrupted one is
-    resumed from its last checkpoint.
+    An interrupted run resumes from its last checkpoint. A finished run trained with another config
+    (other steps, data, ...) is kept as it is with ``on_mismatch="reuse"`` (notebooks that only read
+    runs: a long run trained elsewhere is never thrown away) or trained again with ``"retrain"`` (the
+    training notebooks, where changed parameters mean a new run).
     """
     import json
 
@@ -415,16 +424,19 @@ def ensure_run(ctx: NotebookContext, task: str, variant: str, seed: int | None =
     from drsf_kit.models import get_variant
     from drsf_kit.train import fit
 
+    if on_mismatch not in ("reuse", "retrain"):
+        raise ConfigError(f"on_mismatch must be 'reuse' or 'retrain', got {on_mismatch!r}")
     cfg = run_config(ctx, task, variant, seed, overrides)
-    ensure_mini_weather(ctx)
-    if get_variant(variant).use_synth:
-        ensure_synth(ctx)
     run_dir = cfg.run_dir
     if (run_dir / "done").exists():
         saved = json.loads((run_dir / "config.json").read_text())
-        if saved == json.loads(json.dumps(config_to_dict(cfg))):
+        if on_mismatch == "reuse" or saved == json.loads(json.dumps(config_to_dict(cfg))):
             return run_dir
-        return fit(cfg, overwrite=True, progress=progress)  # same name, other settings: retrain
+    ensure_mini_weather(ctx)
+    if get_variant(variant).use_synth:
+        ensure_synth(ctx)
+    if (run_dir / "done").exists():
+        return fit(cfg, overwrite=True, progress=progress)  # retrain: same name, other settings
     return fit(cfg, resume=(run_dir / "config.json").exists(), progress=progress)
 
 

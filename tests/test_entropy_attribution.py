@@ -226,3 +226,15 @@ def test_attribution_grid_and_argument_errors():
         attribution_maps(scene, model_fn=fn)
     with pytest.raises(ConfigError, match="unknown attribution methods"):
         attribution_maps(scene, model_fn=fn, methods=("saliency",))
+
+
+def test_standardized_channel_entropy_ignores_the_scale():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(2, 3, 8, 8, generator=g)
+    kw = dict(stage="stage", size=None, progress=False)
+    tiny = channel_stats_by_domain(Identity(), {"d": maps * 1e-4}, **kw)["d"]["entropy"]
+    assert tiny.min() > 0.9999  # unstandardised: tiny activations all look flat
+    a = channel_stats_by_domain(Identity(), {"d": maps * 1e-4}, standardize=True, **kw)["d"]["entropy"]
+    b = channel_stats_by_domain(Identity(), {"d": maps * 10.0}, standardize=True, **kw)["d"]["entropy"]
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+    assert a.max() < 0.99

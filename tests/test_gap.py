@@ -240,7 +240,8 @@ def test_run_gap_writes_every_figure_and_comparison(tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, 2, 1),
                                 torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, 2, 1))
     data, synth = make_layout(tmp_path, n=5)
-    kw = dict(model=model, stage="2", out_dir=tmp_path / "a", cache_dir=None, progress=False)
+    kw = dict(model=model, stage="2", out_dir=tmp_path / "a", cache_dir=None, progress=False, size=(60, 100),
+              ig_steps=4)
     first = run_gap(data, synth, figures=False, **kw)
     kw["out_dir"] = tmp_path / "b"
     second = run_gap(data, synth, compare=first["out_dir"] / "gap_table.json", **kw)

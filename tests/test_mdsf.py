@@ -99,12 +99,27 @@ def test_sample_lambda_is_beta_and_deterministic():
 
 def test_discriminator_averages_position_logits():
     torch.manual_seed(0)
-    disc = DomainDiscriminator(8, num_domains=4, hidden=6)
+    disc = DomainDiscriminator(8, num_domains=4, hidden=6, input_norm="none")
     x = torch.randn(2, 8, 5, 7)
     logits = disc(x)
     assert logits.shape == (2, 4)
     per_position = disc.classifier(F.relu(disc.conv(x)))
     assert torch.allclose(logits, per_position.mean(dim=(2, 3)), atol=1e-6)
+    with pytest.raises(ConfigError):
+        DomainDiscriminator(8, 4, input_norm="batch")
+
+
+def test_rms_input_norm_ignores_feature_scale():
+    torch.manual_seed(0)
+    disc = DomainDiscriminator(8, num_domains=3, hidden=6, input_norm="rms")
+    x = torch.randn(2, 8, 5, 7)
+    assert torch.allclose(disc(x), disc(7.0 * x), atol=1e-5)
+    # so the reversed gradient has no component that inflates the features (it is orthogonal to x)
+    x.requires_grad_(True)
+    loss = soft_cross_entropy(disc(grad_reverse(x, 1.0)), torch.tensor([[1.0, 0, 0], [0, 0.5, 0.5]]))
+    (grad,) = torch.autograd.grad(loss, x)
+    cos = (grad * x).sum(dim=(1, 2, 3)) / (grad.flatten(1).norm(dim=1) * x.flatten(1).norm(dim=1))
+    assert cos.abs().max() < 1e-4
 
 
 def _maps():
@@ -176,7 +191,9 @@ def test_domain_probs_rows_sum_to_one():
     assert p.shape == (5, 4) and torch.allclose(p.sum(1), torch.ones(5))
 
 
-@pytest.mark.parametrize("kwargs", [dict(alpha=0), dict(p_mix=1.5), dict(eta_max=-1), dict(disc_hidden=0)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(alpha=0), dict(p_mix=1.5), dict(eta_max=-1), dict(disc_hidden=0), dict(disc_input_norm="bn")]
+)
 def test_bad_hparams_raise(kwargs):
     with pytest.raises(ConfigError):
         MDSFHparams(**kwargs)

@@ -243,3 +243,34 @@ def test_local_backbone_weights(tmp_path):
     assert torch.equal(model.body.stages["layer3"][0].conv1.weight, net.layer3[0].conv1.weight)
     assert not any(p.requires_grad for p in model.body.stages["stem"].parameters())
     assert model.build_config["frozen_bn"] is True and model.build_config["pretrained_backbone"] is None
+
+
+def test_autocast_losses_are_float32():
+    model = _mini("seg", "drsf")
+    images, targets, domains, pairs = _batch("seg")
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets, domains=domains, pairs=pairs, progress=0.5)
+    assert all(v.dtype == torch.float32 and math.isfinite(v.item()) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_cuda_training_step(task):
+    model = _mini(task, "drsf").cuda()
+    images, targets, domains, pairs = _batch(task)
+    if task == "det":
+        images = [im.cuda() for im in images]
+        targets = [{k: v.cuda() for k, v in t.items()} for t in targets]
+    else:
+        images, targets = images.cuda(), targets.cuda()
+    model.train()
+    losses = model(images, targets, domains=domains.cuda(), pairs=pairs.cuda(), progress=0.5,
+                   generator=torch.Generator().manual_seed(0))
+    sum(losses.values()).backward()
+    assert all(math.isfinite(v.item()) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert (out[0]["boxes"] if task == "det" else out).is_cuda

@@ -30,17 +30,17 @@ EXPECTED = (
 # its cells); a missing one skips that notebook's execution test with the module's name as the reason.
 INDIRECT = {
     "01_explore_domains": ["drsf_kit.data.mini_weather"],
-    "02_generate_pseudo_domains": ["drsf_kit.data.mini_weather", "drsf_kit.synth.run"],
-    "03_measure_domain_gap": ["drsf_kit.data.mini_weather", "drsf_kit.synth.run"],
-    "04_train_detector": ["drsf_kit.data.mini_weather", "drsf_kit.synth.run", "drsf_kit.train"],
-    "05_train_segmenter": ["drsf_kit.data.mini_weather", "drsf_kit.synth.run", "drsf_kit.train"],
-    "06_evaluate_targets": ["drsf_kit.data.mini_weather", "drsf_kit.synth.run", "drsf_kit.train"],
-    "07_entropy_and_attribution": ["drsf_kit.data.mini_weather", "drsf_kit.synth.run", "drsf_kit.train"],
-    "08_explore_mdsf_interpolation": ["drsf_kit.data.mini_weather", "drsf_kit.synth.run", "drsf_kit.train"],
-    "09_ablation_dashboard": ["drsf_kit.data.mini_weather", "drsf_kit.synth.run", "drsf_kit.train"],
-    "10_batch_sweeps": ["drsf_kit.data.mini_weather", "drsf_kit.synth.run", "drsf_kit.train"],
+    "02_generate_pseudo_domains": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner"],
+    "03_measure_domain_gap": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner"],
+    "04_train_detector": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
+    "05_train_segmenter": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
+    "06_evaluate_targets": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
+    "07_entropy_and_attribution": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
+    "08_explore_mdsf_interpolation": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
+    "09_ablation_dashboard": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
+    "10_batch_sweeps": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
 }
-SAVE_CALL = re.compile(r"\bnbk\.save_(figure|table)\(")
+SAVE_CALL = re.compile(r"\bnbk\.save_(figure|table|png)\(")
 
 
 def _notebooks() -> list[Path]:
@@ -104,6 +104,10 @@ def test_notebook_structure(path):
                 if isinstance(t, ast.Name)}
     assert {"SMOKE", "OUTPUT_DIR"} <= assigned
     assert all(isinstance(node, ast.Assign) for node in ast.parse(params.source).body), "parameters: assignments only"
+    import papermill
+
+    # papermill must read every parameter (an "=" inside a comment hides it from `papermill --help-notebook`)
+    assert set(papermill.inspect_notebook(str(path))) == assigned
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue

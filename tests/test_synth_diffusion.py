@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_diffusion import build_tiny_controlnet, build_tiny_gligen, build_tiny_sd, make_tiny_dwd
+from tiny_diffusion import build_tiny_controlnet, build_tiny_gligen, build_tiny_sd, build_tiny_sdxl, make_tiny_dwd
 
 from drsf_kit.cli import main
 from drsf_kit.data.manifest import map_boxes, map_mask, read_manifests
@@ -93,6 +93,15 @@ def test_img2img_end_to_end(dwd, weights, tmp_path, capsys):
         assert np.abs(a - b).max() <= 1
     c = _pixels(tmp_path / "c" / "img2img" / "night_rainy" / other[0]["path"])
     assert np.abs(c - _pixels(tmp_path / "a" / "img2img" / "night_rainy" / other[0]["path"])).mean() > 2
+
+
+def test_img2img_loads_sdxl_folders(dwd, tmp_path, capsys):
+    model = build_tiny_sdxl(tmp_path / "sdxl")
+    generator = build_generator(SynthConfig(data=str(dwd), backend="img2img", model=str(model), steps=2, size=64))
+    assert type(generator.pipe).__name__ == "StableDiffusionXLImg2ImgPipeline"
+    rows = _synth(dwd, tmp_path / "o", "img2img", model, "--domains", "dusk_rainy", "--limit", "2")
+    assert [r["size"] for r in rows] == [[64, 32], [64, 32]]
+    assert rows[0]["prompt"] == DEFAULT_PROMPTS["dusk_rainy"]
 
 
 def test_img2img_prompt_file(dwd, weights, tmp_path, capsys):

@@ -121,6 +121,37 @@ def build_tiny_controlnet(folder: str | Path) -> Path:
     return folder
 
 
+def build_tiny_sdxl(folder: str | Path) -> Path:
+    """Save a tiny SDXL img2img pipeline folder (two text encoders, text-time embeddings)."""
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    # 80 = 6 time ids x 8 + the 32-wide pooled text embedding
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=32,
+    )
+    config = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=2, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000,
+        max_position_embeddings=77, projection_dim=32,
+    )
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=_vae(), text_encoder=CLIPTextModel(config), text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=_tokenizer(), tokenizer_2=_tokenizer(), unet=unet, scheduler=_scheduler(),
+        requires_aesthetics_score=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------
 # A tiny source domain in DWD layout (street-like scenes with boxes and masks), built in the test.
 

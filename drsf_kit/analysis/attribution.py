@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from drsf_kit.analysis.features import _StopForward, resolve_module
+from drsf_kit.analysis.features import _StopForward, model_device, resolve_module
 from drsf_kit.errors import ConfigError
 from drsf_kit.viz.plots import plot_map_grid
 
@@ -37,6 +37,11 @@ def _as_batch(image) -> torch.Tensor:
 
 def _model_of(model_fn) -> nn.Module | None:
     return model_fn if isinstance(model_fn, nn.Module) else getattr(model_fn, "model", None)
+
+
+def _on_model_device(x: torch.Tensor, model_fn) -> torch.Tensor:
+    model = _model_of(model_fn)
+    return x.to(model_device(model)) if model is not None else x
 
 
 @contextlib.contextmanager
@@ -77,11 +82,11 @@ class SegmentationClassScore:
         self.model, self.class_id = model, int(class_id)
         if region is None:
             with torch.no_grad(), _eval_mode(model):
-                logits = seg_logits(model(_as_batch(reference)))
+                logits = seg_logits(model(_on_model_device(_as_batch(reference), model)))
             if not 0 <= self.class_id < logits.shape[1]:
                 raise ConfigError(f"class {class_id} out of range: the model has {logits.shape[1]} classes")
             region = logits.argmax(1)[0] == self.class_id
-        self.region = torch.as_tensor(region).bool()
+        self.region = torch.as_tensor(region).bool().to(model_device(model))
         self.region_kind = "predicted region"
         if not self.region.any():
             self.region, self.region_kind = torch.ones_like(self.region), "whole image (class not predicted)"
@@ -120,7 +125,7 @@ class DetectionBoxScore:
             if not keep.any():
                 scores.append(zero)
                 continue
-            iou = _box_iou(self.box, out["boxes"][keep])[0]
+            iou = _box_iou(self.box.to(out["boxes"].device), out["boxes"][keep])[0]
             best = int(iou.argmax())
             scores.append(out["scores"][keep][best] + zero if iou[best] > 0 else zero)
         return torch.stack(scores)
@@ -153,7 +158,7 @@ def roi_class_logits(model: nn.Module, images: torch.Tensor, boxes: Sequence[tor
     scaled = []
     for b, (h, w) in zip(boxes, batch.image_sizes):
         factor = torch.tensor([w / width, h / height, w / width, h / height], dtype=torch.float32)
-        scaled.append(torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) * factor)
+        scaled.append((torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4).cpu() * factor).to(images.device))
     rh = model.roi_heads
     pooled = rh.box_roi_pool(feats, scaled, batch.image_sizes)
     logits, _ = rh.box_predictor(rh.box_head(pooled))
@@ -164,8 +169,8 @@ def roi_class_probs(model: nn.Module, image, boxes) -> np.ndarray:
     """Softmax class probabilities ``[B, K]`` (background first) of fixed boxes on one image: the input of
     ``entropy.detection_entropy_map`` for torchvision detectors."""
     with torch.no_grad(), _eval_mode(model):
-        logits = roi_class_logits(model, _as_batch(image), [torch.as_tensor(boxes)])
-    return torch.softmax(logits, dim=1).numpy()
+        logits = roi_class_logits(model, _on_model_device(_as_batch(image), model), [torch.as_tensor(boxes).cpu()])
+    return torch.softmax(logits, dim=1).cpu().numpy()
 
 
 class DetectionRoIScore:
@@ -176,7 +181,7 @@ class DetectionRoIScore:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with _eval_mode(self.model):
-            return roi_class_logits(self.model, images, [self.box] * len(images))[:, self.label]
+            return roi_class_logits(self.model, images, [self.box.cpu()] * len(images))[:, self.label]
 
 
 class StageActivationScore:
@@ -213,7 +218,7 @@ def gradcam(model_fn: Callable, image, layer: nn.Module | str, target: int | Non
     """
     from captum.attr import LayerAttribution, LayerGradCam
 
-    x = _as_batch(image)
+    x = _on_model_device(_as_batch(image), model_fn)
     if isinstance(layer, str):
         model = _model_of(model_fn)
         if model is None:
@@ -222,7 +227,7 @@ def gradcam(model_fn: Callable, image, layer: nn.Module | str, target: int | Non
     with _eval_mode(model_fn):
         attr = LayerGradCam(model_fn, layer).attribute(x, target=target, relu_attributions=True)
     up = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")
-    return up[0].sum(0).detach().clamp_min(0).numpy()
+    return up[0].sum(0).detach().clamp_min(0).cpu().numpy()
 
 
 def integrated_gradients(model_fn: Callable, image, target: int | None = None, steps: int = 16,
@@ -230,12 +235,12 @@ def integrated_gradients(model_fn: Callable, image, target: int | None = None, s
     """Integrated-gradients map ``[H, W]``: |attribution| summed over colour channels (baseline: black)."""
     from captum.attr import IntegratedGradients
 
-    x = _as_batch(image)
-    base = torch.zeros_like(x) if baseline is None else _as_batch(baseline)
+    x = _on_model_device(_as_batch(image), model_fn)
+    base = torch.zeros_like(x) if baseline is None else _as_batch(baseline).to(x.device)
     with _eval_mode(model_fn):
         attr = IntegratedGradients(model_fn).attribute(x, baselines=base, target=target, n_steps=int(steps),
                                                        internal_batch_size=int(steps))
-    return attr[0].detach().abs().sum(0).numpy()
+    return attr[0].detach().abs().sum(0).cpu().numpy()
 
 
 def attribution_maps(images_by_domain: Mapping[str, object], model_fn: Callable | None = None,
@@ -292,7 +297,7 @@ def auto_target(model: nn.Module, image, stage: str | None = None) -> tuple[Call
     from drsf_kit.analysis.features import default_stage
     from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES
 
-    x = _as_batch(image)
+    x = _on_model_device(_as_batch(image), model)
     if is_rcnn(model):
         with torch.no_grad(), _eval_mode(model):
             det = model(list(x))[0]

@@ -37,8 +37,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--compare", default=None, help="an earlier gap_table.json to compare with (before/after)")
     p.add_argument("--metric", choices=("mmd", "frechet", "domain_acc"), default="mmd",
                    help="metric that picks the closest pseudo-domain (default mmd)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda[:N]")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--size", type=int, nargs=2, default=[180, 320], metavar=("H", "W"),
+                   help="every image is resized to H x W before the model (default 180 320)")
+    p.add_argument("--ig-steps", type=int, default=16, help="integrated-gradients steps (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figures", action="store_true", help="tables only")
     p.set_defaults(func=_main)
@@ -50,7 +53,8 @@ def _main(args: argparse.Namespace) -> int:
                      task=args.task, out_dir=args.out, figures_dir=args.figures,
                      cache_dir=None if str(args.cache).lower() == "none" else args.cache,
                      compare=args.compare, closest_by=args.metric, device=args.device,
-                     batch_size=args.batch_size, seed=args.seed, figures=not args.no_figures)
+                     batch_size=args.batch_size, seed=args.seed, figures=not args.no_figures,
+                     size=tuple(args.size), ig_steps=args.ig_steps)
     print(f"stage {result['stage']} of {result['model']}; {result['n_images']} images")
     for line in result["summary"]:
         print(line)
@@ -77,13 +81,16 @@ def _load_model(run_dir, task: str, seed: int):
 
 def _summary(table) -> list[str]:
     """One line per real target: the closest pseudo-domain, its distance and the source's distance."""
-    col = {"domain_acc": "proxy_a_distance"}.get(table.attrs.get("closest_by", "mmd"), table.attrs.get("closest_by", "mmd"))
+    import pandas as pd
+
+    closest_by = table.attrs.get("closest_by", "mmd")
+    col = "proxy_a_distance" if closest_by == "domain_acc" else closest_by
     lines = []
     for target, grp in table.groupby("target", sort=False):
         best = grp["closest_pseudo_domain"].iloc[0]
         ref = grp[grp["kind"] == "source"]
         ref_txt = f"; source {ref[col].iloc[0]:.4f}" if len(ref) else ""
-        if best is None or best != best:
+        if best is None or pd.isna(best):
             lines.append(f"{target}: no pseudo-domain to compare{ref_txt}")
             continue
         val = grp.loc[grp["domain"] == best, col].iloc[0]
@@ -93,8 +100,9 @@ def _summary(table) -> list[str]:
 
 def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, limit: int | None = 64,
             split: str | None = None, task: str = "det", out_dir=DEFAULT_OUT, figures_dir=None,
-            cache_dir=DEFAULT_CACHE, compare=None, closest_by: str = "mmd", device: str = "cpu",
-            batch_size: int = 32, seed: int = 0, figures: bool = True, model=None, progress: bool = True) -> dict:
+            cache_dir=DEFAULT_CACHE, compare=None, closest_by: str = "mmd", device: str | None = "auto",
+            batch_size: int = 32, seed: int = 0, figures: bool = True, model=None, progress: bool = True,
+            size: tuple[int, int] | None = (180, 320), ig_steps: int = 16) -> dict:
     """Collect images, extract features, write the gap tables and figures; returns what was written.
 
     Args:
@@ -102,6 +110,7 @@ def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, 
         run_dir: trained run to analyse (``drsf_kit.train.load_run``); None uses an untrained backbone
             unless ``model`` is given directly.
         compare: path of an earlier ``gap_table.json``; adds ``gap_compare.{csv,md}`` and a change figure.
+        size: (H, W) every image is resized to (real and generated images often differ in size).
 
     Returns:
         ``{"table", "summary", "stage", "model", "n_images", "out_dir", "tables", "figures"}``.
@@ -113,6 +122,7 @@ def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, 
     from drsf_kit.data.classes import SOURCE_DOMAIN
     from drsf_kit.errors import ConfigError
     from drsf_kit.utils.io import atomic_write_json, atomic_write_text
+    from drsf_kit.utils.runtime import resolve_device
 
     records = F.collect_domain_images(data_root, synth_root, split=split, limit=limit, seed=seed)
     groups = F.source_first(records)
@@ -120,9 +130,10 @@ def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, 
         model, model_name = _load_model(run_dir, task, seed)
     else:
         model_name = type(model).__name__
+    model = model.to(resolve_device(device))
     stage = stage or F.default_stage(model)
-    feats = F.extract_features(model, [r.path for r in records], stage, batch_size=batch_size, device=device,
-                               cache_dir=cache_dir, progress=progress)
+    feats = F.extract_features(model, [r.path for r in records], stage, batch_size=batch_size,
+                               cache_dir=cache_dir, progress=progress, size=size)
     by_group = F.features_by_group(feats.pooled, records)
     real_targets = [g for g in groups if not g.startswith("synth:") and g != SOURCE_DOMAIN]
     pseudo = [g for g in groups if g.startswith("synth:")]
@@ -134,7 +145,7 @@ def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, 
     out = Path(out_dir)
     meta = {"stage": stage, "model": model_name, "run": str(run_dir) if run_dir else None, "data": str(data_root),
             "synth": str(synth_root) if synth_root else None, "limit": limit, "split": split, "seed": seed,
-            "closest_by": closest_by, "n_per_group": {g: int(len(v)) for g, v in by_group.items()}}
+            "closest_by": closest_by, "n_per_group": {g: len(v) for g, v in by_group.items()}}
     caption = (f"Feature gap at stage `{stage}` of {model_name} (MMD^2 unbiased, RBF median bandwidth; Frechet "
                f"distance of Gaussian fits; balanced accuracy of a 5-fold linear domain probe and proxy A-distance; "
                f"closest pseudo-domain by {closest_by}). Up to {limit} images per domain, real split "
@@ -154,8 +165,8 @@ def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, 
     written = []
     if figures:
         written = write_figures(model, records, feats.pooled, table, Path(figures_dir or out / "figures"),
-                                stage=stage, comparison=comparison, seed=seed, device=device,
-                                batch_size=batch_size, progress=progress)
+                                stage=stage, comparison=comparison, seed=seed, batch_size=batch_size,
+                                size=size, ig_steps=ig_steps, progress=progress)
     return {"table": table, "summary": _summary(table), "stage": stage, "model": model_name,
             "n_images": len(records), "out_dir": out, "tables": tables, "figures": written,
             "comparison": comparison if comparison is not None else pd.DataFrame()}
@@ -200,8 +211,8 @@ def _scene(records, limit_cols: int = 6) -> dict:
 
 
 def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comparison=None, seed: int = 0,
-                  device: str = "cpu", batch_size: int = 32, entropy_images: int = 16, progress: bool = True
-                  ) -> list[Path]:
+                  batch_size: int = 32, entropy_images: int = 16, size: tuple[int, int] | None = (180, 320),
+                  ig_steps: int = 16, progress: bool = True) -> list[Path]:
     """Draw and save every ``drsf gap`` figure; returns the written paths.
 
     t-SNE and PCA of the pooled features, the gap heatmap, channel entropy (and DFDR gates) per
@@ -214,8 +225,8 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
     from drsf_kit.analysis.embedding import pca_embed, plot_embedding, tsne_embed
     from drsf_kit.analysis.entropy import channel_stats_by_domain, gate_histograms
     from drsf_kit.analysis.features import load_image, resolve_module
-    from drsf_kit.errors import ConfigError
     from drsf_kit.analysis.gap import gap_matrix
+    from drsf_kit.errors import ConfigError
     from drsf_kit.viz.plots import plot_gap_change, plot_gap_heatmap, plot_map_grid, save_figure
 
     groups = [r.group for r in records]
@@ -224,9 +235,10 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
     emb = tsne_embed(pooled, seed=seed)
     written.append(save_figure(plot_embedding(emb, groups, title=f"t-SNE of `{stage}` features ({n} images)",
                                               xlabel="t-SNE 1", ylabel="t-SNE 2"), fig_dir / "tsne.png"))
-    emb = pca_embed(pooled, seed=seed)
+    emb, ratio = pca_embed(pooled, seed=seed, return_variance=True)
     written.append(save_figure(plot_embedding(emb, groups, title=f"PCA of `{stage}` features ({n} images)",
-                                              xlabel="PC 1", ylabel="PC 2"), fig_dir / "pca.png"))
+                                              xlabel=f"PC 1 ({ratio[0]:.0%} of variance)",
+                                              ylabel=f"PC 2 ({ratio[1]:.0%} of variance)"), fig_dir / "pca.png"))
     metric = table.attrs.get("closest_by", "mmd")
     metric = "proxy_a_distance" if metric == "domain_acc" else metric
     written.append(save_figure(plot_gap_heatmap(gap_matrix(table, metric), metric), fig_dir / "gap_heatmap.png"))
@@ -235,15 +247,17 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
     for r in records:
         if len(images_by_group.setdefault(r.group, [])) < entropy_images:
             images_by_group[r.group].append(r.path)
-    stats = channel_stats_by_domain(model, images_by_group, batch_size=batch_size, device=device, progress=progress,
-                                    fallback_stage=stage)
+    stats = channel_stats_by_domain(model, images_by_group, batch_size=batch_size, size=size, progress=progress,
+                                    fallback_stage=stage, standardize=True)
+    dfdr = any(s["gate"] is not None for s in stats.values())
+    what = "DFDR channel entropy" if dfdr else "Channel entropy of standardised feature maps"
     written.append(save_figure(gate_histograms({g: s["entropy"] for g, s in stats.items()}, what="entropy",
-                                               title="Channel entropy per domain"), fig_dir / "entropy.png"))
-    if any(s["gate"] is not None for s in stats.values()):
+                                               title=f"{what} per domain"), fig_dir / "entropy.png"))
+    if dfdr:
         written.append(save_figure(gate_histograms({g: s["gate"] for g, s in stats.items()}, what="gate",
                                                    title="DFDR gate values per domain"), fig_dir / "gates.png"))
 
-    scene = {g: load_image(p) for g, p in _scene(records).items()}
+    scene = {g: load_image(p, size) for g, p in _scene(records).items()}
     first = next(iter(scene.values()))
     fn, what = auto_target(model, first, stage)
     try:
@@ -252,7 +266,7 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
     except ConfigError:  # a stage that is no module (e.g. a kit model's "head.0"): gradients only
         layer, methods = None, ("integrated_gradients",)
     with torch.enable_grad():
-        maps = attribution_maps(scene, model_fn=fn, layer=layer, methods=methods, progress=progress)
+        maps = attribution_maps(scene, model_fn=fn, layer=layer, methods=methods, steps=ig_steps, progress=progress)
     where = f"; GradCAM at `{layer}`" if layer else ""
     fig = plot_map_grid(scene, maps, title=f"Attribution of the {what}{where}; one colour scale per row")
     written.append(save_figure(fig, fig_dir / "attribution.png"))

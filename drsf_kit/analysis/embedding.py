@@ -13,18 +13,23 @@ from drsf_kit.errors import ConfigError
 from drsf_kit.viz.plots import plot_embedding  # noqa: F401  (re-exported: embedding + its plot in one place)
 
 
-def pca_embed(features, n_components: int = 2, seed: int = 0) -> np.ndarray:
-    """Project ``[N, d]`` features onto their first ``n_components`` principal components."""
+def pca_embed(features, n_components: int = 2, seed: int = 0, return_variance: bool = False):
+    """Project ``[N, d]`` features onto their first ``n_components`` principal components.
+
+    With ``return_variance`` also returns the fraction of the variance each component explains.
+    """
     from sklearn.decomposition import PCA
 
     x = check_features(features, "features")
     k = min(n_components, x.shape[0], x.shape[1])
     if k < 1:
         raise ConfigError(f"pca_embed: cannot take {n_components} components of features shaped {x.shape}")
-    out = PCA(n_components=k, random_state=seed).fit_transform(x)
+    pca = PCA(n_components=k, random_state=seed)
+    out = pca.fit_transform(x)
+    ratio = np.r_[pca.explained_variance_ratio_, np.zeros(n_components - k)]
     if k < n_components:  # degenerate input (one feature): pad so callers always get N x n_components
         out = np.pad(out, ((0, 0), (0, n_components - k)))
-    return out.astype(np.float32)
+    return (out.astype(np.float32), ratio) if return_variance else out.astype(np.float32)
 
 
 def tsne_embed(features, seed: int = 0, perplexity: float = 30.0, pca_dims: int | None = 50,

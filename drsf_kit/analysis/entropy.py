@@ -8,21 +8,28 @@ style-like). Prediction entropy is the per-pixel class entropy divided by log C,
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from drsf_kit.analysis.features import DEFAULT_SIZE, default_stage, iter_stage_outputs, load_image, resolve_module
+from drsf_kit.analysis.features import (
+    DEFAULT_SIZE,
+    default_stage,
+    iter_stage_outputs,
+    model_device,
+    prepare_batch,
+    resolve_module,
+)
 from drsf_kit.errors import ConfigError
 from drsf_kit.models.dfdr import channel_entropy  # the DFDR block owns the definition
 from drsf_kit.viz.plots import alpha_map, plot_histograms, plot_overlay, resize_map, to_hwc
 
 
 def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[str, list], stage: str | None = None,
-                            tau: float = 1.0, batch_size: int = 16, device: str = "cpu",
+                            tau: float = 1.0, batch_size: int = 16, device: str | None = None,
                             size: tuple[int, int] | None = DEFAULT_SIZE, progress: bool = True,
-                            fallback_stage: str | None = None) -> dict[str, dict]:
+                            fallback_stage: str | None = None, standardize: bool = False) -> dict[str, dict]:
     """Per-domain channel entropy (and DFDR gate values when the model has a DFDR block).
 
     Args:
@@ -31,6 +38,9 @@ def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[st
         images_by_domain: ``{domain: images}`` (paths, arrays or tensors, as ``extract_features``).
         stage: module name whose output's channel entropy is measured; None uses DFDR when present, else
             ``layer2`` (where DFDR would sit), else ``fallback_stage``, else the model's default stage.
+        standardize: for a ``stage``, divide each channel map by its spatial standard deviation before the
+            entropy, so the value no longer depends on the activation scale (an untrained network's
+            maps are tiny and would all read as flat); the DFDR path always uses the model's own entropy.
 
     Returns:
         ``{domain: {"entropy": [N, C], "gate": [N, C] or None}}`` as NumPy arrays.
@@ -46,10 +56,9 @@ def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[st
             model.eval()
             try:
                 for start in range(0, len(images), batch_size):
-                    chunk = images[start:start + batch_size]
-                    batch = chunk if isinstance(chunk, torch.Tensor) else torch.stack([load_image(x, size) for x in chunk])
+                    batch = prepare_batch(images[start:start + batch_size], size, device or model_device(model))
                     with torch.inference_mode():
-                        res = model.dfdr_outputs(batch.to(device))
+                        res = model.dfdr_outputs(batch)
                     if res is None:  # a variant without DFDR: measure its features instead
                         use_dfdr, ent, gates = False, [], []
                         break
@@ -63,7 +72,10 @@ def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[st
                                               progress=progress, desc=f"entropy {domain}"):
                 if outputs[0].ndim != 4:
                     raise ConfigError(f"stage {st!r} gives shape {tuple(outputs[0].shape)}, not a feature map")
-                ent.append(channel_entropy(outputs[0], tau).numpy())
+                f = outputs[0]
+                if standardize:
+                    f = f / f.flatten(2).std(dim=2).clamp_min(1e-12)[..., None, None]
+                ent.append(channel_entropy(f, tau).cpu().numpy())
         out[domain] = {"entropy": np.concatenate(ent), "gate": np.concatenate(gates) if gates else None}
     return out
 
@@ -165,8 +177,8 @@ def detection_entropy_map(boxes, class_probs, size: tuple[int, int], reduce: str
         return total.astype(np.float32)
     ent = box_entropy(class_probs)
     for (x0, y0, x1, y1), e in zip(b, ent):
-        c0, r0 = max(0, int(math.floor(x0))), max(0, int(math.floor(y0)))
-        c1, r1 = min(w, int(math.ceil(x1))), min(h, int(math.ceil(y1)))
+        c0, r0 = max(0, math.floor(x0)), max(0, math.floor(y0))
+        c1, r1 = min(w, math.ceil(x1)), min(h, math.ceil(y1))
         if c1 <= c0 or r1 <= r0:
             continue  # box outside the image or empty
         region = (slice(r0, r1), slice(c0, c1))

@@ -14,17 +14,17 @@ import io
 import json
 import os
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from drsf_kit.data.classes import DWD_DOMAINS, SOURCE_DOMAIN
-from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.data.voc import voc_candidates
+from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.utils.io import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -211,7 +211,26 @@ def _first_tensors(output) -> list[torch.Tensor]:
     return []
 
 
-def iter_stage_outputs(model: nn.Module, images, stage: str, batch_size: int = 32, device: str = "cpu",
+def prepare_batch(chunk, size: tuple[int, int] | None, device) -> torch.Tensor:
+    """A float ``[B, 3, H, W]`` batch in [0, 1] on ``device`` from a slice of images (see ``load_image``) or
+    of an ``[N, 3, H, W]`` tensor (uint8 is scaled by 1/255), resized to ``size`` when given."""
+    batch = chunk if isinstance(chunk, torch.Tensor) else torch.stack([load_image(x, size) for x in chunk])
+    # uint8 batches (4x less memory for large in-memory sets) are scaled to [0, 1] here.
+    scale = 255.0 if batch.dtype == torch.uint8 else 1.0
+    batch = batch.to(device, dtype=torch.float32) / scale
+    if size is not None and tuple(batch.shape[-2:]) != tuple(size):
+        batch = torch.nn.functional.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False,
+                                                antialias=True).clamp(0, 1)
+    return batch
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def iter_stage_outputs(model: nn.Module, images, stage: str, batch_size: int = 32, device: str | None = None,
                        size: tuple[int, int] | None = DEFAULT_SIZE, normalize: bool = False,
                        progress: bool = True, desc: str | None = None) -> Iterator[list[torch.Tensor]]:
     """Yield, per batch, the list of tensors the ``stage`` module outputs (on the CPU, detached).
@@ -221,6 +240,7 @@ def iter_stage_outputs(model: nn.Module, images, stage: str, batch_size: int = 3
         images: a list of paths / PIL images / arrays / ``[3,H,W]`` tensors, or an ``[N,3,H,W]`` tensor
             (float in [0, 1], or uint8 in [0, 255]).
         stage: a name from ``available_stages(model)``.
+        device: where batches go; None = the model's device (the model is not moved).
         normalize: apply ImageNet mean/std before the model (for backbones that expect it).
     """
     from tqdm.auto import tqdm
@@ -228,7 +248,7 @@ def iter_stage_outputs(model: nn.Module, images, stage: str, batch_size: int = 3
     own_stage = callable(getattr(model, "stage_names", None)) and stage in list(model.stage_names()) \
         and callable(getattr(model, "extract_features", None))
     module = None if own_stage else resolve_module(model, stage)
-    dev = torch.device(device)
+    dev = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
@@ -245,11 +265,7 @@ def iter_stage_outputs(model: nn.Module, images, stage: str, batch_size: int = 3
         bar = tqdm(range(0, n, batch_size), desc=desc or f"features {stage}", unit="batch",
                    disable=not progress, leave=False)
         for start in bar:
-            chunk = images[start:start + batch_size]
-            batch = chunk if isinstance(chunk, torch.Tensor) else torch.stack([load_image(x, size) for x in chunk])
-            # uint8 batches (4x less memory for large in-memory sets) are scaled to [0, 1] here.
-            batch = batch.to(dev, dtype=torch.float32) / 255.0 if batch.dtype == torch.uint8 else \
-                batch.to(dev, dtype=torch.float32)
+            batch = prepare_batch(images[start:start + batch_size], size, dev)
             if normalize:
                 batch = (batch - mean) / std
             with torch.inference_mode():
@@ -290,7 +306,7 @@ def _pool(outputs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def extract_features(model: nn.Module, images_or_paths, stage: str, pooled: bool = True, spatial: bool = False,
-                     batch_size: int = 32, device: str = "cpu", cache_dir: str | os.PathLike | None = None,
+                     batch_size: int = 32, device: str | None = None, cache_dir: str | os.PathLike | None = None,
                      cache_key: str | None = None, size: tuple[int, int] | None = DEFAULT_SIZE,
                      normalize: bool = False, progress: bool = True) -> Features:
     """Features of every image at ``stage``, batched, optionally cached on disk.
@@ -366,11 +382,16 @@ def features_by_group(feats: np.ndarray, records: Sequence[DomainImage]) -> dict
 # collecting images from a DWD-layout root and a folder of generated pseudo-domains
 
 
-def _subsample(items: list, limit: int | None, seed: int) -> list:
+def _subsample(items: list, limit: int | None, seed: int, prefer: set | None = None) -> list:
+    """At most ``limit`` items drawn with ``seed`` (order kept); items whose ``source_id`` is in ``prefer``
+    come first, so the sampled pseudo-domains hold twins of the sampled source images."""
     if limit is None or len(items) <= limit:
         return items
-    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-    return [items[i] for i in keep]
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    if prefer:
+        order.sort(key=lambda i: items[i].source_id not in prefer)  # stable: random within each group
+    return [items[i] for i in sorted(order[:limit])]
 
 
 def _real_images(root: Path, domain: str, split: str) -> list[DomainImage]:
@@ -415,7 +436,8 @@ def collect_domain_images(data_root: str | os.PathLike | None, synth_root: str |
         domains: real domains to read; domains without a folder are skipped unless none is found.
         split: image set of every real domain (``train``, ``test``, ``all``); None reads the source's
             ``train`` images (the ones pseudo-domains are generated from) and ``all`` images of each target.
-        limit: at most this many images per (domain, kind), drawn with ``seed``.
+        limit: at most this many images per (domain, kind), drawn with ``seed``; generated images whose
+            source image was drawn come first, so the sample keeps twins together.
     """
     records: list[DomainImage] = []
     if data_root is not None:
@@ -435,8 +457,9 @@ def collect_domain_images(data_root: str | os.PathLike | None, synth_root: str |
         by_domain: dict[str, list[DomainImage]] = {}
         for rec in _synthetic_images(sroot):
             by_domain.setdefault(rec.domain, []).append(rec)
+        chosen_sources = {r.source_id for r in records if r.domain == source}
         for d in sorted(by_domain):
-            records.extend(_subsample(by_domain[d], limit, seed))
+            records.extend(_subsample(by_domain[d], limit, seed, prefer=chosen_sources))
     missing = [r.path for r in records if not os.path.exists(r.path)]
     if missing:
         raise DataError(missing[0], f"image listed but missing ({len(missing)} missing in all)")

@@ -9,7 +9,7 @@ gives two tables; ``compare_gap_tables`` puts them side by side.
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -90,12 +90,15 @@ def mmd(x, y, bandwidth: float | None = None, max_samples: int | None = 2000, se
     return float(term_x + term_y - 2.0 * kxy.mean())
 
 
-def _trace_sqrt_product_eigh(c1: np.ndarray, c2: np.ndarray) -> float:
-    """tr((C1 C2)^(1/2)) through the symmetric form C1^(1/2) C2 C1^(1/2), exact for any PSD pair."""
-    w, v = np.linalg.eigh(c1)
-    s1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    m = s1 @ c2 @ s1
-    return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2.0), 0.0, None)).sum())
+def _trace_sqrt_product_samples(a: np.ndarray, b: np.ndarray) -> float:
+    """tr((C_a C_b)^(1/2)) from the samples, exact: the nuclear norm of A B^T / sqrt((m-1)(n-1)).
+
+    With A, B the centred samples, C_a C_b = A^T A B^T B / k shares its non-zero eigenvalues with
+    (A B^T)(A B^T)^T / k, the squared singular values of A B^T over k. An m x n problem instead of d x d.
+    """
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    sv = np.linalg.svd(ca @ cb.T, compute_uv=False)
+    return float(sv.sum() / np.sqrt((len(a) - 1) * (len(b) - 1)))
 
 
 def frechet_distance(x, y, eps: float = 1e-6) -> float:
@@ -105,7 +108,8 @@ def frechet_distance(x, y, eps: float = 1e-6) -> float:
     ``eps`` is added to both diagonals when the root is not finite, and a small imaginary part from
     rounding is dropped. With fewer samples than dimensions the covariances are singular and
     ``sqrtm`` is slow and inexact; then, or when its residual shows a poor root, the trace is taken
-    through the symmetric form C_x^(1/2) C_y C_x^(1/2) instead (exact for PSD matrices). Small samples in many
+    exactly from the samples (the nuclear norm of the centred cross-product, see
+    ``_trace_sqrt_product_samples``). Small samples in many
     dimensions inflate the distance (the sample covariances differ): compare values at equal n.
     """
     from scipy import linalg
@@ -116,7 +120,7 @@ def frechet_distance(x, y, eps: float = 1e-6) -> float:
     diff = mu1 - mu2
     if min(len(a), len(b)) <= a.shape[1]:
         # Fewer samples than dimensions: both covariances are singular, where sqrtm is slow and inexact.
-        tr_covmean = _trace_sqrt_product_eigh(c1, c2)
+        tr_covmean = _trace_sqrt_product_samples(a, b)
         return max(float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * tr_covmean), 0.0)
     prod = c1 @ c2
     with warnings.catch_warnings():
@@ -130,7 +134,7 @@ def frechet_distance(x, y, eps: float = 1e-6) -> float:
         covmean = covmean.real if np.abs(covmean.imag).max() <= 1e-3 * max(1.0, np.abs(covmean).max()) else None
     scale = max(float(np.abs(prod).max()), 1e-300)
     if covmean is None or not np.isfinite(covmean).all() or np.abs(covmean @ covmean - prod).max() > 1e-5 * scale:
-        tr_covmean = _trace_sqrt_product_eigh(c1, c2)
+        tr_covmean = _trace_sqrt_product_samples(a, b)
     else:
         tr_covmean = float(np.trace(covmean))
     value = float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * tr_covmean)

@@ -189,13 +189,15 @@ def make_mini_weather(out, seed: int = 0, n_train: int = 800, n_test: int = 200,
         workers = 1 if len(tasks) < 64 else min(2, default_num_threads())
     stats = {d: {"images": 0, "instances": dict.fromkeys(DWD_CLASSES, 0), "difficult": dict.fromkeys(DWD_CLASSES, 0)}
              for d in DWD_DOMAINS}
-    bar = tqdm(total=len(tasks), desc="mini-weather", unit="img", disable=not progress)
     if workers > 1:
+        # fork: no re-import of the caller's script (spawn would re-run an unguarded one); the pool is
+        # made before the progress bar so that no helper thread exists at fork time.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         pool = multiprocessing.get_context(method).Pool(workers)
         results = pool.imap(_render_one, tasks, chunksize=8)
     else:
         pool, results = None, map(_render_one, tasks)
+    bar = tqdm(total=len(tasks), desc="mini-weather", unit="img", disable=not progress)
     try:
         for domain, _, objects in results:
             stats[domain]["images"] += 1
@@ -219,7 +221,7 @@ def make_mini_weather(out, seed: int = 0, n_train: int = 800, n_test: int = 200,
     return out
 
 
-def domains_figure(seed: int = 30, height: int = 180, width: int = 320):
+def domains_figure(seed: int = 23, height: int = 180, width: int = 320):
     """One scene in all five domains plus its mask, as a matplotlib Figure (titles: domain names)."""
     import matplotlib.pyplot as plt
 
@@ -250,7 +252,7 @@ if __name__ == "__main__":  # python -m drsf_kit.data.mini_weather FIGURE.png [S
     from drsf_kit.utils.io import atomic_write_bytes
 
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "figures/mini_weather_domains.png")
-    figure = domains_figure(int(sys.argv[2]) if len(sys.argv) > 2 else 30)
+    figure = domains_figure(int(sys.argv[2]) if len(sys.argv) > 2 else 23)
     import io
 
     buf = io.BytesIO()

@@ -42,12 +42,15 @@ class Template:
     lights: list = field(default_factory=list)
 
     def add(self, shape: str, geom, color, train_id: int | None = None) -> None:
+        """Append a part; ``train_id`` None means the template's own class (props give theirs)."""
         self.parts.append((shape, geom, tuple(int(c) for c in color), train_id))
 
     def rect(self, x0: float, y0: float, x1: float, y1: float, color, train_id: int | None = None) -> None:
+        """Append an axis-aligned rectangle part."""
         self.add("poly", [(x0, y0), (x1, y0), (x1, y1), (x0, y1)], color, train_id)
 
     def lamp(self, x: float, y: float, r: float, kind: str) -> None:
+        """Append a vehicle lamp: a small painted disc plus a light source for night rendering."""
         self.lights.append((x, y, r, kind))
         self.add("ell", (x, y, r, r * 0.8), _HEAD_LAMP if kind in ("head", "lamp") else _TAIL_LAMP)
 

@@ -35,6 +35,7 @@ HPARAM_RANGES: dict[str, tuple] = {
     "eta_max": ("log_uniform", 0.1, 1.0),
     "disc_hidden": ("choice", [8, 16, 32]),
     "w_adv": ("log_uniform", 0.01, 1.0),
+    "disc_input_norm": ("choice", ["rms", "none"]),
 }
 
 

@@ -22,6 +22,8 @@ from torch import nn
 
 from drsf_kit.errors import ConfigError
 
+DISC_INPUT_NORMS = ("rms", "none")
+
 
 @dataclass(frozen=True)
 class MDSFHparams:
@@ -37,6 +39,10 @@ class MDSFHparams:
     disc_hidden: int = 32
     # Weight of L_adv.
     w_adv: float = 0.1
+    # "rms": the discriminator reads each map divided by its root-mean-square, so the reversed gradient
+    # cannot win the game by inflating feature magnitudes (unnormalised FPN maps did, and L_adv blew up);
+    # "none": the raw maps, as in plain DANN.
+    disc_input_norm: str = "rms"
 
     def __post_init__(self):
         if self.alpha <= 0:
@@ -47,6 +53,8 @@ class MDSFHparams:
             raise ConfigError(f"MDSF eta_max must be >= 0, got {self.eta_max}")
         if self.disc_hidden < 1:
             raise ConfigError(f"MDSF disc_hidden must be >= 1, got {self.disc_hidden}")
+        if self.disc_input_norm not in DISC_INPUT_NORMS:
+            raise ConfigError(f"MDSF disc_input_norm {self.disc_input_norm!r} is unknown; valid: {', '.join(DISC_INPUT_NORMS)}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -128,11 +136,13 @@ class GradientReversal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
+        """Return ``x`` unchanged and remember ``coeff``."""
         ctx.coeff = float(coeff)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
+        """``-coeff * grad_output`` for ``x``; no gradient for ``coeff``."""
         return grad_output.neg() * ctx.coeff, None
 
 
@@ -152,16 +162,30 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-class DomainDiscriminator(nn.Module):
-    """3x3 conv -> ReLU -> 1x1 conv to K+1 logits per position, averaged over positions."""
+def rms_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Divide each sample's map by its root-mean-square over (C, H, W); keeps relative channel statistics."""
+    scale = x.float().pow(2).mean(dim=tuple(range(1, x.dim())), keepdim=True).add(eps).rsqrt()
+    return x * scale.to(x.dtype)
 
-    def __init__(self, in_channels: int, num_domains: int, hidden: int = 32):
+
+class DomainDiscriminator(nn.Module):
+    """3x3 conv -> ReLU -> 1x1 conv to K+1 logits per position, averaged over positions.
+
+    With ``input_norm="rms"`` each input map is first divided by its root-mean-square (see MDSFHparams).
+    """
+
+    def __init__(self, in_channels: int, num_domains: int, hidden: int = 32, input_norm: str = "rms"):
         super().__init__()
+        if input_norm not in DISC_INPUT_NORMS:
+            raise ConfigError(f"input_norm {input_norm!r} is unknown; valid: {', '.join(DISC_INPUT_NORMS)}")
+        self.input_norm = input_norm
         self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
         self.classifier = nn.Conv2d(hidden, num_domains, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Domain logits ``[N, K+1]`` (float32) for a map ``[N, C, H, W]``."""
+        if self.input_norm == "rms":
+            x = rms_normalize(x)
         return self.classifier(F.relu(self.conv(x))).float().mean(dim=(2, 3))
 
 
@@ -183,7 +207,8 @@ class MDSF(nn.Module):
             raise ConfigError(f"MDSF needs at least 2 domains (source + one pseudo-domain), got num_domains={num_domains}")
         self.hparams = hparams or MDSFHparams()
         self.num_domains = num_domains
-        self.discriminator = DomainDiscriminator(channels, num_domains, self.hparams.disc_hidden)
+        self.discriminator = DomainDiscriminator(channels, num_domains, self.hparams.disc_hidden,
+                                                 self.hparams.disc_input_norm)
 
     def fuse(
         self,

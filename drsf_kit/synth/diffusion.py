@@ -156,7 +156,8 @@ class DiffusionGenerator(Generator):
         self.pipe = None
 
     def _finish_loading(self, pipe, model_id: str, folders: list[Path]):
-        pipe = pipe.to(self.device)
+        if self.device.type != "cpu":  # pipelines load on the cpu
+            pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)  # the runner's bar shows progress
         self.pipe, self._model_id, self._folders = pipe, model_id, folders
 

@@ -186,16 +186,19 @@ def _night(img, rgb_src, horizon, rng):
 _EFFECTS = {"jitter": _jitter, "fog": _fog, "rain": _rain, "dusk": _dusk, "night": _night}
 
 
+def check_domain(domain: str) -> None:
+    """ConfigError listing the valid domains when the procedural backend has no recipe for ``domain``."""
+    if domain not in DOMAIN_EFFECTS:
+        raise ConfigError(f"the procedural backend has no recipe for domain {domain!r}; "
+                          f"valid domains: {', '.join(DOMAIN_EFFECTS)}")
+
+
 def apply_domain(rgb: np.ndarray, domain: str, seed: int) -> tuple[np.ndarray, dict]:
     """Apply ``domain``'s effects to a uint8 [H,W,3] image; returns (uint8 image, effect parameters).
 
     The result depends only on (image, domain, seed).
     """
-    if domain not in DOMAIN_EFFECTS:
-        raise ConfigError(
-            f"the procedural backend has no recipe for domain {domain!r}; "
-            f"valid domains: {', '.join(DOMAIN_EFFECTS)}"
-        )
+    check_domain(domain)
     rng = np.random.default_rng(seed)
     src = rgb.astype(np.float32) * (1.0 / 255.0)
     horizon = estimate_horizon(src)
@@ -220,9 +223,7 @@ class ProceduralGenerator(Generator):
     def __init__(self, cfg):
         super().__init__(cfg)
         for domain in cfg.domains:  # fail before any image is made
-            if domain not in DOMAIN_EFFECTS:
-                raise ConfigError(f"the procedural backend has no recipe for domain {domain!r}; "
-                                  f"valid domains: {', '.join(DOMAIN_EFFECTS)}")
+            check_domain(domain)
 
     def identity(self) -> dict:
         """The model id is this module; the hash covers its source, so a changed recipe shows."""

@@ -111,10 +111,9 @@ def prepare_manifest(path: Path, overwrite: bool) -> set[tuple[str, int]]:
         write_jsonl(path, [])
         return set()
     raw = path.read_bytes()
-    rows = read_jsonl(path)
+    rows = read_rows(path)
     kept, seen = [], set()
-    for k, row in enumerate(rows, start=1):
-        validate_row(row, path, f"row {k}: ")
+    for row in rows:
         key = (row["source_id"], int(row.get("index", 0) or 0))
         if key in seen or not (path.parent / row["path"]).is_file():
             continue
@@ -125,13 +124,21 @@ def prepare_manifest(path: Path, overwrite: bool) -> set[tuple[str, int]]:
     return seen
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The validated rows of one manifest file ([] when it does not exist); DataError names the row."""
+    rows = read_jsonl(path)
+    for k, row in enumerate(rows, start=1):
+        validate_row(row, path, f"row {k}: ")
+    return rows
+
+
 def _check_no_unmerged_parts(folder: Path) -> None:
     parts = [p for p in folder.glob("manifest.part-*-of-*.jsonl") if PART_PATTERN.match(p.name)]
     if not parts:
         return
-    merged = {row_key(r) for r in read_jsonl(folder / MANIFEST_NAME)}
+    merged = {row_key(r) for r in read_rows(folder / MANIFEST_NAME)}
     for part in parts:
-        if any(row_key(r) not in merged for r in read_jsonl(part)):
+        if any(row_key(r) not in merged for r in read_rows(part)):
             raise ConfigError(f"{part} holds rows not merged into {MANIFEST_NAME}; run "
                               f"`drsf synth merge {folder.parent.parent}` before an unsharded run")
 
@@ -169,7 +176,7 @@ def run_synth(cfg: SynthConfig) -> dict:
         done[domain] = prepare_manifest(manifests[domain], cfg.overwrite)
         if cfg.shard is not None and not cfg.overwrite:
             # rows of this shard already merged into manifest.jsonl (its part was removed by the merge)
-            done[domain] |= {(r["source_id"], int(r.get("index", 0) or 0)) for r in read_jsonl(folder / MANIFEST_NAME)
+            done[domain] |= {(r["source_id"], int(r.get("index", 0) or 0)) for r in read_rows(folder / MANIFEST_NAME)
                              if (folder / r["path"]).is_file()}
         if not manifests[domain].exists():
             write_jsonl(manifests[domain], [])  # an (empty) part marks the shard as started for merge
@@ -297,15 +304,14 @@ def _merge_folder(folder: Path, allow_partial: bool) -> int:
     merged: dict = {}
     origin: dict = {}
     for part in sorted(parts, key=lambda p: parts[p][0]):
-        for k, row in enumerate(read_jsonl(part), start=1):
-            validate_row(row, part, f"row {k}: ")
+        for k, row in enumerate(read_rows(part), start=1):
             key = row_key(row)
             if key in merged:
                 raise DataError(part, f"row {k}: image {key} is also listed in {origin[key]}; shards "
                                       "must not overlap (were they run with different --limit or ids?)")
             merged[key], origin[key] = row, f"{part.name} row {k}"
     main = folder / MANIFEST_NAME
-    for row in read_jsonl(main):
+    for row in read_rows(main):
         merged.setdefault(row_key(row), row)
     rows = sorted(merged.values(), key=lambda r: (r["source_id"], int(r.get("index", 0) or 0)))
     write_jsonl(main, rows)

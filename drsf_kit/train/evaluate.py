@@ -192,7 +192,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     ckpt = load_checkpoint(run_dir / "checkpoints" / checkpoint, map_location="cpu")
-    model = build_model_for(cfg)
+    model = build_model_for(cfg, load_pretrained=False)
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     model.trained_steps = int(ckpt["step"])

@@ -7,7 +7,7 @@ synthetic ones (analysis keys ``synth:<domain>``) as triangles, so a legend entr
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -96,6 +96,7 @@ def plot_embedding(emb, groups: Sequence[str], kinds: Sequence[str] | None = Non
                    label=f"{dom.replace('_', ' ')} ({kind}, n={int(sel.sum())})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))  # tiny or huge feature scales stay legible
     ax.set_title(title or "Feature embedding by domain")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
               title="domain (kind)", title_fontsize=9)
@@ -106,7 +107,7 @@ def plot_embedding(emb, groups: Sequence[str], kinds: Sequence[str] | None = Non
 def plot_gap_heatmap(matrix, metric: str = "mmd", title: str | None = None, ax=None, digits: int = 3):
     """Heatmap of a ``target x compared-domain`` gap matrix (``gap.gap_matrix``); the best pseudo-domain
     per target is outlined, and the source column (when present) is the reference."""
-    import matplotlib.patches as patches
+    from matplotlib import patches
 
     values = matrix.to_numpy(dtype=float)
     rows, cols = [str(r) for r in matrix.index], [str(c) for c in matrix.columns]
@@ -133,22 +134,37 @@ def plot_gap_heatmap(matrix, metric: str = "mmd", title: str | None = None, ax=N
 
 
 def plot_gap_change(compare, metric: str = "mmd", labels: tuple[str, str] = ("before", "after"),
-                    title: str | None = None, ax=None):
-    """Grouped bars of one metric per (target, domain) pair for two models (``compare_gap_tables``)."""
+                    title: str | None = None):
+    """Before/after dumbbells of one metric (``compare_gap_tables``): one panel per real target, one row
+    per compared domain; a hollow marker is the first model, a filled one the second."""
+    import matplotlib.pyplot as plt
+
     a, b = f"{metric}_{labels[0]}", f"{metric}_{labels[1]}"
     if a not in compare or b not in compare:
         raise ValueError(f"plot_gap_change: columns {a!r}/{b!r} not in the comparison table")
-    names = [f"{domain_label(t, False)}\nvs {domain_label(d)}" for t, d in zip(compare["target"], compare["domain"])]
-    x = np.arange(len(names))
-    fig, ax = _new_axes(ax, (max(6.0, 0.9 * len(names) + 2), 4.5))
-    ax.bar(x - 0.2, compare[a], width=0.4, label=labels[0], color="#bbbbbb", edgecolor="black", linewidth=0.5)
-    ax.bar(x + 0.2, compare[b], width=0.4, label=labels[1], color=[domain_color(d) for d in compare["domain"]],
-           edgecolor="black", linewidth=0.5)
-    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel(f"{metric} (lower = closer)")
-    ax.set_title(title or f"Feature gap {labels[0]} vs {labels[1]} ({metric})")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    targets = list(dict.fromkeys(compare["target"]))
+    order = list(dict.fromkeys(compare["domain"]))  # one row per compared domain, shared by the panels
+    fig, axes = plt.subplots(1, len(targets), figsize=(2.8 * len(targets) + 2.5, 0.45 * len(order) + 1.6),
+                             sharex=True, sharey=True, squeeze=False, constrained_layout=True)
+    for ax, target in zip(axes[0], targets):
+        rows = compare[compare["target"] == target]
+        for _, row in rows.iterrows():
+            y = order.index(row["domain"])
+            colour = domain_color(row["domain"])
+            ax.annotate("", xy=(row[b], y), xytext=(row[a], y),
+                        arrowprops=dict(arrowstyle="->", color=colour, lw=1.5, shrinkA=4, shrinkB=4))
+            ax.scatter([row[a]], [y], s=40, facecolors="white", edgecolors=colour, linewidths=1.5, zorder=3)
+            ax.scatter([row[b]], [y], s=40, color=colour, zorder=3)
+        ax.set_title(f"target: {domain_label(target, with_kind=False)}", fontsize=9)
+        ax.set_xlabel(f"{metric} (lower = closer)", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(range(len(order)), [domain_label(d) for d in order], fontsize=8)
+    axes[0, 0].set_ylim(len(order) - 0.5, -0.5)  # first compared domain on top
+    handles = [plt.Line2D([], [], marker="o", ls="", markerfacecolor="white", markeredgecolor="black",
+                          label=labels[0]),
+               plt.Line2D([], [], marker="o", ls="", color="black", label=labels[1])]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    fig.suptitle(title or f"Feature gap: {labels[0]} (hollow) -> {labels[1]} (filled), {metric}", fontsize=10)
     return fig
 
 

@@ -21,6 +21,14 @@ from drsf_kit.viz import dashboard, images
 DEFAULT_METRICS = {"det": "map50_voc07", "seg": "miou"}
 
 
+def css_classes(root: widgets.Widget, name: str, parts: Mapping[str, widgets.Widget]) -> None:
+    """Give ``root`` the CSS class ``drsf-<name>`` and each part ``drsf-<key>`` (underscores as dashes):
+    stable handles for page styles and browser tests (scope them: ``.drsf-mdsf-explorer .drsf-lam``)."""
+    root.add_class(f"drsf-{name}")
+    for key, part in parts.items():
+        part.add_class(f"drsf-{key.replace('_', '-')}")
+
+
 # ------------------------------------------------------------------------------------ ablation dashboard
 class AblationDashboard(widgets.VBox):
     """Results of any set of runs: choose task, metric, protocol, variants and domains; see the table
@@ -70,6 +78,7 @@ class AblationDashboard(widgets.VBox):
         row1 = widgets.HBox([c["task"], c["metric"], c["protocol"]])
         row2 = widgets.HBox([c["variants"], c["domains"], widgets.VBox([widgets.HTML("<b>blocks</b>"), c["dfdr"], c["mdsf"]])])
         super().__init__([row1, row2, self.table_html, self.chart])
+        css_classes(self, "ablation-dashboard", {**self.controls, "table-html": self.table_html, "chart": self.chart})
         self.refresh()
 
     def _set_options(self, task: str, metric: str | None = None, keep_selection: bool = False) -> None:
@@ -217,6 +226,8 @@ class MdsfExplorer(widgets.VBox):
             widgets.VBox([widgets.HTML("<b>domain discriminator</b>"), self.probs_image]),
         ])
         super().__init__([widgets.HBox([c["scene"], c["domain_a"], c["domain_b"]]), c["lam"], panels, self.status])
+        css_classes(self, "mdsf-explorer", {**self.controls, "features": self.feature_image, "probs": self.probs_image,
+                                            "prediction": self.prediction_image, "status": self.status})
         self._fit_basis()
         self.refresh()
 
@@ -340,6 +351,7 @@ class TwinExplorer(widgets.VBox):
             control.observe(self._on_change, names="value")
         c = self.controls
         super().__init__([widgets.HBox([c["scene"], c["method"], c["alpha"]]), self.grid_image, self.stats_html])
+        css_classes(self, "twin-explorer", {**self.controls, "grid": self.grid_image, "stats": self.stats_html})
         self.refresh()
 
     def _cached(self, key, fn):

@@ -1,0 +1,125 @@
+"""What DRSF costs over its baselines on the mini profiles: step time, inference time, parameters.
+
+- ``train_step_ratio``: drsf training-step time / naive_synth training-step time on the *same* batches
+  (2 source images + 2 twins from mini-weather), the two models stepped alternately in one process so
+  machine load hits both alike; median of per-pair ratios. Goal <= 1.10.
+- ``infer_ratio``: drsf / source_only inference time on the same images (MDSF is training-only, DFDR
+  is one gate). Goal <= 1.02.
+- ``param_overhead``: (trainable params of drsf - those of source_only) / those of source_only. Goal <= 0.02.
+
+Usage: ``python benchmarks/overhead.py [--json] [--tasks det seg] [--steps 20] [data.root=PATH ...]``.
+Writes ``benchmarks/results/overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from drsf_kit.config import load_config
+from drsf_kit.train.data import TwinBatchSampler, TwinCollate, build_train_set
+from drsf_kit.train.engine import build_model_for, build_optimizer, train_step
+from drsf_kit.utils.io import atomic_write_json
+from drsf_kit.utils.runtime import default_num_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+GOALS = {"train_step_ratio": 1.10, "infer_ratio": 1.02, "param_overhead": 0.02}
+
+
+def _trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def measure(task: str, steps: int, overrides: list[str]) -> dict:
+    """The three overhead numbers for one task."""
+    cfgs = {v: load_config(ROOT / "configs" / f"mini_{task}.yaml", [f"variant={v}", *overrides])
+            for v in ("source_only", "naive_synth", "drsf")}
+    train_set = build_train_set(cfgs["drsf"])
+    sampler = TwinBatchSampler(train_set.twin_table, cfgs["drsf"].train.batch_source, 0)
+    collate = TwinCollate(task)
+    batches = [collate([train_set[it] for it in sampler.batch(b)]) for b in range(steps + 2)]
+    models, opts = {}, {}
+    for v, cfg in cfgs.items():
+        torch.manual_seed(0)
+        models[v] = build_model_for(cfg).train()
+        opts[v] = build_optimizer(models[v], cfg.train)
+    gens = {v: torch.Generator().manual_seed(0) for v in cfgs}
+    ratios, times = [], {"naive_synth": [], "drsf": []}
+    cpu = torch.device("cpu")
+    for b, batch in enumerate(batches):
+        order = ("naive_synth", "drsf") if b % 2 == 0 else ("drsf", "naive_synth")  # no first-mover bias
+        pair = {}
+        for v in order:
+            t0 = time.perf_counter()
+            train_step(models[v], batch, opts[v], cpu, step=b + 1, progress=b / len(batches), generator=gens[v],
+                       grad_clip=cfgs[v].train.grad_clip)
+            pair[v] = time.perf_counter() - t0
+        if b >= 2:
+            ratios.append(pair["drsf"] / pair["naive_synth"])
+            for v in pair:
+                times[v].append(pair[v])
+    # inference on the source images of the batches, alternating again
+    infer_ratios, infer = [], {"source_only": [], "drsf": []}
+    with torch.no_grad():
+        for v in infer:
+            models[v].eval()
+        for b, batch in enumerate(batches):
+            n = int((batch.domains == 0).sum())
+            images = batch.images[:n]
+            pair = {}
+            for v in (("source_only", "drsf") if b % 2 == 0 else ("drsf", "source_only")):
+                t0 = time.perf_counter()
+                models[v](images)
+                pair[v] = time.perf_counter() - t0
+            if b >= 2:
+                infer_ratios.append(pair["drsf"] / pair["source_only"])
+                for v in pair:
+                    infer[v].append(pair[v])
+    base = _trainable(models["source_only"])
+    return {
+        "train_step_ratio": round(statistics.median(ratios), 4),
+        "infer_ratio": round(statistics.median(infer_ratios), 4),
+        "param_overhead": round((_trainable(models["drsf"]) - base) / base, 5),
+        "step_s": {v: round(statistics.median(t), 4) for v, t in times.items()},
+        "infer_s": {v: round(statistics.median(t), 4) for v, t in infer.items()},
+        "params": {v: _trainable(m) for v, m in models.items()},
+        "images_per_step": len(batches[0]), "timed_steps": len(ratios),
+    }
+
+
+def main() -> None:
+    """Measure, print and write the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["det", "seg"], choices=["det", "seg"])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (after 2 warm-up steps)")
+    parser.add_argument("--threads", type=int, default=default_num_threads())
+    parser.add_argument("--json", action="store_true", help="print only the JSON")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=PATH")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    report = {"benchmark": "overhead", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.node(), "device": "cpu",
+              "threads": args.threads, "torch": torch.__version__, "loadavg_before": os.getloadavg()[0], "goals": GOALS}
+    for task in args.tasks:
+        report[task] = measure(task, args.steps, args.overrides)
+        report[task]["meets_goals"] = {k: report[task][k] <= g for k, g in GOALS.items()}
+        if not args.json:
+            print(task, json.dumps(report[task]), flush=True)
+    report["loadavg_after"] = os.getloadavg()[0]
+    # the headline numbers asked for: the detection task's (segmentation's are beside them)
+    main_task = args.tasks[0]
+    report.update({k: report[main_task][k] for k in GOALS})
+    atomic_write_json(ROOT / "benchmarks" / "results" / "overhead.json", report)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

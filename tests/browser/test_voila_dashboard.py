@@ -1,0 +1,197 @@
+"""The Voilà app (`python -m drsf_kit.app`): how it picks its results, and the dashboard in Chromium.
+
+The browser test serves a folder of runs whose result rows have known values, then drives the page as
+a person would (clicks on the DFDR toggle, the variant list and the domain list) and checks that the
+table shows exactly the expected rows, columns and numbers and that the bar chart's picture changes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from drsf_kit.app import (
+    ResultsSource,
+    load_rows_file,
+    port_is_free,
+    resolve_results,
+    voila_command,
+    voila_env,
+)
+from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.utils.io import append_jsonl, atomic_write_text
+
+VARIANTS = ("source_only", "naive_synth", "dfdr", "mdsf", "drsf")
+DOMAINS = ("daytime_clear", "daytime_foggy", "dusk_rainy", "night_rainy", "night_sunny")
+SHORT = {"daytime_clear": "DC", "daytime_foggy": "DF", "dusk_rainy": "DR", "night_rainy": "NR", "night_sunny": "NS"}
+SEEDS = (0, 1)
+
+
+def _value(variant: str, domain: str, seed: int) -> float:
+    # whole percents per (variant, domain); seeds 0 and 2 points apart -> mean +1, std 1.4
+    return 0.10 + 0.08 * VARIANTS.index(variant) + 0.03 * DOMAINS.index(domain) + 0.02 * seed
+
+
+def _cell(variant: str, domain: str) -> str:
+    values = [_value(variant, domain, s) for s in SEEDS]
+    return f"{100 * sum(values) / len(values):.1f} ± 1.4"
+
+
+def _write_runs(folder) -> None:
+    """One run folder per (variant, seed) with det rows for every domain and two metrics."""
+    for variant in VARIANTS:
+        for seed in SEEDS:
+            run = f"det-{variant}-{seed}"
+            for domain in DOMAINS:
+                for metric, offset in (("map50_voc07", 0.0), ("ap50_coco", 0.05)):
+                    append_jsonl(folder / run / "results.jsonl", {
+                        "task": "det", "variant": variant, "seed": seed, "domain": domain,
+                        "split": "test" if domain == "daytime_clear" else "all", "protocol": "all_images",
+                        "metric": metric, "value": _value(variant, domain, seed) + offset, "step": 2,
+                        "run": run, "class": None,
+                    })
+
+
+# ------------------------------------------------------------------------------------- without a browser
+def test_resolve_results_order(tmp_path):
+    root = tmp_path / "project"
+    with pytest.raises(ConfigError, match="no results found"):
+        resolve_results(root=root, train_if_missing=False)
+    bench = root / "benchmarks" / "results" / "sdg_mini.json"
+    atomic_write_text(bench, json.dumps({"rows": [{"task": "det", "variant": "drsf", "seed": 0, "domain": "daytime_clear",
+                                                   "metric": "map50_voc07", "value": 0.5}]}))
+    assert resolve_results(root=root, train_if_missing=False) == ResultsSource("benchmark", bench.resolve())
+    assert len(load_rows_file(bench)) == 1
+    _write_runs(root / "runs" / "demo")
+    assert resolve_results(root=root).kind == "demo"  # the demo's results win over the benchmark's
+    _write_runs(tmp_path / "mine")
+    chosen = resolve_results(tmp_path / "mine", root=root)
+    assert chosen.kind == "runs" and chosen.path == (tmp_path / "mine").resolve()
+    assert str(tmp_path / "mine") in chosen.note
+
+
+def test_resolve_results_bad_input_names_the_path(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_results(tmp_path / "nowhere", root=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty.*no results.jsonl"):
+        resolve_results(tmp_path / "empty", root=tmp_path)
+    bad = tmp_path / "rows.json"
+    atomic_write_text(bad, "{not json")
+    with pytest.raises(DataError, match="rows.json: not valid JSON"):
+        resolve_results(bad, root=tmp_path)
+    atomic_write_text(bad, json.dumps({"rows": 3}))
+    with pytest.raises(DataError, match="expected a JSON list of result rows"):
+        load_rows_file(bad)
+
+
+def test_voila_command_and_env(tmp_path):
+    source = ResultsSource("runs", tmp_path)
+    cmd = voila_command(tmp_path / "page.ipynb", 8123)
+    assert cmd[:3] == [sys.executable, "-m", "voila"]
+    assert "--port=8123" in cmd and "--Voila.ip=127.0.0.1" in cmd and "--no-browser" in cmd and "--template=drsf" in cmd
+    env = voila_env(source, tmp_path / "root", base={"JUPYTER_PATH": "/elsewhere"})
+    assert env["DRSF_APP_RESULTS"] == str(tmp_path) and env["DRSF_APP_KIND"] == "runs"
+    assert env["JUPYTER_PATH"].split(":") == [str((tmp_path / "root" / "app" / "jupyter").resolve()), "/elsewhere"]
+    assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_port_in_use_is_refused():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        assert not port_is_free(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------------ in Chromium
+TABLE_JS = """(root) => {
+    const table = root.querySelector('table');
+    if (!table) return null;
+    const head = Array.from(table.querySelectorAll('thead tr:first-child th')).slice(1).map(th => th.innerText.trim());
+    const rows = Array.from(table.querySelectorAll('tbody tr')).map(tr => [
+        tr.querySelector('th').innerText.trim(), Array.from(tr.querySelectorAll('td')).map(td => td.innerText.trim())]);
+    return {head, rows, caption: (table.querySelector('caption') || {innerText: ''}).innerText};
+}"""
+
+
+def _table(page):
+    return page.eval_on_selector(".drsf-table-html", TABLE_JS)
+
+
+@pytest.mark.browser
+def test_voila_dashboard_controls_change_table_and_chart(tmp_path, start_server, page, shoot, bt):
+    runs = tmp_path / "runs"
+    _write_runs(runs)
+    port = bt.free_port()
+    server = start_server([sys.executable, "-m", "drsf_kit.app", "--runs", str(runs), "--port", str(port)],
+                          bt.root, bt.server_env(tmp_path))
+    url = server.wait_for_line(r"serving (http://127\.0\.0\.1:\d+/)", timeout=90).group(1)
+    assert url == f"http://127.0.0.1:{port}/"
+
+    page.goto(url, wait_until="commit")
+    page.wait_for_selector(".drsf-ablation-dashboard .drsf-chart", state="visible", timeout=90_000)
+    page.wait_for_selector(".drsf-mdsf-explorer .drsf-features", state="visible", timeout=60_000)
+    server.remember_children()  # the page's kernel, so the end of the test can stop it too
+    assert str(runs) in page.inner_text(".drsf-results-source")
+    shoot(page, "0-loaded")
+    shoot(page, "0-chart", ".drsf-chart")
+
+    # initial state: every variant, every domain, default metric
+    table = _table(page)
+    assert "mAP@0.5" in table["caption"] and "all_images" in table["caption"]
+    assert [r[0] for r in table["rows"]] == list(VARIANTS)
+    assert table["head"] == [f"{d} ({SHORT[d]})" for d in DOMAINS] + ["target_mean", "seeds"]
+    assert table["rows"][VARIANTS.index("drsf")][1][0] == _cell("drsf", "daytime_clear")
+    chart = [bt.image_digest(page, ".drsf-chart")]
+    pixels = [bt.element_pixels(page, ".drsf-chart")]
+
+    def chart_changed():
+        digest = bt.image_digest(page, ".drsf-chart")
+        return digest if digest != chart[-1] else None
+
+    # the DFDR block toggle: only the variant carrying exactly DFDR stays
+    page.click(".drsf-dfdr input[type=checkbox]")
+    chart.append(bt.wait_until(chart_changed, 30, "the chart to change after ticking DFDR"))
+    bt.wait_until(lambda: [r[0] for r in _table(page)["rows"]] == ["dfdr"], 30, "the table to show only dfdr")
+    assert _table(page)["rows"][0][1][:5] == [_cell("dfdr", d) for d in DOMAINS]
+    assert page.eval_on_selector(".drsf-variants select", "s => Array.from(s.selectedOptions).map(o => o.value)") == ["dfdr"]
+    pixels.append(bt.element_pixels(page, ".drsf-chart"))
+    assert bt.pixels_changed(pixels[0], pixels[1]) > 100
+    shoot(page, "1-dfdr-ticked")
+    shoot(page, "1-chart", ".drsf-chart")
+
+    # the variant list: a click on source_only selects it alone, ctrl+click adds drsf
+    page.locator(".drsf-variants select option", has_text="source_only").click()
+    chart.append(bt.wait_until(chart_changed, 30, "the chart to change after picking source_only"))
+    page.locator(".drsf-variants select option", has_text="drsf").click(modifiers=["Control"])
+    chart.append(bt.wait_until(chart_changed, 30, "the chart to change after adding drsf"))
+    bt.wait_until(lambda: [r[0] for r in _table(page)["rows"]] == ["source_only", "drsf"], 30,
+                  "the table to show source_only and drsf")
+    pixels.append(bt.element_pixels(page, ".drsf-chart"))
+    assert bt.pixels_changed(pixels[1], pixels[2]) > 100
+    shoot(page, "2-variants-picked")
+
+    # the domain list: night_rainy alone, then the source added back
+    page.locator(".drsf-domains select option", has_text="night_rainy").click()
+    chart.append(bt.wait_until(chart_changed, 30, "the chart to change after picking night_rainy"))
+    bt.wait_until(lambda: _table(page)["head"][0] == "night_rainy (NR)", 30, "the table to show night_rainy only")
+    table = _table(page)
+    assert table["head"] == ["night_rainy (NR)", "target_mean", "seeds"]
+    assert [r[1][0] for r in table["rows"]] == [_cell("source_only", "night_rainy"), _cell("drsf", "night_rainy")]
+    page.locator(".drsf-domains select option", has_text="daytime_clear").click(modifiers=["Control"])
+    chart.append(bt.wait_until(chart_changed, 30, "the chart to change after adding daytime_clear"))
+    bt.wait_until(lambda: _table(page)["head"][:2] == ["daytime_clear (DC)", "night_rainy (NR)"], 30,
+                  "the table to show daytime_clear and night_rainy")
+    table = _table(page)
+    assert [r[1][:2] for r in table["rows"]] == [[_cell(v, "daytime_clear"), _cell(v, "night_rainy")]
+                                                 for v in ("source_only", "drsf")]
+    pixels.append(bt.element_pixels(page, ".drsf-chart"))
+    assert bt.pixels_changed(pixels[2], pixels[3]) > 100
+    assert len(set(chart)) == len(chart)  # every step drew a new picture
+    shoot(page, "3-domains-picked")
+    shoot(page, "3-chart", ".drsf-chart")
+    assert page.outside_requests == []  # the page loads nothing from outside this machine
