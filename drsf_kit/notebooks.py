@@ -355,10 +355,13 @@ def environment_table(ctx: NotebookContext | None = None):
 
 # ------------------------------------------------------------------------------ data, synthetic data, runs
 # SMOKE sizes: enough images for every domain and split to exist, few enough to render in seconds.
-SMOKE_DATA = {"n_train": 12, "n_test": 4, "n_target": 4}
-# SMOKE training: a few optimizer steps, two images per domain scored, no TensorBoard files.
-SMOKE_TRAIN = ("train.max_steps=3", "train.batch_source=1", "train.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=0",
-               "train.tensorboard=false", "eval.max_images=2")
+SMOKE_DATA = {"n_train": 12, "n_test": 4, "n_target": 4, "height": 96, "width": 160}
+# SMOKE training: a few optimizer steps on one source image (+ twin) each, two images per domain
+# scored, no TensorBoard files.
+SMOKE_TRAIN = ("train.max_steps=3", "train.batch_source=1", "train.warmup_steps=1", "train.log_every=1",
+               "train.checkpoint_every=0", "train.tensorboard=false", "eval.max_images=2")
+# The detector resizes its inputs; in SMOKE it keeps the small images small.
+SMOKE_DET = ("model.min_size=96", "model.max_size=160")
 
 
 def ensure_mini_weather(ctx: NotebookContext, progress: bool = False) -> Path:
@@ -405,7 +408,7 @@ def run_config(ctx: NotebookContext, task: str, variant: str, seed: int | None =
     base = [f"task={task}", f"variant={variant}", f"seed={ctx.seed if seed is None else seed}",
             f"device={ctx.device}", f"output_dir={ctx.runs_dir}", f"data.root={ctx.data_root}",
             f"data.synth_root={ctx.synth_root}"]
-    smoke = list(SMOKE_TRAIN) if ctx.smoke else []
+    smoke = list(SMOKE_TRAIN) + (list(SMOKE_DET) if task == "det" else []) if ctx.smoke else []
     return load_config(path if path.is_file() else None, base + smoke + list(overrides))
 
 

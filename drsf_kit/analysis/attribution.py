@@ -120,7 +120,8 @@ class DetectionBoxScore:
             outs = self.model(list(images))
         scores = []
         for img, out in zip(images, outs):
-            keep = torch.ones(len(out["boxes"]), dtype=torch.bool) if self.label is None else out["labels"] == self.label
+            labels = out["labels"]
+            keep = torch.ones_like(labels, dtype=torch.bool) if self.label is None else labels == self.label
             zero = img.sum() * 0.0
             if not keep.any():
                 scores.append(zero)

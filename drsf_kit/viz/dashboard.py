@@ -169,9 +169,19 @@ def table_html(shown, caption: str) -> str:
     """An HTML table (with caption) for an ``ipywidgets.HTML``; an empty table becomes a short note."""
     if shown is None or len(shown) == 0:
         return f"<p><b>{html.escape(caption)}</b></p><p>No result rows match this selection.</p>"
-    return shown.to_html(escape=True, border=0, classes="drsf-table").replace(
+    table = shown.to_html(escape=True, border=0, classes="drsf-table").replace(
         "<thead>", f"<caption>{html.escape(caption)}</caption><thead>", 1
     )
+    return TABLE_STYLE + table
+
+
+# Widget HTML gets no notebook table styling: numbers right-aligned under their headers, light rules.
+TABLE_STYLE = (
+    "<style>.drsf-table{border-collapse:collapse;font-size:12px}"
+    ".drsf-table caption{caption-side:top;text-align:left;padding:4px 0;max-width:60em}"
+    ".drsf-table th,.drsf-table td{padding:3px 10px;text-align:right;border-bottom:1px solid #ddd}"
+    ".drsf-table tbody th{text-align:left}.drsf-table tbody tr:nth-child(even){background:#f6f6f6}</style>"
+)
 
 
 def table_markdown(table) -> str:
@@ -209,10 +219,12 @@ def seed_spread_figure(summary, metric: str, title: str | None = None):
             label=variant,
         )
     ax.set_xticks(range(len(domains)))
-    ax.set_xticklabels([DOMAIN_SHORT.get(d, d) for d in domains])
+    # short name over full name: the chart names its domains without the reader looking elsewhere
+    ax.set_xticklabels([f"{DOMAIN_SHORT[d]}\n{d}" if d in DOMAIN_SHORT else d for d in domains], fontsize=8)
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(title or f"{metric}: mean ± std over seeds")
-    ax.legend(fontsize=8, ncol=min(5, len(variants)), loc="upper right")
+    # outside the axes: inside, it covered the tallest bars
+    ax.legend(fontsize=8, title="variant", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

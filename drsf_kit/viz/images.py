@@ -158,8 +158,9 @@ def probability_figure(probs: np.ndarray, names: Sequence[str], title: str = "di
     for y, p in zip(ys, probs):
         ax.text(min(float(p) + 0.02, 0.9), y, f"{p:.2f}", va="center", fontsize=8)
     ax.set_yticks(ys)
-    ax.set_yticklabels([DOMAIN_SHORT.get(n, n) for n in names])
+    ax.set_yticklabels([f"{n} ({DOMAIN_SHORT[n]})" if n in DOMAIN_SHORT else n for n in names], fontsize=8)
     ax.set_xlim(0, 1)
+    ax.set_xlabel("probability", fontsize=8)
     ax.invert_yaxis()
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -63,7 +63,8 @@ class AblationDashboard(widgets.VBox):
             "mdsf": widgets.Checkbox(value=False, description="MDSF", indent=False),
         }
         self.table_html = widgets.HTML()
-        self.chart = widgets.Image(format="png")
+        # flex-start: a column box stretches its children, which blew the chart up past its drawn size
+        self.chart = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start", max_width="100%"))
         self.table_df = self.shown_df = self.summary_df = self.figure = None
         self.table_markdown = ""
         self.figure_png = b""
@@ -116,9 +117,20 @@ class AblationDashboard(widgets.VBox):
 
     def _on_change(self, change) -> None:
         if not self._busy:
+            if change["owner"] is self.controls["variants"]:
+                self._clear_blocks()  # a hand-picked set of variants is no longer "the DFDR ones"
             self.refresh()
 
+    def _clear_blocks(self) -> None:
+        self._busy = True
+        try:
+            self.controls["dfdr"].value = self.controls["mdsf"].value = False
+        finally:
+            self._busy = False
+
     def _on_blocks(self, change) -> None:
+        if self._busy:
+            return
         chosen = dashboard.variants_for_blocks(
             self.controls["dfdr"].value, self.controls["mdsf"].value, self.controls["variants"].options
         )

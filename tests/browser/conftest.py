@@ -53,6 +53,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.call_failed = report.failed  # read by the page fixture: a failing test leaves a screenshot
+
+
 def pytest_terminal_summary(terminalreporter):
     if _SHOTS:
         terminalreporter.write_line(f"browser screenshots ({len(_SHOTS)}): {ARTIFACTS}")
@@ -191,8 +199,9 @@ def no_leftover_processes():
 
 # --------------------------------------------------------------------------------------------- browser
 @pytest.fixture()
-def page(tmp_path):
-    """A fresh headless Chromium page (1400x1000); records requests that leave the machine."""
+def page(request):
+    """A fresh headless Chromium page (1400x1000); records requests that leave the machine; a failing
+    test leaves ``<test>-FAILED.png`` in the screenshot folder."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -203,6 +212,11 @@ def page(tmp_path):
             page.outside_requests = []
             page.on("request", lambda r: None if r.url.startswith(LOOPBACK) else page.outside_requests.append(r.url))
             yield page
+            if getattr(request.node, "call_failed", False):
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                path = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_]+', '_', request.node.name)}-FAILED.png"
+                page.screenshot(path=str(path))
+                _SHOTS.append(path)
             context.close()
         finally:
             browser.close()
@@ -265,7 +279,15 @@ def shoot(request):
     def shot(page, name: str, selector: str | None = None) -> Path:
         from drsf_kit.utils.io import atomic_write_bytes
 
-        png = page.locator(selector).first.screenshot() if selector else page.screenshot(full_page=True)
+        if selector:
+            png = page.locator(selector).first.screenshot()
+        else:  # the pages scroll inside an element, not the document: grow the window to the content
+            size = page.viewport_size
+            tall = page.evaluate("Math.max(...Array.from(document.querySelectorAll('*')).map(e => e.scrollHeight))")
+            page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(tall) + 40, 5000))})
+            page.wait_for_timeout(300)  # one layout pass
+            png = page.screenshot()
+            page.set_viewport_size(size)
         path = atomic_write_bytes(ARTIFACTS / f"{test}-{name}.png", png)
         _SHOTS.append(path)
         return path

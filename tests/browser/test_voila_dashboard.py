@@ -167,6 +167,7 @@ def test_voila_dashboard_controls_change_table_and_chart(tmp_path, start_server,
     # the variant list: a click on source_only selects it alone, ctrl+click adds drsf
     page.locator(".drsf-variants select option", has_text="source_only").click()
     chart.append(bt.wait_until(chart_changed, 30, "the chart to change after picking source_only"))
+    assert not page.is_checked(".drsf-dfdr input[type=checkbox]")  # a hand-picked set is no block filter
     page.locator(".drsf-variants select option", has_text="drsf").click(modifiers=["Control"])
     chart.append(bt.wait_until(chart_changed, 30, "the chart to change after adding drsf"))
     bt.wait_until(lambda: [r[0] for r in _table(page)["rows"]] == ["source_only", "drsf"], 30,
