@@ -40,8 +40,10 @@ HOST = "127.0.0.1"
 DEMO_RUNS = Path("runs/demo")
 BENCHMARK_ROWS = Path("benchmarks/results/sdg_mini.json")
 QUICK_RUNS = Path("runs/app-quick")
-PAGE = Path("app/drsf_dashboard.ipynb")
-TEMPLATES = Path("app/jupyter")  # a Jupyter data folder holding the page's Voilà template ("drsf")
+# the page and its Voilà template live next to the package in the source tree (app/), not in the wheel
+APP_DIR = Path(__file__).resolve().parents[1] / "app"
+PAGE = APP_DIR / "drsf_dashboard.ipynb"
+TEMPLATES = APP_DIR / "jupyter"  # a Jupyter data folder holding the page's Voilà template ("drsf")
 QUICK_VARIANTS = ("source_only", "naive_synth", "dfdr", "mdsf", "drsf")
 ENV_PATH, ENV_KIND = "DRSF_APP_RESULTS", "DRSF_APP_KIND"
 MIXING_VARIANTS = ("drsf", "mdsf")  # variants whose model carries MDSF's discriminator
@@ -96,11 +98,11 @@ def resolve_results(runs: str | os.PathLike | None = None, root: str | os.PathLi
     Raises ``DataError`` when ``runs`` is given but holds no results, ``ConfigError`` when nothing is
     found and ``train_if_missing`` is False.
     """
-    from drsf_kit.notebooks import project_root, resolve_path
+    from drsf_kit.notebooks import project_root
 
     root = Path(root) if root is not None else project_root()
     if runs is not None:
-        path = resolve_path(runs, root).resolve()
+        path = Path(runs).expanduser().resolve()  # as typed: relative to the working folder
         if path.is_file() and path.suffix == ".json":
             load_rows_file(path)  # fail now, in the terminal, rather than on the page
             return ResultsSource("runs", path)
@@ -271,14 +273,14 @@ def voila_command(notebook: str | os.PathLike, port: int, host: str = HOST) -> l
             "--VoilaConfiguration.show_tracebacks=True"]
 
 
-def voila_env(source: ResultsSource, root: str | os.PathLike, base: dict | None = None) -> dict:
+def voila_env(source: ResultsSource, base: dict | None = None) -> dict:
     """Environment for the server and the page's kernel: the chosen results, offline hub, headless
     matplotlib, and the kit's template folder first on ``JUPYTER_PATH``."""
     env = dict(os.environ if base is None else base)
     env[ENV_PATH], env[ENV_KIND] = str(source.path), source.kind
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("MPLBACKEND", "Agg")
-    paths = [str(Path(root).resolve() / TEMPLATES), *filter(None, env.get("JUPYTER_PATH", "").split(os.pathsep))]
+    paths = [str(TEMPLATES), *filter(None, env.get("JUPYTER_PATH", "").split(os.pathsep))]
     env["JUPYTER_PATH"] = os.pathsep.join(paths)
     return env
 
@@ -330,15 +332,14 @@ def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None, p
     """Resolve the results, start Voilà on 127.0.0.1, print the address, wait until interrupted."""
     from drsf_kit.notebooks import project_root
 
-    root = project_root()
-    page = Path(notebook) if notebook else root / PAGE
+    page = Path(notebook).resolve() if notebook else PAGE
     if not page.is_file():
-        raise DataError(page, "the app's notebook is missing")
-    source = resolve_results(runs, root, progress=progress)
+        raise DataError(page, "the app's notebook is missing (the app runs from a source checkout of the kit)")
+    source = resolve_results(runs, project_root(), progress=progress)
     port = int(port) or free_port()
     if not port_is_free(port):
         raise ConfigError(f"port {port} on {HOST} is in use; pick another with --port, or leave it out for a free one")
-    process = subprocess.Popen(voila_command(page, port), cwd=str(page.parent), env=voila_env(source, root))
+    process = subprocess.Popen(voila_command(page, port), cwd=str(page.parent), env=voila_env(source))
     # SIGTERM (e.g. from a service manager) stops the server the same way Ctrl+C does
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -358,7 +359,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", default=None, help="folder of runs, results.jsonl or JSON rows file "
                    "(default: runs/demo, else benchmarks/results/sdg_mini.json, else a quick 2-step stand-in)")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--notebook", default=None, help=f"page to serve (default {PAGE})")
+    p.add_argument("--notebook", default=None, help="page to serve (default app/drsf_dashboard.ipynb)")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -130,11 +130,14 @@ def _this_interpreter_kernel_manager():
     from traitlets import CaselessStrEnum
 
     class ThisInterpreterKernelManager(AsyncKernelManager):
+        """Starts ``sys.executable -m ipykernel_launcher`` whatever kernel name the notebook names."""
+
         # local IPC sockets where the OS has them: no open TCP ports (and no kernel warning about them)
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc" if os.name == "posix" else "tcp")
 
         @property
         def kernel_spec(self):
+            """The kernelspec of the running interpreter (built once, no lookup)."""
             if self._kernel_spec is None:
                 self._kernel_spec = KernelSpec(
                     argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],

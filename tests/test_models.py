@@ -248,6 +248,7 @@ def test_local_backbone_weights(tmp_path):
 def test_autocast_losses_are_float32():
     model = _mini("seg", "drsf")
     images, targets, domains, pairs = _batch("seg")
+    images, targets = images[..., :48, :64], targets[..., :48, :64]  # bfloat16 convs are slow on CPU
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(images, targets, domains=domains, pairs=pairs, progress=0.5)

@@ -251,6 +251,7 @@ def kit_twin_functions(model, steps: int = 8, layer: str | None = None):
     targets: dict[int, tuple] = {}
 
     def entropy_fn(image):
+        """Per-pixel entropy map ``[H, W]`` in [0, 1] of the model's prediction on ``image``."""
         with torch.no_grad():
             if not detector:
                 return ent.prediction_entropy_map(attr.seg_logits(model(image[None])))[0]
@@ -261,6 +262,7 @@ def kit_twin_functions(model, steps: int = 8, layer: str | None = None):
             return ent.detection_entropy_map(boxes, attr.roi_class_probs(model, image, boxes), size)
 
     def attribution_fn(image, method, reference):
+        """``method``'s ``[H, W]`` map on ``image`` for the target fixed on ``reference``."""
         # one target per reference image, kept with the image so its id cannot be reused
         entry = targets.get(id(reference))
         if entry is None or entry[0] is not reference:

@@ -147,6 +147,33 @@ def render_prediction(image: np.ndarray, prediction, score_threshold: float = 0.
     return overlay_mask(image, arr)
 
 
+def class_legend_html(prediction, min_share: float = 0.02) -> str:
+    """Colour swatches naming the classes of a segmentation output (as ``render_prediction`` reads it)
+    that cover at least ``min_share`` of the image, largest first; "" for boxes (they carry labels)."""
+    import html
+
+    from drsf_kit.data.classes import CITYSCAPES_CLASSES
+
+    if isinstance(prediction, (list, tuple)) and len(prediction) == 1:
+        prediction = prediction[0]
+    if isinstance(prediction, Mapping):
+        key = next((k for k in ("mask", "out", "logits") if k in prediction), None)
+        if key is None:
+            return ""
+        prediction = prediction[key]
+    arr = as_numpy(prediction)
+    arr = arr[0] if arr.ndim == 4 else arr
+    labels = arr.argmax(axis=0) if arr.ndim == 3 else arr
+    ids, counts = np.unique(labels[(labels >= 0) & (labels < len(CITYSCAPES_CLASSES))], return_counts=True)
+    shares = sorted(zip(counts / max(labels.size, 1), ids), reverse=True)
+    items = [
+        f'<span style="white-space:nowrap;margin-right:8px"><span style="display:inline-block;width:10px;height:10px;'
+        f'background:rgb{tuple(CITYSCAPES_PALETTE[int(i)])}"></span> {html.escape(CITYSCAPES_CLASSES[int(i)])} {share:.0%}</span>'
+        for share, i in shares if share >= min_share
+    ]
+    return '<div style="font-size:11px;max-width:340px">' + " ".join(items) + "</div>" if items else ""
+
+
 def probability_figure(probs: np.ndarray, names: Sequence[str], title: str = "discriminator: domain probabilities"):
     """Horizontal bars of the discriminator's domain probabilities, one per domain name."""
     from matplotlib.figure import Figure

@@ -232,14 +232,19 @@ class MdsfExplorer(widgets.VBox):
             self.controls[name].observe(self._on_domains, names="value")
         self.controls["lam"].observe(self._on_lam, names="value")
         c = self.controls
+        self.prediction_legend = widgets.HTML()
+        # max-content: a panel as wide as its title, so titles over small pictures do not run together
+        panel = widgets.Layout(min_width="max-content", margin="0 12px 0 0")
         panels = widgets.HBox([
-            widgets.VBox([widgets.HTML("<b>mixed features (PCA → RGB)</b>"), self.feature_image]),
-            widgets.VBox([widgets.HTML("<b>prediction from mixed features</b>"), self.prediction_image]),
-            widgets.VBox([widgets.HTML("<b>domain discriminator</b>"), self.probs_image]),
+            widgets.VBox([widgets.HTML("<b>mixed features (PCA → RGB)</b>"), self.feature_image], layout=panel),
+            widgets.VBox([widgets.HTML("<b>prediction from mixed features</b>"), self.prediction_image,
+                          self.prediction_legend], layout=panel),
+            widgets.VBox([widgets.HTML("<b>domain discriminator</b>"), self.probs_image], layout=panel),
         ])
         super().__init__([widgets.HBox([c["scene"], c["domain_a"], c["domain_b"]]), c["lam"], panels, self.status])
         css_classes(self, "mdsf-explorer", {**self.controls, "features": self.feature_image, "probs": self.probs_image,
-                                            "prediction": self.prediction_image, "status": self.status})
+                                            "prediction": self.prediction_image, "prediction-legend": self.prediction_legend,
+                                            "status": self.status})
         self._fit_basis()
         self.refresh()
 
@@ -307,6 +312,7 @@ class MdsfExplorer(widgets.VBox):
         self.prediction = out["prediction"]
         blend = (lam * image_a.astype(np.float32) + (1 - lam) * image_b.astype(np.float32)).astype(np.uint8)
         self.prediction_png = images.png_bytes(images.render_prediction(blend, self.prediction, self.score_threshold))
+        self.prediction_legend.value = images.class_legend_html(self.prediction)
         self.feature_image.value = self.feature_png
         self.probs_image.value = self.probs_png
         self.prediction_image.value = self.prediction_png

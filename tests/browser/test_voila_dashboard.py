@@ -13,6 +13,8 @@ import sys
 import pytest
 
 from drsf_kit.app import (
+    PAGE,
+    TEMPLATES,
     ResultsSource,
     load_rows_file,
     port_is_free,
@@ -92,9 +94,10 @@ def test_voila_command_and_env(tmp_path):
     cmd = voila_command(tmp_path / "page.ipynb", 8123)
     assert cmd[:3] == [sys.executable, "-m", "voila"]
     assert "--port=8123" in cmd and "--Voila.ip=127.0.0.1" in cmd and "--no-browser" in cmd and "--template=drsf" in cmd
-    env = voila_env(source, tmp_path / "root", base={"JUPYTER_PATH": "/elsewhere"})
+    env = voila_env(source, base={"JUPYTER_PATH": "/elsewhere"})
     assert env["DRSF_APP_RESULTS"] == str(tmp_path) and env["DRSF_APP_KIND"] == "runs"
-    assert env["JUPYTER_PATH"].split(":") == [str((tmp_path / "root" / "app" / "jupyter").resolve()), "/elsewhere"]
+    assert env["JUPYTER_PATH"].split(":") == [str(TEMPLATES), "/elsewhere"]
+    assert (TEMPLATES / "voila" / "templates" / "drsf" / "index.html.j2").is_file() and PAGE.is_file()
     assert env["HF_HUB_OFFLINE"] == "1"
 
 
@@ -129,12 +132,12 @@ def test_voila_dashboard_controls_change_table_and_chart(tmp_path, start_server,
     port = bt.free_port()
     server = start_server([sys.executable, "-m", "drsf_kit.app", "--runs", str(runs), "--port", str(port)],
                           bt.root, bt.server_env(tmp_path))
-    url = server.wait_for_line(r"serving (http://127\.0\.0\.1:\d+/)", timeout=90).group(1)
+    url = server.wait_for_line(r"serving (http://127\.0\.0\.1:\d+/)", timeout=180).group(1)
     assert url == f"http://127.0.0.1:{port}/"
 
     page.goto(url, wait_until="commit")
-    page.wait_for_selector(".drsf-ablation-dashboard .drsf-chart", state="visible", timeout=90_000)
-    page.wait_for_selector(".drsf-mdsf-explorer .drsf-features", state="visible", timeout=60_000)
+    page.wait_for_selector(".drsf-ablation-dashboard .drsf-chart", state="visible", timeout=180_000)
+    page.wait_for_selector(".drsf-mdsf-explorer .drsf-features", state="visible", timeout=120_000)
     server.remember_children()  # the page's kernel, so the end of the test can stop it too
     assert str(runs) in page.inner_text(".drsf-results-source")
     shoot(page, "0-loaded")
