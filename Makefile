@@ -7,11 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.drsf_kit-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export MPLBACKEND := Agg
 # papermill/jupyter find the kernel registered inside the venv
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 
-.PHONY: demo test lab app install clean-data
+.PHONY: demo test lab app board install clean-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +27,13 @@ demo: $(STAMP)
 	$(BIN)/drsf demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+app: $(STAMP)
+	$(BIN)/drsf app $(if $(RUNS),--runs $(RUNS),)
 
 clean-data:
 	rm -rf data/mini-weather data/synth runs

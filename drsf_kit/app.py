@@ -192,15 +192,21 @@ def explorer_model(source: ResultsSource | None):
         except (OSError, json.JSONDecodeError):
             continue  # not a run folder we can rebuild; look further
         if config.get("variant") in MIXING_VARIANTS:
+            from drsf_kit.errors import DrsfError
             from drsf_kit.train.evaluate import load_run
 
-            model, cfg = load_run(run)
+            try:
+                model, cfg = load_run(run)
+            except DrsfError as exc:  # an old or foreign checkpoint: say so in the terminal, try the next
+                print(f"[app] skipping {run} for the explorer: {exc}", file=sys.stderr)
+                continue
             names = [cfg.data.source_domain, *cfg.data.synth_domains]
             return model, names, f"trained run {run} ({model.trained_steps} steps)"
     from drsf_kit.models import build_model
 
     model = build_model(task="seg", profile="mini", variant="drsf", num_domains=1 + len(DEFAULT_SYNTH_DOMAINS)).eval()
-    note = "an untrained mini segmenter (no drsf/mdsf run with a checkpoint among the results): mixing works, predictions are noise"
+    note = ("an untrained mini segmenter (no drsf/mdsf run with a checkpoint among the results): "
+            "mixing works, predictions are noise")
     return model, [SOURCE_DOMAIN, *DEFAULT_SYNTH_DOMAINS], note
 
 

@@ -21,6 +21,7 @@ COMMAND_MODULES = {
     "gap": "drsf_kit.analysis.cli",
     "batch": "drsf_kit.batch",
     "demo": "drsf_kit.demo",
+    "app": "drsf_kit.app",
 }
 
 

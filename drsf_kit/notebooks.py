@@ -38,17 +38,26 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CURRENT: dict[str, "NotebookContext"] = {}
 
 
+def _is_project(folder: Path) -> bool:
+    return (folder / "pyproject.toml").is_file() and (folder / "drsf_kit").is_dir()
+
+
 def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The nearest folder at or above ``start`` (default: the working directory) holding
-    ``pyproject.toml`` next to a ``drsf_kit`` package; ``DRSF_PROJECT_ROOT`` overrides; else ``start``."""
+    """The project folder (``pyproject.toml`` next to the ``drsf_kit`` package).
+
+    ``DRSF_PROJECT_ROOT`` when set; else the nearest such folder at or above ``start`` (default: the
+    working directory); else the checkout this package was installed from (a notebook copied
+    elsewhere still finds ``configs/``); else ``start`` itself.
+    """
     env = os.environ.get("DRSF_PROJECT_ROOT")
     if env:
         return Path(env).resolve()
     here = Path(start or os.getcwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "drsf_kit").is_dir():
+        if _is_project(folder):
             return folder
-    return here
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout if _is_project(checkout) else here
 
 
 def resolve_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:

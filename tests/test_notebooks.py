@@ -158,6 +158,10 @@ def test_setup_resolves_paths_and_checks_parameters(tmp_path, monkeypatch):
     assert smoke.data_root.is_relative_to(tmp_path) and smoke.runs_dir.is_relative_to(tmp_path)
     assert smoke.figures_dir == tmp_path / "figures"
     assert nbk.setup(SMOKE=True).output_dir == ROOT / "runs" / "smoke"  # never the demo's folders
+    monkeypatch.chdir(tmp_path)  # a notebook copied out of the checkout still finds the project
+    assert nbk.project_root() == ROOT and nbk.resolve_path("configs") == ROOT / "configs"
+    monkeypatch.setenv("DRSF_PROJECT_ROOT", str(tmp_path))
+    assert nbk.project_root() == tmp_path
     assert nbk.check_parameters(VARIANTS="drsf,dfdr")["VARIANTS"] == ["drsf", "dfdr"]
     for bad, match in (({"VARIANT": "best"}, "VARIANT='best'.*source_only"), ({"SEED": -1}, "SEED"),
                        ({"SMOKE": "yes"}, "SMOKE"), ({"DEVICE": "gpu"}, "DEVICE"), ({"DOMAINS": ["fog"]}, "fog"),

@@ -123,6 +123,10 @@ def test_dashboard_block_toggles_select_variants(results_df):
     c["mdsf"].value = False
     assert set(c["variants"].value) == {"naive_synth", "source_only"}
     assert list(dash.table_df.index) == ["source_only", "naive_synth"]
+    c["dfdr"].value = True
+    c["variants"].value = ("dfdr", "drsf")  # a hand-picked set: the block boxes no longer describe it
+    assert c["dfdr"].value is False and c["mdsf"].value is False
+    assert list(dash.table_df.index) == ["dfdr", "drsf"]
 
 
 def test_dashboard_empty_selection_says_so(results_df):

@@ -166,9 +166,10 @@ def class_legend_html(prediction, min_share: float = 0.02) -> str:
     labels = arr.argmax(axis=0) if arr.ndim == 3 else arr
     ids, counts = np.unique(labels[(labels >= 0) & (labels < len(CITYSCAPES_CLASSES))], return_counts=True)
     shares = sorted(zip(counts / max(labels.size, 1), ids), reverse=True)
+    swatch = '<span style="display:inline-block;width:10px;height:10px;background:rgb{}"></span>'
     items = [
-        f'<span style="white-space:nowrap;margin-right:8px"><span style="display:inline-block;width:10px;height:10px;'
-        f'background:rgb{tuple(CITYSCAPES_PALETTE[int(i)])}"></span> {html.escape(CITYSCAPES_CLASSES[int(i)])} {share:.0%}</span>'
+        f'<span style="white-space:nowrap;margin-right:8px">{swatch.format(tuple(CITYSCAPES_PALETTE[int(i)]))} '
+        f"{html.escape(CITYSCAPES_CLASSES[int(i)])} {share:.0%}</span>"
         for share, i in shares if share >= min_share
     ]
     return '<div style="font-size:11px;max-width:340px">' + " ".join(items) + "</div>" if items else ""

@@ -242,9 +242,10 @@ class MdsfExplorer(widgets.VBox):
             widgets.VBox([widgets.HTML("<b>domain discriminator</b>"), self.probs_image], layout=panel),
         ])
         super().__init__([widgets.HBox([c["scene"], c["domain_a"], c["domain_b"]]), c["lam"], panels, self.status])
-        css_classes(self, "mdsf-explorer", {**self.controls, "features": self.feature_image, "probs": self.probs_image,
-                                            "prediction": self.prediction_image, "prediction-legend": self.prediction_legend,
-                                            "status": self.status})
+        css_classes(self, "mdsf-explorer", {
+            **self.controls, "features": self.feature_image, "probs": self.probs_image, "prediction": self.prediction_image,
+            "prediction-legend": self.prediction_legend, "status": self.status,
+        })
         self._fit_basis()
         self.refresh()
 

@@ -62,8 +62,8 @@ def test_resolve_results_order(tmp_path):
     with pytest.raises(ConfigError, match="no results found"):
         resolve_results(root=root, train_if_missing=False)
     bench = root / "benchmarks" / "results" / "sdg_mini.json"
-    atomic_write_text(bench, json.dumps({"rows": [{"task": "det", "variant": "drsf", "seed": 0, "domain": "daytime_clear",
-                                                   "metric": "map50_voc07", "value": 0.5}]}))
+    row = {"task": "det", "variant": "drsf", "seed": 0, "domain": "daytime_clear", "metric": "map50_voc07", "value": 0.5}
+    atomic_write_text(bench, json.dumps({"rows": [row]}))
     assert resolve_results(root=root, train_if_missing=False) == ResultsSource("benchmark", bench.resolve())
     assert len(load_rows_file(bench)) == 1
     _write_runs(root / "runs" / "demo")
@@ -101,6 +101,50 @@ def test_voila_command_and_env(tmp_path):
     assert env["HF_HUB_OFFLINE"] == "1"
 
 
+def test_page_parts_headless(tmp_path):
+    """What the page's cells build, without a browser: the dashboard over the runs, the explorer on an
+    untrained model when no drsf/mdsf run has a checkpoint, on rendered scenes and procedural twins."""
+    from drsf_kit.app import demo_scenes, explorer_model, page_dashboard, page_explorer
+
+    _write_runs(tmp_path / "runs")
+    source = ResultsSource("runs", tmp_path / "runs")
+    page = page_dashboard(source)
+    dash = page.children[1]
+    assert "results of" in page.children[0].value and list(dash.table_df.index) == list(VARIANTS)
+    scenes = demo_scenes(2, height=64, width=96)
+    assert list(scenes) == ["scene 0", "scene 1"]
+    assert list(scenes["scene 0"]) == ["daytime_clear", "daytime_foggy", "dusk_rainy", "night_sunny", "night_rainy"]
+    assert all(tuple(img.shape) == (3, 64, 96) for img in scenes["scene 1"].values())
+    assert not _torch_equal(scenes["scene 0"]["daytime_clear"], scenes["scene 0"]["daytime_foggy"])
+    model, names, note = explorer_model(source)
+    assert "untrained" in note and names[0] == "daytime_clear" and len(names) == 5
+    explorer = page_explorer(source, n_scenes=1).children[1]
+    before = explorer.probs_png
+    explorer.controls["lam"].value = 1.0
+    assert explorer.probs_png != before and explorer.domain_probs.shape == (5,)
+
+
+def _torch_equal(a, b) -> bool:
+    """Whether two tensors hold the same values."""
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+@pytest.mark.slow
+def test_quick_stand_in_is_trained_once_and_feeds_the_explorer(tmp_path):
+    from drsf_kit.app import QUICK_VARIANTS, explorer_model
+    from drsf_kit.evaluation.results import load_results
+
+    source = resolve_results(root=tmp_path, progress=False)
+    assert source.kind == "quick" and "2 steps" in source.note
+    rows = load_results(source.path)
+    assert sorted(rows["variant"].unique()) == sorted(QUICK_VARIANTS) and set(rows["task"]) == {"seg"}
+    assert resolve_results(root=tmp_path, train_if_missing=False) == source  # kept, not trained again
+    model, names, note = explorer_model(source)
+    assert "trained run" in note and "seg-drsf-0" in note and model.trained_steps == 2
+
+
 def test_port_in_use_is_refused():
     import socket
 
@@ -127,6 +171,7 @@ def _table(page):
 
 @pytest.mark.browser
 def test_voila_dashboard_controls_change_table_and_chart(tmp_path, start_server, page, shoot, bt):
+    pytest.importorskip("voila", reason="browser test: voila is missing (pip install -e '.[app]')")
     runs = tmp_path / "runs"
     _write_runs(runs)
     port = bt.free_port()
@@ -161,7 +206,8 @@ def test_voila_dashboard_controls_change_table_and_chart(tmp_path, start_server,
     chart.append(bt.wait_until(chart_changed, 30, "the chart to change after ticking DFDR"))
     bt.wait_until(lambda: [r[0] for r in _table(page)["rows"]] == ["dfdr"], 30, "the table to show only dfdr")
     assert _table(page)["rows"][0][1][:5] == [_cell("dfdr", d) for d in DOMAINS]
-    assert page.eval_on_selector(".drsf-variants select", "s => Array.from(s.selectedOptions).map(o => o.value)") == ["dfdr"]
+    selected = page.eval_on_selector(".drsf-variants select", "s => Array.from(s.selectedOptions).map(o => o.value)")
+    assert selected == ["dfdr"]
     pixels.append(bt.element_pixels(page, ".drsf-chart"))
     assert bt.pixels_changed(pixels[0], pixels[1]) > 100
     shoot(page, "1-dfdr-ticked")
