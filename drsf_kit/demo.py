@@ -51,7 +51,7 @@ def _notebooks(folder: Path, only: list[str] | None) -> list[Path]:
 
 
 def _run_notebooks(books: list[Path], out: Path, data_root: Path, smoke: bool) -> list[tuple[str, str, float]]:
-    import papermill as pm
+    from drsf_kit.batch import execute_notebook
 
     out.mkdir(parents=True, exist_ok=True)
     summary = []
@@ -63,10 +63,8 @@ def _run_notebooks(books: list[Path], out: Path, data_root: Path, smoke: bool) -
         t0 = time.perf_counter()
         status = "ok"
         try:
-            pm.execute_notebook(
-                str(book), str(target), parameters=params, cwd=str(book.parent.resolve()),
-                kernel_name=os.environ.get("DRSF_KERNEL", "python3"), progress_bar=False,
-            )
+            execute_notebook(book, target, parameters=params, kernel_name=os.environ.get("DRSF_KERNEL"),
+                             cwd=book.parent.resolve())
         except Exception as exc:  # keep going so one broken notebook does not hide the others
             status = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         summary.append((book.name, status, time.perf_counter() - t0))
