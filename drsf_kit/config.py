@@ -80,6 +80,7 @@ class TrainConfig:
     amp_dtype: str = "bf16"  # bf16 (no scaler needed) | fp16 (with GradScaler)
     hflip: float = 0.5  # probability of a horizontal flip (the same flip for an image and its twin)
     crop_min_scale: float = 1.0  # random crop of at least this side fraction, resized back; 1 disables
+    crop_size: tuple[int, ...] = ()  # fixed (h, w) random crop kept at full resolution (seg); () = whole image
     checkpoint_every: int = 200  # write checkpoints/last.pt every N steps (and always at the end)
     eval_every: int = 0  # score the eval domains every N steps into metrics.jsonl; 0 = only at the end
     log_every: int = 10  # one metrics.jsonl row (and TensorBoard scalars) every N steps
@@ -377,6 +378,8 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"train.lr must be positive, got {cfg.train.lr}")
     if not 0.0 < cfg.train.crop_min_scale <= 1.0:
         raise ConfigError(f"train.crop_min_scale must be in (0, 1], got {cfg.train.crop_min_scale}")
+    if cfg.train.crop_size and (len(cfg.train.crop_size) != 2 or min(cfg.train.crop_size) < 1):
+        raise ConfigError(f"train.crop_size must be [height, width] in pixels, got {list(cfg.train.crop_size)}")
     if not 0.0 <= cfg.train.hflip <= 1.0:
         raise ConfigError(f"train.hflip must be a probability in [0, 1], got {cfg.train.hflip}")
     if list(cfg.train.lr_steps) != sorted(cfg.train.lr_steps):

@@ -44,10 +44,12 @@ def losses_by_step(run_dir) -> dict[int, dict]:
 # ------------------------------------------------------------------------------------------- batching
 @pytest.mark.parametrize("task", ["det", "seg"])
 def test_twins_share_geometry_and_labels(tiny_weather, synth_root, tmp_path, task):
-    cfg = tiny_cfg(tiny_weather, synth_root, tmp_path, f"task={task}")
+    # det: scale jitter (crop resized back); seg: fixed-size crops at full resolution
+    crop = "train.crop_min_scale=0.6" if task == "det" else "train.crop_size=[96, 128]"
+    cfg = tiny_cfg(tiny_weather, synth_root, tmp_path, f"task={task}", crop)
     train_set = build_train_set(cfg)
     assert train_set.coverage() == 1.0
-    sampler = TwinBatchSampler(train_set.twin_table, 3, seed=0, hflip=0.5, crop_min_scale=0.6)
+    sampler = TwinBatchSampler(train_set.twin_table, 3, seed=0, hflip=0.5)
     collate = TwinCollate(task)
     flips = set()
     for b in range(4):
@@ -64,6 +66,7 @@ def test_twins_share_geometry_and_labels(tiny_weather, synth_root, tmp_path, tas
                 assert batch.images[i].shape == batch.images[j].shape
             else:
                 assert torch.equal(batch.targets[i], batch.targets[j])
+                assert batch.images.shape[-2:] == (96, 128) and batch.targets.shape[-2:] == (96, 128)
             assert not torch.equal(batch.images[i], batch.images[j])  # the twin is a different rendering
     assert flips == {True, False}
 

@@ -32,7 +32,7 @@ class TwinItem(NamedTuple):
     twin: int  # index into the paired synthetic set, -1 when the image trains alone
     domain: int  # twin's domain id 1..K (0 when there is no twin)
     flip: bool  # horizontal flip, the same for both
-    crop: tuple[float, float, float, float] | None  # relative crop (x0, y0, x1, y1), the same for both
+    draws: tuple[float, float, float]  # uniform draws placing the crop (scale, x, y), the same for both
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -49,20 +49,20 @@ class TwinBatchSampler:
         batch_source: B, source images per (global) batch.
         seed: the run seed.
         start, stop: batch indices to yield (``stop`` None = endless).
-        hflip: flip probability; crop_min_scale: smallest crop side fraction (1 = no crop).
+        hflip: flip probability.
         rank, world_size: each process keeps items ``rank::world_size`` of every global batch.
     """
 
     def __init__(self, twin_table: Sequence[dict[int, list[int]]], batch_source: int, seed: int,
                  start: int = 0, stop: int | None = None, use_twins: bool = True, hflip: float = 0.5,
-                 crop_min_scale: float = 1.0, rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1):
         if not twin_table:
             raise ConfigError("the source training set is empty: nothing to sample batches from")
         self.table = [{d: list(v) for d, v in sorted(t.items()) if v} for t in twin_table]
         self.n = len(self.table)
         self.batch_source, self.seed = int(batch_source), int(seed)
         self.start, self.stop = int(start), stop
-        self.use_twins, self.hflip, self.crop_min_scale = use_twins, float(hflip), float(crop_min_scale)
+        self.use_twins, self.hflip = use_twins, float(hflip)
         self.rank, self.world_size = int(rank), int(world_size)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -87,13 +87,7 @@ class TwinBatchSampler:
             domain = domains[min(int(u[0] * len(domains)), len(domains) - 1)]
             copies = candidates[domain]
             twin = copies[min(int(u[1] * len(copies)), len(copies) - 1)]
-        flip = u[2] < self.hflip
-        crop = None
-        if self.crop_min_scale < 1.0:
-            scale = self.crop_min_scale + (1.0 - self.crop_min_scale) * u[3]
-            x0, y0 = (1.0 - scale) * u[4], (1.0 - scale) * u[5]
-            crop = (x0, y0, x0 + scale, y0 + scale)
-        return TwinItem(src, twin, domain if twin >= 0 else 0, flip, crop)
+        return TwinItem(src, twin, domain if twin >= 0 else 0, u[2] < self.hflip, (u[3], u[4], u[5]))
 
     def batch(self, b: int) -> list[TwinItem]:
         """Global batch ``b``, restricted to this process's slice."""
@@ -124,24 +118,41 @@ def _resize(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image[None], size=size_hw, mode="bilinear", align_corners=False)[0]
 
 
-def _pixel_crop(crop, width: int, height: int) -> list[float]:
-    x0, y0, x1, y1 = crop
-    return [round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)]
+def crop_box(draws: tuple[float, float, float], width: int, height: int, min_scale: float = 1.0,
+             size: Sequence[int] = ()) -> tuple[tuple[int, int, int, int] | None, bool]:
+    """The pixel crop ``(x0, y0, x1, y1)`` the draws select (None: no crop) and whether it is resized back.
+
+    ``size`` (h, w) gives a fixed-size crop kept at its resolution (segmentation recipes); otherwise a
+    ``min_scale`` < 1 gives a random crop of side fraction in [min_scale, 1], resized back (scale jitter).
+    """
+    u_scale, u_x, u_y = draws
+    if size:
+        ch, cw = min(int(size[0]), height), min(int(size[1]), width)
+        resize = False
+    elif min_scale < 1.0:
+        scale = min_scale + (1.0 - min_scale) * u_scale
+        ch, cw = max(1, round(height * scale)), max(1, round(width * scale))
+        resize = True
+    else:
+        return None, False
+    x0, y0 = round(u_x * (width - cw)), round(u_y * (height - ch))
+    return (x0, y0, x0 + cw, y0 + ch), resize
 
 
 def apply_geometry(image: torch.Tensor, target: Any, task: str, flip: bool,
-                   crop: tuple[float, float, float, float] | None) -> tuple[torch.Tensor, Any]:
-    """Crop (relative box, resized back to the full size) and flip an image and its labels alike."""
+                   box: tuple[int, int, int, int] | None, resize: bool = False) -> tuple[torch.Tensor, Any]:
+    """Crop (pixel box, resized back to the full size when ``resize``) and flip an image and its labels alike."""
     height, width = image.shape[-2:]
-    if crop is not None:
-        box = _pixel_crop(crop, width, height)
-        image = _resize(image[:, box[1] : box[3], box[0] : box[2]], (height, width))
+    if box is not None:
+        out_size = (width, height) if resize else (box[2] - box[0], box[3] - box[1])
+        image = _resize(image[:, box[1] : box[3], box[0] : box[2]], (out_size[1], out_size[0]))
         if task == "det":
-            boxes, keep = map_boxes(target["boxes"], box, (width, height))
+            boxes, keep = map_boxes(target["boxes"], box, out_size)
             target = {**target, "boxes": boxes, "labels": target["labels"][keep],
                       "difficult": target["difficult"][keep]}
         else:
-            target = map_mask(target, box, (width, height))
+            target = map_mask(target, box, out_size)
+        width = out_size[0]
     if flip:
         image = image.flip(-1)
         if task == "det":
@@ -178,8 +189,10 @@ class TwinTrainSet(Dataset):
         synth_domains: pseudo-domain names in domain-id order (id = position + 1).
     """
 
-    def __init__(self, source: Dataset, task: str, paired: Any | None = None, synth_domains: Sequence[str] = ()):
+    def __init__(self, source: Dataset, task: str, paired: Any | None = None, synth_domains: Sequence[str] = (),
+                 crop_min_scale: float = 1.0, crop_size: Sequence[int] = ()):
         self.source, self.task, self.paired = source, task, paired
+        self.crop_min_scale, self.crop_size = float(crop_min_scale), tuple(crop_size)
         self.synth_domains = tuple(synth_domains)
         self.domain_ids = {name: i + 1 for i, name in enumerate(self.synth_domains)}
         self.twin_table: list[dict[int, list[int]]] = []
@@ -212,9 +225,12 @@ class TwinTrainSet(Dataset):
             if row.get("crop") is not None or twin_hw != tuple(image.shape[-2:]):
                 # a twin made from a crop: the source follows it so the pair stays aligned pixel by pixel
                 image, target = _to_frame(image, target, self.task, row.get("crop"), (twin_hw[1], twin_hw[0]))
-            twin_image, twin_target = apply_geometry(twin_image, twin_target, self.task, item.flip, item.crop)
+        height, width = image.shape[-2:]
+        box, resize = crop_box(item.draws, width, height, self.crop_min_scale, self.crop_size)
+        if item.twin >= 0:
+            twin_image, twin_target = apply_geometry(twin_image, twin_target, self.task, item.flip, box, resize)
             out["twin"] = (twin_image, twin_target)
-        out["source"] = apply_geometry(image, target, self.task, item.flip, item.crop)
+        out["source"] = apply_geometry(image, target, self.task, item.flip, box, resize)
         return out
 
 
@@ -349,8 +365,9 @@ def build_train_set(cfg, progress: bool = False) -> TwinTrainSet:
     source = source_dataset(cfg, cfg.data.source_domain, cfg.data.source_split, progress=progress)
     if len(source) == 0:
         raise DataError(cfg.data.root, f"domain {cfg.data.source_domain!r} split {cfg.data.source_split!r} has no images")
+    crops = dict(crop_min_scale=cfg.train.crop_min_scale, crop_size=cfg.train.crop_size)
     if not get_variant(cfg.variant).use_synth:
-        return TwinTrainSet(source, cfg.task)
+        return TwinTrainSet(source, cfg.task, **crops)
     if cfg.data.format == "gtav":
         paired = ManifestTwins(source, cfg.data.synth_root, cfg.data.source_domain, cfg.data.synth_domains)
     else:
@@ -358,7 +375,7 @@ def build_train_set(cfg, progress: bool = False) -> TwinTrainSet:
 
         paired = PairedSynthetic(cfg.data.root, cfg.data.synth_root, cfg.data.source_domain, cfg.data.source_split,
                                  domains=list(cfg.data.synth_domains), task=cfg.task, progress=progress)
-    train_set = TwinTrainSet(source, cfg.task, paired, cfg.data.synth_domains)
+    train_set = TwinTrainSet(source, cfg.task, paired, cfg.data.synth_domains, **crops)
     if train_set.coverage() == 0:
         raise DataError(cfg.data.synth_root, f"none of the {len(source)} source images of split "
                                              f"{cfg.data.source_split!r} has a generated twin")

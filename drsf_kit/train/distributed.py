@@ -18,9 +18,11 @@ processes continues on 1 (or 4) with the next image of the same stream.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -299,89 +301,7 @@ class TwinDistributedSampler:
         return int(state.get("next_batch", 0)) * int(state.get("batch_source", 1))
 
 
-# ------------------------------------------------------------------------------------------- sync BN
-class _SumOverProcesses(torch.autograd.Function):
-    """All-reduce (sum) with the matching backward: each process's output feeds its own loss, so the
-    gradient of the summed losses with respect to one process's input is the sum of all gradients."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        torch.distributed.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        torch.distributed.all_reduce(grad)
-        return grad
-
-
-class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training statistics span every process's batch, on any backend (gloo on CPU).
-
-    ``torch.nn.SyncBatchNorm`` only runs on GPUs; this one all-reduces the per-channel sum and the sum of
-    squared deviations (two passes, numerically like one big batch) through an autograd-aware
-    all-reduce. It keeps BatchNorm's parameter and buffer names, so checkpoints load either way. In eval
-    mode, or alone, it is plain BatchNorm.
-    """
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise with statistics over all processes' batches (training), running ones (eval)."""
-        if not (self.training and _multi()):
-            return super().forward(x)
-        self._check_input_dim(x)
-        dims = [0] + list(range(2, x.dim()))
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        local = torch.tensor([float(x.numel() // max(1, x.shape[1]))], dtype=x.dtype, device=x.device)
-        first = _SumOverProcesses.apply(torch.cat([x.sum(dims), local]))
-        count = first[-1].detach()
-        mean = first[:-1] / count
-        centered = x - mean.view(shape)
-        var = _SumOverProcesses.apply((centered * centered).sum(dims)) / count
-        out = centered * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
-                unbiased = var.detach() * count / (count - 1).clamp_min(1)
-                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
-                self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
-        return out
-
-
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm of ``model`` synchronised across processes: ``torch.nn.SyncBatchNorm`` on CUDA,
-    ``AllReduceBatchNorm`` elsewhere. Parameters and buffers are kept (the same tensors, same names)."""
-    if torch.device(device).type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _convert(model)
-
-
-def _convert(module: nn.Module) -> nn.Module:
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (AllReduceBatchNorm, nn.SyncBatchNorm)):
-        new = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                 module.track_running_stats)
-        if module.affine:
-            new.weight, new.bias = module.weight, module.bias
-        if module.track_running_stats:
-            new.running_mean, new.running_var = module.running_mean, module.running_var
-            new.num_batches_tracked = module.num_batches_tracked
-        new.train(module.training)
-        return new
-    for name, child in module.named_children():
-        converted = _convert(child)
-        if converted is not child:
-            setattr(module, name, converted)
-    return module
-
-
+# ------------------------------------------------------------------------------------------- models
 def wrap_model(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:
     """``model`` inside ``DistributedDataParallel`` when ``ctx`` is distributed, else unchanged."""
     if not ctx.distributed:
@@ -393,8 +313,109 @@ def wrap_model(model: nn.Module, ctx: DistContext, find_unused_parameters: bool 
                                    find_unused_parameters=find_unused_parameters)
 
 
-def per_rank_seed(seed: int, rank: int, step: int = 0) -> int:
-    """A seed for process ``rank`` > 0 (rank 0 keeps the run seed, so one process is unchanged)."""
-    if rank == 0 and step == 0:
-        return int(seed)
-    return (int(seed) * 1_000_003 + int(rank) * 97_409 + int(step) * 7_919 + 1) % (2**63 - 1)
+# ------------------------------------------------------------------------------------------- random state
+def process_rng_state(generator: torch.Generator | None = None) -> dict:
+    """This process's torch CPU (and current CUDA device) and ``generator`` states, weights-only safe."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def seed_process(ctx: DistContext, seed: int, step: int, generator: torch.Generator | None = None,
+                 saved: list | None = None) -> None:
+    """Give process ``rank`` > 0 its own random stream; rank 0 keeps the run's (one process: no change).
+
+    Draws made inside the model (MDSF's mixing coefficients, detection's proposal sampling) would
+    otherwise repeat identically on every process. ``saved`` (the per-process states a checkpoint
+    holds) continues them exactly when it covers this rank; otherwise the stream is seeded from
+    (seed, rank, step), so a resume on more processes is still reproducible.
+    """
+    if not ctx.distributed or ctx.rank == 0:
+        return
+    if saved and ctx.rank < len(saved):
+        state = saved[ctx.rank]
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], ctx.device)
+        if generator is not None and "generator" in state:
+            generator.set_state(state["generator"])
+        return
+    derived = (int(seed) * 1_000_003 + ctx.rank * 97_409 + int(step) * 7_919 + 1) % (2**63 - 1)
+    torch.manual_seed(derived)
+    if generator is not None:
+        generator.manual_seed(derived)
+
+
+# ------------------------------------------------------------------------------------------- run.json
+RUN_JSON = "run.json"
+
+
+def effective_lr(tcfg: Any, world: int) -> float:
+    """``train.lr`` scaled by ``train.lr_scaling`` from ``train.reference_batch`` (0 = ``batch_source``,
+    i.e. the lr was tuned on one process) to the global batch ``batch_source * world``."""
+    reference = int(getattr(tcfg, "reference_batch", 0) or tcfg.batch_source)
+    return scale_lr(tcfg.lr, tcfg.batch_source * int(world), reference, getattr(tcfg, "lr_scaling", "none"))
+
+
+def launch_record(ctx: DistContext, cfg: Any, lr: float, start_step: int, sources_consumed: int,
+                  twins: bool) -> dict:
+    """One launch as ``run.json`` records it: processes, batches, learning rate, BatchNorm mode.
+
+    Args:
+        lr: the learning rate actually used (after ``effective_lr``).
+        start_step, sources_consumed: where this launch starts (0, 0 for a new run).
+        twins: whether each source image brings a twin (variants that train on synthetic data).
+    """
+    t = cfg.train
+    global_batch = t.batch_source * ctx.world_size
+    return {
+        "world_size": ctx.world_size,
+        "nodes": _env_int("GROUP_WORLD_SIZE", 1) if ctx.distributed else 1,
+        "processes_per_node": _env_int("LOCAL_WORLD_SIZE", 1) if ctx.distributed else 1,
+        "backend": ctx.backend,
+        "device": str(ctx.device),
+        "batch_source_per_process": t.batch_source,
+        "global_batch_source": global_batch,
+        "global_batch_images": global_batch * (2 if twins else 1),  # sources without a twin train alone
+        "lr_scaling": getattr(t, "lr_scaling", "none"),
+        "reference_batch": int(getattr(t, "reference_batch", 0) or t.batch_source),
+        "base_lr": t.lr,
+        "lr": lr,
+        "sync_bn": bool(getattr(t, "sync_bn", False) and ctx.distributed),
+        "find_unused_parameters": bool(getattr(t, "find_unused_parameters", False) and ctx.distributed),
+        "start_step": int(start_step),
+        "start_sources_consumed": int(sources_consumed),
+        "torch": torch.__version__,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _read_run_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # missing or damaged bookkeeping must not block a resume: the history restarts
+    return data if isinstance(data, dict) else {}
+
+
+def write_launch(run_dir: str | Path, record: dict, resume: bool) -> None:
+    """Write ``run.json``: the current launch's fields at the top plus every launch in ``launches``."""
+    from drsf_kit.utils.io import atomic_write_json
+
+    path = Path(run_dir) / RUN_JSON
+    history = list(_read_run_json(path).get("launches", [])) if resume else []
+    atomic_write_json(path, {**record, "launches": history + [record]})
+
+
+def finish_launch(run_dir: str | Path, **fields: Any) -> None:
+    """Add ``fields`` (final step, replica check, seconds) to the current launch in ``run.json``."""
+    from drsf_kit.utils.io import atomic_write_json
+
+    path = Path(run_dir) / RUN_JSON
+    data = _read_run_json(path)
+    launches = list(data.get("launches", [])) or [{}]
+    launches[-1] = {**launches[-1], **fields}
+    atomic_write_json(path, {**data, **fields, "launches": launches})

@@ -315,7 +315,7 @@ def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
 
     sampler = TwinBatchSampler(train_set.twin_table, cfg.train.batch_source, cfg.seed, start=start,
                                stop=cfg.train.max_steps, use_twins=get_variant(cfg.variant).use_synth,
-                               hflip=cfg.train.hflip, crop_min_scale=cfg.train.crop_min_scale)
+                               hflip=cfg.train.hflip)
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=TwinCollate(cfg.task),
                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                         # its own generator: creating the iterator must not draw from the global RNG, or a

@@ -46,8 +46,9 @@ def _list_collate(items):
 def _loader(dataset, cfg: RunConfig, max_images: int) -> DataLoader:
     if max_images and len(dataset) > max_images:
         dataset = Subset(dataset, range(max_images))  # the first N, so repeated looks score the same images
+    # an own generator: scoring in the middle of a run must not draw from the training RNG
     return DataLoader(dataset, batch_size=max(1, cfg.eval.batch_size), shuffle=False,
-                      num_workers=cfg.data.num_workers, collate_fn=_list_collate)
+                      num_workers=cfg.data.num_workers, collate_fn=_list_collate, generator=torch.Generator())
 
 
 def _dataset_ids(dataset) -> list[str]:
