@@ -17,7 +17,7 @@ from pathlib import Path
 DEFAULT_DATA = Path("data/mini-weather")
 # The demo trains 5 variants x 2 tasks; a short schedule keeps `make demo` within ~20 min on 2 cores.
 # The full schedule (configs/mini_*.yaml) is what benchmarks/sdg_mini.py measures.
-DEMO_MAX_STEPS = 150
+DEMO_MAX_STEPS = 100
 DEMO_NOTEBOOKS = tuple(f"{i:02d}_" for i in range(10))  # 00 .. 09; 10 is the sweep notebook
 
 
