@@ -83,6 +83,12 @@ def _readout(page) -> str:
     return page.inner_text(f"{EXPLORER} .drsf-lam .widget-readout").strip()
 
 
+def _cells_started(page) -> bool:
+    """True once any code cell shows an execution prompt ([*] or [n])."""
+    prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").all_inner_texts()
+    return any("*" in p or any(ch.isdigit() for ch in p) for p in prompts)
+
+
 @pytest.mark.browser
 def test_lab_mdsf_slider_moves_features_probabilities_and_prediction(tmp_path, start_server, page, shoot, bt):
     notebook = _prepare(tmp_path)
@@ -97,10 +103,17 @@ def test_lab_mdsf_slider_moves_features_probabilities_and_prediction(tmp_path, s
     page.goto(f"{base}/lab/tree/{notebook.name}?token={token}", wait_until="domcontentloaded")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     bt.wait_until(lambda: _kernel_idle(page), 60, "the notebook's kernel to start")
-    page.click(".jp-Notebook .jp-Cell >> nth=0")  # the notebook panel has the focus
-    # Run -> Run All Cells, through the menu bar
-    page.click(".lm-MenuBar-item:has-text('Run')")
-    page.click(".lm-Menu-item[data-command='runmenu:run-all']")
+    # Run -> Run All Cells, through the menu bar. On a busy machine the first click can land before the
+    # notebook panel is wired to its kernel and do nothing, so try again until a cell starts running.
+    for _attempt in range(4):
+        page.click(".jp-Notebook .jp-Cell >> nth=0")  # the notebook panel has the focus
+        page.click(".lm-MenuBar-item:has-text('Run')")
+        page.click(".lm-Menu-item[data-command='runmenu:run-all']")
+        try:
+            bt.wait_until(lambda: _cells_started(page), 30, "a cell to start running")
+            break
+        except pytest.fail.Exception:
+            page.keyboard.press("Escape")
     # generous limits: they only matter when something is wrong, and CI machines can be busy
     page.wait_for_selector(f"{PICTURES['probs']}", state="visible", timeout=240_000)
     bt.wait_until(lambda: _kernel_idle(page), 120, "the kernel to finish running every cell")
