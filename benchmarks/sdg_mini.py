@@ -56,17 +56,36 @@ def train_one(task: str, variant: str, seed: int, args) -> dict:
     info = {"task": task, "variant": variant, "seed": seed, "run_dir": str(run_dir), "exit_code": code,
             "skipped_done": was_done, "wall_s": None if was_done else round(time.perf_counter() - t0, 1),
             "peak_rss_mb": None if was_done else round(usage.ru_maxrss / 1024, 1),
+            # CPU seconds of the run: what it costs on an idle machine, whatever else was running
+            "cpu_s": None if was_done else round(usage.ru_utime + usage.ru_stime, 1),
             "error": err.strip().splitlines()[-1] if code and err.strip() else None}
+    info.update(from_metrics(run_dir))
+    return info
+
+
+def from_metrics(run_dir: Path) -> dict:
+    """Diagnostics, final loss, steps and the run's own duration (first to last log row) from metrics.jsonl."""
     metrics = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     logged = [r for r in metrics if "loss" in r]
     tail = logged[-5:]  # the last logged rows describe the trained blocks
-    info["diagnostics"] = {k: statistics.mean(r[f"stats/{k}"] for r in tail) for k in STATS
-                           if tail and all(f"stats/{k}" in r for r in tail)}
-    info["final_loss"] = tail[-1]["loss"] if tail else None
-    if was_done is False and code == 0:
-        starts = [r for r in metrics if r.get("event") in ("start", "resume")]
-        info["steps"] = logged[-1]["step"] if logged else None
-        info["resumed"] = any(r.get("event") == "resume" for r in starts)
+    times = [r["time"] for r in metrics if "time" in r]
+    return {
+        "diagnostics": {k: statistics.mean(r[f"stats/{k}"] for r in tail) for k in STATS
+                        if tail and all(f"stats/{k}" in r for r in tail)},
+        "final_loss": tail[-1]["loss"] if tail else None,
+        "steps": logged[-1]["step"] if logged else None,
+        "resumed": any(r.get("event") == "resume" for r in metrics),
+        # training + final evaluation, without process start-up; spans any pause when resumed
+        "run_s": round(times[-1] - times[0], 1) if len(times) > 1 else None,
+    }
+
+
+def collect_one(task: str, variant: str, seed: int, args) -> dict:
+    """The record of a finished run without running anything (its wall time is in the earlier report)."""
+    run_dir = Path(args.out) / f"{task}-{variant}-{seed}"
+    info = {"task": task, "variant": variant, "seed": seed, "run_dir": str(run_dir), "exit_code": 0,
+            "skipped_done": True, "wall_s": None, "peak_rss_mb": None, "cpu_s": None, "error": None}
+    info.update(from_metrics(run_dir))
     return info
 
 
@@ -109,13 +128,17 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     parser.add_argument("--out", default="runs/sdg_mini", help="where the runs go")
     parser.add_argument("--fresh", action="store_true", help="retrain finished runs instead of reusing them")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="train nothing: report the finished runs of the chosen seeds/tasks/variants")
     parser.add_argument("overrides", nargs="*", help="further config overrides for every run")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:  # seed-major: a partial sweep still covers every variant of the first seeds
         for task in args.tasks:
             for variant in args.variants:
-                info = train_one(task, variant, seed, args)
+                if args.collect_only and not (Path(args.out) / f"{task}-{variant}-{seed}" / "done").exists():
+                    continue
+                info = train_one(task, variant, seed, args) if not args.collect_only else collect_one(task, variant, seed, args)
                 runs.append(info)
                 print(f"{task} {variant} seed {seed}: exit {info['exit_code']} wall {info['wall_s']} s "
                       f"{info['error'] or ''}", flush=True)
@@ -130,16 +153,17 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.node()} ({os.cpu_count()} cpus)",
               "goals": goals, "runs": runs, "rows": rows}
     atomic_write_json(RESULTS / "sdg_mini.json", report)
-    diag = ["| run | " + " | ".join(STATS) + " | final loss | wall s |", "|---|" + "---:|" * (len(STATS) + 2)]
+    diag = ["| run | " + " | ".join(STATS) + " | final loss | run s |", "|---|" + "---:|" * (len(STATS) + 2)]
     for info in runs:
         d = info["diagnostics"]
         cells = [f"{d[k]:.3f}" if k in d else "" for k in STATS]
         loss = "" if info["final_loss"] is None else f"{info['final_loss']:.3f}"
-        diag.append(f"| {Path(info['run_dir']).name} | " + " | ".join(cells) + f" | {loss} | {info['wall_s'] or ''} |")
+        diag.append(f"| {Path(info['run_dir']).name} | " + " | ".join(cells) + f" | {loss} | {info['run_s'] or ''} |")
     md = (f"# sdg_mini results\n\nCommand: `{report['command']}`; {report['date']}; machine {report['machine']}.\n"
           f"Values in percent; the protocol and splits are in each caption.\n\n{tables}\n"
           f"## Goal check (target mean, points)\n\n```\n{goals}\n```\n\n"
-          f"## Training diagnostics (mean of the last 5 logged steps)\n\n" + "\n".join(diag) + "\n")
+          f"## Training diagnostics (mean of the last 5 logged steps; run s = training + evaluation, from "
+          f"metrics.jsonl, on a machine shared with other jobs)\n\n" + "\n".join(diag) + "\n")
     atomic_write_text(RESULTS / "sdg_mini.md", md)
     print(md)
 

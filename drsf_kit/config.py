@@ -28,6 +28,7 @@ DATA_FORMATS = ("dwd", "gtav")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle")
 AMP_DTYPES = ("bf16", "fp16")
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,10 @@ class TrainConfig:
     eval_every: int = 0  # score the eval domains every N steps into metrics.jsonl; 0 = only at the end
     log_every: int = 10  # one metrics.jsonl row (and TensorBoard scalars) every N steps
     tensorboard: bool = True  # write TensorBoard event files next to metrics.jsonl when available
+    sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch, not each slice
+    lr_scaling: str = "none"  # several processes: lr follows the global batch: none | linear | sqrt
+    reference_batch: int = 0  # global batch (source images) `lr` was tuned for; 0 = batch_source (1 process)
+    find_unused_parameters: bool = False  # DDP: only needed when a step leaves some parameters without gradient
     debug_nan_at_step: int = 0  # test hook: turn the first loss term into NaN at this step (0 = off)
 
 
@@ -249,7 +254,8 @@ def _set_dotted(tree: dict, dotted: str, text: str) -> None:
             names = [f.name for f in dataclasses.fields(cls)]
             if part not in names:
                 section = ".".join(parts[:i]) or "top level"
-                raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}; valid keys of {section}: {', '.join(names)}")
+                raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}; "
+                                  f"valid keys of {section}: {', '.join(names)}")
             hints = typing.get_type_hints(cls)
             nxt = hints[part]
             cls = nxt if dataclasses.is_dataclass(nxt) else None
@@ -362,6 +368,7 @@ def validate_config(cfg: RunConfig) -> None:
     _check_choice(cfg.train.optimizer, OPTIMIZERS, "train.optimizer")
     _check_choice(cfg.train.schedule, SCHEDULES, "train.schedule")
     _check_choice(cfg.train.amp_dtype, AMP_DTYPES, "train.amp_dtype")
+    _check_choice(cfg.train.lr_scaling, LR_SCALINGS, "train.lr_scaling")
     _check_choice(cfg.data.protocol, PROTOCOLS, "data.protocol")
     _check_choice(cfg.data.format, DATA_FORMATS, "data.format")
     if cfg.data.format == "gtav" and cfg.task != "seg":
@@ -384,7 +391,7 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"train.hflip must be a probability in [0, 1], got {cfg.train.hflip}")
     if list(cfg.train.lr_steps) != sorted(cfg.train.lr_steps):
         raise ConfigError(f"train.lr_steps must be increasing, got {list(cfg.train.lr_steps)}")
-    for key in ("checkpoint_every", "eval_every", "log_every", "warmup_steps", "debug_nan_at_step"):
+    for key in ("checkpoint_every", "eval_every", "log_every", "warmup_steps", "debug_nan_at_step", "reference_batch"):
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
     from drsf_kit.models.hparams import resolve_hparams

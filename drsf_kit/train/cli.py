@@ -7,6 +7,7 @@ through ``drsf_kit.evaluation.cli``).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -65,7 +66,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     _threads()
     run_dir = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
+        print(f"run folder: {run_dir}")
     return 0
 
 

@@ -108,7 +108,9 @@ class TwinBatchSampler:
 
     def state_dict(self, next_batch: int) -> dict:
         """The sampler's state: what a resumed run needs to draw the same batches (any world size)."""
-        return {"seed": self.seed, "batch_source": self.batch_source, "next_batch": int(next_batch), "n": self.n}
+        epoch, position = divmod(int(next_batch) * self.batch_source, self.n)
+        return {"seed": self.seed, "batch_source": self.batch_source, "next_batch": int(next_batch),
+                "epoch": epoch, "position": position, "num_sources": self.n}
 
 
 # ------------------------------------------------------------------------------------------- geometry

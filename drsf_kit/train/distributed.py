@@ -13,6 +13,10 @@ seeded stream of ``TwinItem`` s into per-process slices: step ``i`` covers strea
 twin are one item, so they always land in the same process. Its position is the number of *global source
 images consumed*, which means the same thing for any number of processes: a run checkpointed by 8
 processes continues on 1 (or 4) with the next image of the same stream.
+
+Also here: ``scale_lr`` / ``effective_lr`` (``train.lr_scaling``, ``train.reference_batch``), collectives for
+logging (``all_reduce_mean``), per-process random streams, a replica check, and ``run.json`` (world size,
+global batch, scaled lr of every launch). ``drsf_kit.train.sync_bn`` holds ``train.sync_bn``'s BatchNorm.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from drsf_kit.config import LR_SCALINGS
 from drsf_kit.errors import ConfigError
 
-LR_SCALINGS = ("none", "linear", "sqrt")
 TIMEOUT_ENV = "DRSF_DIST_TIMEOUT_MIN"  # minutes a process waits at a collective (rank 0 may be evaluating)
 
 
@@ -284,9 +288,10 @@ class TwinDistributedSampler:
     def state_dict(self, steps_done: int) -> dict:
         """What a resumed run needs, valid for any number of processes (plus the engine's old keys)."""
         consumed = self.consumed(steps_done)
-        return {"seed": self.base.seed, "n": self.base.n, "sources_consumed": consumed,
-                "batch_source": self.batch_source, "world_size": self.world_size,
-                "next_batch": consumed // self.global_batch}
+        epoch, position = divmod(consumed, self.base.n)
+        return {"seed": self.base.seed, "sources_consumed": consumed, "batch_source": self.batch_source,
+                "world_size": self.world_size, "next_batch": consumed // self.global_batch, "epoch": epoch,
+                "position": position, "num_sources": self.base.n}
 
     @staticmethod
     def position(state: dict | None) -> int:

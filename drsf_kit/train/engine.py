@@ -7,12 +7,16 @@ folder ``<output_dir>/<run name>/`` receives ``config.json``, ``metrics.jsonl`` 
 files), ``checkpoints/last.pt`` every ``train.checkpoint_every`` steps and at the end,
 ``results.jsonl`` (tidy rows from scoring the source test split and every target domain) and ``done``.
 
-Writes go through ``RunLogger``, which only the main process opens, so a multi-process launch needs
-no further guards; the sampler's state is the next batch index, valid for any number of processes.
+Under torchrun (``drsf_kit.train.distributed``) every process trains on its own ``batch_source`` source
+images per step inside DistributedDataParallel; only rank 0 logs, checkpoints and evaluates while the
+others wait at a barrier, and the checkpoint holds the bare model and the number of global source images
+consumed, so a run resumes on any number of processes. One process runs exactly as without torchrun.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import math
 import shutil
 import time
@@ -28,8 +32,26 @@ from drsf_kit.config import RunConfig, TrainConfig, check_paths, config_to_dict,
 from drsf_kit.errors import ConfigError, NonFiniteLossError
 from drsf_kit.train.checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint
 from drsf_kit.train.data import TwinBatch, TwinBatchSampler, TwinCollate, build_train_set
+from drsf_kit.train.distributed import (
+    TwinDistributedSampler,
+    all_reduce_mean,
+    any_process,
+    barrier,
+    broadcast_object,
+    cleanup,
+    effective_lr,
+    finish_launch,
+    gather_objects,
+    init_distributed,
+    launch_record,
+    process_rng_state,
+    replica_max_difference,
+    seed_process,
+    wrap_model,
+    write_launch,
+)
 from drsf_kit.utils.io import append_jsonl, atomic_write_json, atomic_write_text
-from drsf_kit.utils.runtime import resolve_device, seed_everything
+from drsf_kit.utils.runtime import seed_everything
 
 DONE = "done"
 METRICS = "metrics.jsonl"
@@ -156,6 +178,11 @@ def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step
     names = list(loss_dict)
     values = torch.stack([loss_dict[k].detach().float().reshape(()) for k in names]).cpu()  # one sync
     finite = torch.isfinite(values)
+    # every process must stop at the same step: one leaving alone would hang the others in DDP
+    if any_process(not bool(finite.all())) and bool(finite.all()):
+        exc = NonFiniteLossError(f"step {step}: a loss term is non-finite on another process")
+        exc.step, exc.term = step, None
+        raise exc
     if not bool(finite.all()):
         bad = names[int((~finite).nonzero()[0])]
         exc = NonFiniteLossError(f"step {step}: loss term {bad!r} is {values[names.index(bad)].item()} "
@@ -281,41 +308,72 @@ def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     Raises:
         ConfigError: bad names, a missing data folder, a run folder in the way.
         NonFiniteLossError: a NaN/inf loss term (the row lands in metrics.jsonl; last.pt stays intact).
-    """
-    from drsf_kit.train.evaluate import RESULTS, evaluate_model, format_summary, write_run_tables
 
+    Started by torchrun, every process calls ``fit`` and joins the process group here (see
+    ``drsf_kit.train.distributed``); the group is closed again when ``fit`` created it.
+    """
     validate_config(cfg)
     check_paths(cfg)
-    main = is_main_process()
+    ctx = init_distributed(device=cfg.device)  # torchrun's environment; nothing to do for one process
+    try:
+        return _fit(cfg, ctx, resume, overwrite, progress)
+    finally:
+        if ctx.distributed:
+            # DDP must be gone before its process group: destroying the group under a live DDP wrapper
+            # aborts a gloo process at exit now and then ("terminate called without an active exception")
+            gc.collect()
+        cleanup(ctx)
+
+
+def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> Path:
+    from drsf_kit.train.evaluate import RESULTS, evaluate_model, format_summary, write_run_tables
+
+    main = ctx.is_main
+    progress = progress and main
     run_dir = prepare_run_dir(cfg, resume, overwrite) if main else cfg.run_dir
+    barrier()  # nobody touches the folder before rank 0 has prepared it
     ckpt_path = run_dir / "checkpoints" / LAST
-    if resume and (run_dir / DONE).exists():
+    if broadcast_object(bool(resume and (run_dir / DONE).exists())):
         return run_dir
-    device = resolve_device(cfg.device)
+    device = ctx.device
     seed_everything(cfg.seed)
     train_set = build_train_set(cfg, progress=progress)
     model = build_model_for(cfg).to(device)
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train)
+    if cfg.train.sync_bn and ctx.distributed:
+        from drsf_kit.train.sync_bn import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model, device)  # same parameters and names: checkpoints load either way
+    # the learning rate for the global batch (batch_source x processes), per train.lr_scaling
+    tcfg = dataclasses.replace(cfg.train, lr=effective_lr(cfg.train, ctx.world_size))
+    optimizer = build_optimizer(model, tcfg)
+    scheduler = build_scheduler(optimizer, tcfg)
     fp16 = cfg.train.amp and device.type == "cuda" and cfg.train.amp_dtype == "fp16"
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     generator = torch.Generator().manual_seed(cfg.seed)  # MDSF's mixing draws, checkpointed with the rest
-    start = 0
-    if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
+    start, consumed, rank_rng = 0, 0, None
+    # rank 0 reads the checkpoint and hands it to the others: no shared folder needed for a resume
+    ckpt = broadcast_object(load_checkpoint(ckpt_path) if resume and main and ckpt_path.is_file() else None)
+    if ckpt is not None:
         if ckpt["config"].get("variant") != cfg.variant or ckpt["config"].get("task") != cfg.task:
             raise ConfigError(f"{ckpt_path} belongs to a {ckpt['config'].get('task')}/{ckpt['config'].get('variant')} "
                               f"run, not {cfg.task}/{cfg.variant}")
         start = restore_training_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
                                        scaler=scaler, generator=generator)
-        _follow_current_schedule(scheduler, cfg.train, start)
-    if main:
-        atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
+        _follow_current_schedule(scheduler, tcfg, start)
+        consumed = TwinDistributedSampler.position(ckpt.get("sampler"))
+        rank_rng = (ckpt.get("extra") or {}).get("rank_rng")
+    seed_process(ctx, cfg.seed, start, generator, rank_rng)  # ranks > 0 draw their own random numbers
     from drsf_kit.models import get_variant
 
-    sampler = TwinBatchSampler(train_set.twin_table, cfg.train.batch_source, cfg.seed, start=start,
-                               stop=cfg.train.max_steps, use_twins=get_variant(cfg.variant).use_synth,
-                               hflip=cfg.train.hflip)
+    use_twins = get_variant(cfg.variant).use_synth
+    if main:
+        atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
+        write_launch(run_dir, launch_record(ctx, cfg, tcfg.lr, start, consumed, use_twins), resume=ckpt is not None)
+    stream = TwinBatchSampler(train_set.twin_table, cfg.train.batch_source, cfg.seed, use_twins=use_twins,
+                              hflip=cfg.train.hflip)
+    # this process's slice of every global batch, from the next unseen source image of the stream
+    sampler = TwinDistributedSampler(stream, cfg.train.batch_source, rank=ctx.rank, world_size=ctx.world_size,
+                                     start=consumed, steps=max(0, cfg.train.max_steps - start))
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=TwinCollate(cfg.task),
                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                         # its own generator: creating the iterator must not draw from the global RNG, or a
@@ -323,35 +381,47 @@ def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
                         generator=torch.Generator().manual_seed(cfg.seed))
     log = RunLogger(run_dir, cfg.train.tensorboard, enabled=main)
     if main and start == 0:
-        log.row({"step": 0, "event": "start", "device": str(device), "train_images": len(train_set),
+        log.row({"step": 0, "event": "start", "device": str(device), "world_size": ctx.world_size,
+                 "global_batch_source": sampler.global_batch, "train_images": len(train_set),
                  "twin_coverage": train_set.coverage(), "trainable_params": sum(
                      p.numel() for p in model.parameters() if p.requires_grad)})
     elif main:
         log.row({"step": start, "event": "resume"})
 
     def checkpoint(step: int) -> None:
+        # every process's random state, so the same number of processes continues exactly
+        extra = {"rank_rng": gather_objects(process_rng_state(generator))} if ctx.distributed else None
         if main:
             save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            step=step, config=config_to_dict(cfg), sampler_state=sampler.state_dict(step),
-                            generator=generator)
+                            step=step, config=config_to_dict(cfg), sampler_state=sampler.state_dict(step - start),
+                            generator=generator, extra=extra)
+        barrier()
 
     def on_step(r: StepResult) -> None:
         t = cfg.train
         if r.step % max(1, t.log_every) == 0 or r.step == t.max_steps or r.step == start + 1:
-            log.row({"step": r.step, "loss": r.loss, **r.losses, "lr": r.lr, "grad_norm": r.grad_norm,
-                     "sec_per_step": r.seconds, **{f"stats/{k}": v for k, v in r.stats.items()}})
-            log.scalars(r.step, {**{f"loss/{k}": v for k, v in r.losses.items()}, "loss/total": r.loss,
-                                 "lr": r.lr, "grad_norm": r.grad_norm, **{f"stats/{k}": v for k, v in r.stats.items()}})
+            # losses and statistics averaged over processes (every process takes part in the reduction)
+            mean = all_reduce_mean({"loss": r.loss, **r.losses, **{f"stats/{k}": v for k, v in r.stats.items()}})
+            losses = {k: mean[k] for k in r.losses}
+            stats = {k: v for k, v in mean.items() if k.startswith("stats/")}
+            log.row({"step": r.step, "loss": mean["loss"], **losses, "lr": r.lr, "grad_norm": r.grad_norm,
+                     "sec_per_step": r.seconds, **stats})
+            log.scalars(r.step, {**{f"loss/{k}": v for k, v in losses.items()}, "loss/total": mean["loss"],
+                                 "lr": r.lr, "grad_norm": r.grad_norm, **stats})
         if t.checkpoint_every and r.step % t.checkpoint_every == 0 and r.step < t.max_steps:
             checkpoint(r.step)
-        if t.eval_every and r.step % t.eval_every == 0 and r.step < t.max_steps and main:
-            _, summary = evaluate_model(model, cfg, device=device, step=r.step, progress=False)
-            log.row({"step": r.step, "event": "eval", "protocol": cfg.eval_protocol(), "eval": summary})
-            log.scalars(r.step, {f"eval/{d}/{m}": v for d, vals in summary.items() for m, v in vals.items()})
-            model.train()
+        if t.eval_every and r.step % t.eval_every == 0 and r.step < t.max_steps:
+            if main:
+                _, summary = evaluate_model(model, cfg, device=device, step=r.step, progress=False)
+                log.row({"step": r.step, "event": "eval", "protocol": cfg.eval_protocol(), "eval": summary})
+                log.scalars(r.step, {f"eval/{d}/{m}": v for d, vals in summary.items() for m, v in vals.items()})
+                model.train()
+            barrier()  # the other processes wait for rank 0's evaluation
 
+    t0 = time.perf_counter()
+    ddp = wrap_model(model, ctx, cfg.train.find_unused_parameters)  # `model` stays the bare one
     try:
-        step = train_one_epoch(model, loader, optimizer, device, start_step=start, total_steps=cfg.train.max_steps,
+        step = train_one_epoch(ddp, loader, optimizer, device, start_step=start, total_steps=cfg.train.max_steps,
                                scheduler=scheduler, scaler=scaler, generator=generator, tcfg=cfg.train,
                                on_step=on_step, progress=progress)
     except NonFiniteLossError as exc:
@@ -363,7 +433,10 @@ def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
         log.close()
         raise
     checkpoint(step)
+    drift = replica_max_difference(model)  # every process takes part; 0.0 when the replicas agree
     if main:
+        finish_launch(run_dir, finished_step=step, train_seconds=round(time.perf_counter() - t0, 3),
+                      replica_max_abs_diff=drift)
         rows, summary = evaluate_model(model, cfg, device=device, step=step, progress=progress)
         for row in rows:
             append_jsonl(run_dir / RESULTS, row)
@@ -374,4 +447,5 @@ def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
             print(f"[train] {cfg.name}: {step} steps; {cfg.eval_protocol()} protocol\n{format_summary(summary, cfg.task)}")
         atomic_write_text(run_dir / DONE, f"{step}\n")
     log.close()
+    barrier()  # the other processes wait for rank 0's evaluation
     return run_dir

@@ -31,11 +31,13 @@ def seed_everything(seed: int) -> None:
 
 
 def default_num_threads() -> int:
-    """Threads for CPU work: DRSF_NUM_THREADS, else the number of usable cores."""
+    """Threads for CPU work: DRSF_NUM_THREADS, else the usable cores shared by torchrun's processes on this node."""
     env = os.environ.get("DRSF_NUM_THREADS")
     if env:
         return max(1, int(env))
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    # N processes per node each taking every core would oversubscribe the CPU N times
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
