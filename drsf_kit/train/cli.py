@@ -16,7 +16,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a variant from a YAML config plus key=value overrides",
         description="Train one run. Overrides use the config's dotted names, e.g. "
-                    "`drsf train --config configs/mini_det.yaml variant=drsf seed=1 train.max_steps=200`.",
+                    "`drsf train --config configs/mini_det.yaml variant=drsf seed=1 train.max_steps=200`. "
+                    "Several GPUs or machines: `torchrun --nproc_per_node=N -m drsf_kit train ...` "
+                    "(docs/scaling.md).",
     )
     p.add_argument("--config", type=Path, default=None, help="YAML config (default: the built-in defaults)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")

@@ -34,7 +34,8 @@ class _GlobalBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps: float):  # noqa: D102
+    def forward(ctx, x, weight, bias, eps: float):
+        """Normalised ``x`` (affine when ``weight`` is given), the global mean, variance and count."""
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
         local = torch.tensor([x.numel() // max(1, x.shape[1])], dtype=torch.float64, device=x.device)
@@ -52,7 +53,8 @@ class _GlobalBatchNorm(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, _dmean, _dvar, _dcount):  # noqa: D102
+    def backward(ctx, dy, _dmean, _dvar, _dcount):
+        """Gradients of ``x`` (over all processes' losses), of the weight and of the bias (local)."""
         x_hat, invstd, weight = ctx.saved_tensors
         dims, shape = ctx.dims, ctx.shape
         sum_dy = dy.sum(dims, dtype=torch.float64)
@@ -105,7 +107,8 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def _convert(module: nn.Module) -> nn.Module:
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (AllReduceBatchNorm, nn.SyncBatchNorm)):
+    synced = (AllReduceBatchNorm, nn.SyncBatchNorm)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, synced):
         new = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                  module.track_running_stats)
         if module.affine:
