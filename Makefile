@@ -35,5 +35,8 @@ lab: $(STAMP)
 app: $(STAMP)
 	$(BIN)/drsf app $(if $(RUNS),--runs $(RUNS),)
 
+board: $(STAMP)
+	$(BIN)/tensorboard --logdir $(or $(RUNS),runs)
+
 clean-data:
 	rm -rf data/mini-weather data/synth runs
