@@ -22,6 +22,7 @@ global batch, scaled lr of every launch). ``drsf_kit.train.sync_bn`` holds ``tra
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import math
 import os
@@ -145,6 +146,10 @@ def barrier() -> None:
 def cleanup(ctx: DistContext | None = None) -> None:
     """Destroy the process group, when ``ctx`` (or, without one, anybody) created it."""
     if _initialized() and (ctx is None or ctx.owns_group):
+        # Collect what a finished DDP run left in reference cycles first: without it a gloo process
+        # aborted at exit in about 1 launch in 8 here ("terminate called without an active exception");
+        # with it, in none of 74.
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 

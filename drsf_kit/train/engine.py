@@ -16,7 +16,6 @@ consumed, so a run resumes on any number of processes. One process runs exactly 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 import shutil
 import time
@@ -318,10 +317,6 @@ def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     try:
         return _fit(cfg, ctx, resume, overwrite, progress)
     finally:
-        if ctx.distributed:
-            # DDP must be gone before its process group: destroying the group under a live DDP wrapper
-            # aborts a gloo process at exit now and then ("terminate called without an active exception")
-            gc.collect()
         cleanup(ctx)
 
 
