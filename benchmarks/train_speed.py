@@ -116,7 +116,7 @@ def main() -> None:
     report["goals"] = {
         "det_step_s<=0.4": None if det is None else det["step_s"] <= 0.4,
         # CPU time: the step time on an idle machine (exactly so with --threads 1), whatever else runs
-        "det_step_cpu_s<=0.4": None if det is None else det["step_cpu_s"] <= 0.4,
+        "det_step_cpu_s<=0.4": None if det is None or args.threads != 1 else det["step_cpu_s"] <= 0.4,
         "run_wall_s<=360": None if not report["runs"] else all(r["wall_s"] <= 360 for r in report["runs"].values()),
     }
     atomic_write_json(RESULTS / "train_speed.json", report)
