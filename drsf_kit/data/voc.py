@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,17 +230,32 @@ def list_images(folder: str | os.PathLike) -> dict[str, str]:
 
 # ---- image files: every decode failure becomes a DataError naming the file -------------------------
 
-def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(width, height)`` from the image header only (no decode)."""
-    from PIL import Image, UnidentifiedImageError
+DECODE_FAILURE = "cannot be decoded, the file is truncated or corrupt"
+
+
+@contextmanager
+def _open_image(path, what: str = "image", missing: str = "image file is missing", failure: str = DECODE_FAILURE,
+                errors: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError)):
+    """``PIL.Image.open(path)`` whose failures become a DataError naming the file: ``missing`` for a
+    missing file, ``"<what> <failure> (<reason>)"`` for any of ``errors`` (PIL's UnidentifiedImageError is
+    an OSError). DataErrors raised inside the block (a ValueError subclass) pass through unchanged."""
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.size
+            yield im
+    except DataError:
+        raise
     except FileNotFoundError:
-        raise DataError(path, "image file is missing") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(path, f"image cannot be read ({exc})") from None
+        raise DataError(path, missing) from None
+    except errors as exc:
+        raise DataError(path, f"{what} {failure} ({exc})") from None
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` from the image header only (no decode)."""
+    with _open_image(path, failure="cannot be read", errors=(OSError, ValueError)) as im:
+        return im.size
 
 
 def verify_image(path: str | os.PathLike) -> tuple[int, int]:
@@ -248,51 +264,30 @@ def verify_image(path: str | os.PathLike) -> tuple[int, int]:
     JPEGs are decoded at 1/8 scale (``draft``): every entropy-coded byte is still read, so a truncated
     or corrupt file fails exactly as in a full decode, at about half the cost.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            size = im.size
-            if im.format == "JPEG":
-                im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-            im.load()
-        return size
-    except FileNotFoundError:
-        raise DataError(path, "image file is missing") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(path, f"image cannot be decoded, the file is truncated or corrupt ({exc})") from None
+    with _open_image(path) as im:
+        size = im.size
+        if im.format == "JPEG":
+            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        im.load()
+    return size
 
 
 def load_rgb(path: str | os.PathLike):
     """Decode an image file to a ``uint8`` array ``[H, W, 3]``."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(path, "image file is missing") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(path, f"image cannot be decoded, the file is truncated or corrupt ({exc})") from None
+    with _open_image(path) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def load_label_png(path: str | os.PathLike):
     """Decode a single-channel label image (``L``, ``P`` or 16-bit ``I``) to a ``uint8`` array ``[H, W]``."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-                raise DataError(path, f"label image has mode {im.mode}; expected single-channel ids (L or P)")
-            arr = np.asarray(im)
-    except FileNotFoundError:
-        raise DataError(path, "label file is missing") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(path, f"label image cannot be decoded, the file is truncated or corrupt ({exc})") from None
+    with _open_image(path, what="label image", missing="label file is missing") as im:
+        if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+            raise DataError(path, f"label image has mode {im.mode}; expected single-channel ids (L or P)")
+        arr = np.asarray(im)
     if arr.dtype != np.uint8:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise DataError(path, f"label values span {arr.min()}..{arr.max()}; expected 0..255")

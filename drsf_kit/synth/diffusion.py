@@ -8,13 +8,13 @@ missing weights raise a ConfigError that says which folder layout to put where.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from drsf_kit.errors import ConfigError
 from drsf_kit.synth.base import Generator, SynthConfig, load_prompts
+from drsf_kit.utils.io import WEIGHT_PATTERNS, sha256_tree  # model_hash covers these files' names and contents
 
 # Repo ids tried in the local HF cache when --model / --controlnet are not given.
 DEFAULT_REPOS = {
@@ -32,8 +32,6 @@ PIPELINE_LAYOUT = (
 )
 CONTROLNET_LAYOUT = "config.json, diffusion_pytorch_model.safetensors"
 
-# Weight files that identify a model (model_hash covers their names and contents).
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
 def _missing_weights(what: str, spec: str, layout: str, reason: str) -> ConfigError:
@@ -80,15 +78,7 @@ def resolve_weights(spec: str | None, default_repo: str, what: str, required: st
 
 def weights_hash(*folders: Path) -> str:
     """SHA-256 over the names and contents of the weight files of ``folders`` (in order)."""
-    from drsf_kit.utils.io import sha256_file
-
-    h = hashlib.sha256()
-    for folder in folders:
-        files = sorted({p for pat in WEIGHT_PATTERNS for p in Path(folder).rglob(pat) if p.is_file()})
-        for p in files:
-            h.update(str(p.relative_to(folder)).encode())
-            h.update(sha256_file(p).encode())
-    return h.hexdigest()
+    return sha256_tree(*folders, patterns=WEIGHT_PATTERNS)
 
 
 def pipeline_class_name(folder: Path) -> str:

@@ -12,10 +12,10 @@ from drsf_kit.train.engine import (  # noqa: F401
     build_optimizer,
     build_scheduler,
     fit,
-    is_main_process,
     train_one_epoch,
     train_step,
 )
+from drsf_kit.train.distributed import is_main_process  # noqa: F401
 from drsf_kit.train.evaluate import evaluate_model, evaluate_run, load_run, write_run_tables  # noqa: F401
 
 __all__ = [

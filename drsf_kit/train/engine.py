@@ -56,12 +56,6 @@ DONE = "done"
 METRICS = "metrics.jsonl"
 
 
-def is_main_process() -> bool:
-    """True in a single-process run and on rank 0 of a distributed one (the only writer)."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 # ------------------------------------------------------------------------------------------- building
 def build_model_for(cfg: RunConfig, load_pretrained: bool = True) -> torch.nn.Module:
     """The model a run trains: profile, variant blocks, K+1 domains (source + ``data.synth_domains``).

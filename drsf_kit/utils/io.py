@@ -143,12 +143,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_tree(folder: str | os.PathLike, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")) -> str:
-    """A stable SHA-256 over the weight files under ``folder`` (relative names and contents)."""
-    folder = Path(folder)
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def sha256_tree(*folders: str | os.PathLike, patterns: tuple[str, ...] = WEIGHT_PATTERNS) -> str:
+    """One stable SHA-256 over the weight files under ``folders`` (in order): relative names and contents."""
     h = hashlib.sha256()
-    files = sorted({p for pat in patterns for p in folder.rglob(pat) if p.is_file()})
-    for p in files:
-        h.update(str(p.relative_to(folder)).encode())
-        h.update(sha256_file(p).encode())
+    for folder in map(Path, folders):
+        files = sorted({p for pat in patterns for p in folder.rglob(pat) if p.is_file()})
+        for p in files:
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(sha256_file(p).encode())
     return h.hexdigest()
