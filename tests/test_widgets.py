@@ -58,6 +58,18 @@ def test_ablation_table_uses_latest_step_and_seed_spread(results_df):
     assert dashboard.ablation_table(results_df, "det", "map50_voc07", variants=()) is None
 
 
+def test_seed_spread_figure_says_how_many_seeds(results_df):
+    summary = dashboard.long_summary(dashboard.ablation_table(results_df, "det", "map50_voc07"))
+    fig = dashboard.seed_spread_figure(summary, "map50_voc07", title="det")
+    assert fig.axes[0].get_title() == "det: mean ± std over 3 seeds"
+    one = dashboard.long_summary(dashboard.ablation_table(results_df[results_df.seed == 0], "det", "map50_voc07"))
+    assert one["std"].isna().all()
+    fig_one = dashboard.seed_spread_figure(one, "map50_voc07")
+    assert fig_one.axes[0].get_title() == "map50_voc07: one seed (no error bars)"
+    heights = [bar.get_height() for bar in fig_one.axes[0].patches]
+    assert len(heights) == len(one) and max(heights) > 0
+
+
 def test_variants_for_blocks():
     assert dashboard.variants_for_blocks(True, True) == ["drsf"]
     assert dashboard.variants_for_blocks(True, False) == ["dfdr"]
@@ -227,6 +239,44 @@ def test_mdsf_explorer_segmentation_and_errors():
     assert explorer.prediction_png != png
     with pytest.raises(ConfigError, match="predict_mixed"):
         mdsf_explorer(object(), [_twins(0)])
+
+
+def test_lambda_sweep_rows_and_figure():
+    """One row per lambda, probabilities follow the model, the figure names both domains."""
+    class ScoredModel(FakeMixModel):
+        def predict_mixed(self, image_a, image_b, lam):
+            out = super().predict_mixed(image_a, image_b, lam)
+            out["prediction"]["scores"] = torch.tensor([lam, 0.5 * lam])
+            out["prediction"]["boxes"] = out["prediction"]["boxes"].repeat(2, 1)
+            return out
+
+    twins = _twins(0)
+    sweep = dashboard.lambda_sweep(ScoredModel(), twins[SOURCE_DOMAIN], twins["daytime_foggy"], steps=5,
+                                   domain_names=FakeMixModel.domain_names, score_threshold=0.3,
+                                   names=(SOURCE_DOMAIN, "daytime_foggy"))
+    assert list(sweep["lam"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert np.allclose(sweep[f"p({SOURCE_DOMAIN})"], sweep["lam"])
+    assert np.allclose(sweep["p(daytime_foggy)"], 1 - sweep["lam"])
+    assert list(sweep["boxes"]) == [0, 0, 1, 2, 2]  # scores lam and lam / 2 against 0.3
+    assert np.allclose(sweep["top_score"], sweep["lam"])
+    fig = dashboard.lambda_sweep_figure(sweep)
+    assert f"z({SOURCE_DOMAIN})" in fig._suptitle.get_text() and "z(daytime_foggy)" in fig._suptitle.get_text()
+    assert "daytime_foggy alone" in fig.axes[0].get_xlabel()
+    assert fig.axes[2].get_ylabel() == "boxes with score >= 0.3"  # the count has its own axis
+
+    class SegModel(FakeMixModel):
+        def predict_mixed(self, image_a, image_b, lam):
+            out = super().predict_mixed(image_a, image_b, lam)
+            mask = torch.zeros((4, 10), dtype=torch.long)
+            mask[:, : int(10 * lam)] = 1
+            out["prediction"] = mask
+            return out
+
+    seg = dashboard.lambda_sweep(SegModel(), twins[SOURCE_DOMAIN], twins["night_sunny"], steps=3)
+    assert list(seg["agreement_with_a"]) == pytest.approx([0.0, 0.5, 1.0])
+    assert "A alone" in dashboard.lambda_sweep_figure(seg).axes[1].get_ylabel()
+    with pytest.raises(ConfigError, match="at least 2 steps"):
+        dashboard.lambda_sweep(SegModel(), twins[SOURCE_DOMAIN], twins["night_sunny"], steps=1)
 
 
 def test_twin_explorer_with_callables():

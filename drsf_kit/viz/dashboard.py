@@ -191,8 +191,20 @@ def table_markdown(table) -> str:
     return "(no result rows match this selection)\n" if table is None else to_markdown(table)
 
 
+def seed_note(summary) -> str:
+    """How many seeds the bars average: 'one seed (no error bars)', 'mean ± std over 3 seeds', ..."""
+    counts = sorted({int(n) for n in summary["n_seeds"].dropna()}) if "n_seeds" in summary else []
+    if not counts or counts == [1]:
+        return "one seed (no error bars)"
+    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"mean ± std over {span} seeds"
+
+
 def seed_spread_figure(summary, metric: str, title: str | None = None):
-    """Grouped bars: one group per domain, one bar per variant, error bars = std over seeds (percent)."""
+    """Grouped bars: one group per domain, one bar per variant, error bars = std over seeds (percent).
+
+    The title (``metric`` by default) ends with ``seed_note``; a bar from one seed has no error bar.
+    """
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global figure state, works headless
 
@@ -213,7 +225,7 @@ def seed_spread_figure(summary, metric: str, title: str | None = None):
             xs,
             100 * part["mean"].fillna(0).to_numpy(),
             width=width,
-            yerr=100 * part["std"].fillna(0).to_numpy(),
+            yerr=100 * part["std"].to_numpy(dtype=float),  # NaN (one seed): no error bar drawn
             capsize=2,
             color=cmap(VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else i),
             label=variant,
@@ -222,7 +234,7 @@ def seed_spread_figure(summary, metric: str, title: str | None = None):
     # short name over full name: the chart names its domains without the reader looking elsewhere
     ax.set_xticklabels([f"{DOMAIN_SHORT[d]}\n{d}" if d in DOMAIN_SHORT else d for d in domains], fontsize=8)
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(title or f"{metric}: mean ± std over seeds")
+    ax.set_title(f"{title or metric}: {seed_note(summary)}")
     # outside the axes: inside, it covered the tallest bars
     ax.legend(fontsize=8, title="variant", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
@@ -277,12 +289,14 @@ def kit_twin_functions(model, steps: int = 8, layer: str | None = None):
     return entropy_fn, attribution_fn, tuple(attr.METHODS)
 
 
-def lambda_sweep(model, image_a, image_b, steps: int = 11, domain_names=None, score_threshold: float = 0.3):
+def lambda_sweep(model, image_a, image_b, steps: int = 11, domain_names=None, score_threshold: float = 0.3,
+                 names: tuple[str, str] = ("A", "B")):
     """``predict_mixed`` at ``steps`` evenly spaced lambdas from 0 to 1: one row per lambda.
 
     Columns: ``lam``; ``p(<domain>)`` per discriminator output (none for a variant without MDSF);
     for detections ``boxes`` (scoring >= ``score_threshold``) and ``top_score``; for segmentation
     ``agreement_with_a``, the fraction of pixels predicted as at ``lam = 1`` (image A alone).
+    ``names`` (the domains of A and B) and the threshold are kept in the frame's ``attrs`` for the figure.
     """
     import pandas as pd
     import torch
@@ -298,9 +312,9 @@ def lambda_sweep(model, image_a, image_b, steps: int = 11, domain_names=None, sc
         row = {"lam": round(float(lam), 6)}
         if out.get("domain_probs") is not None:
             probs = as_numpy(out["domain_probs"]).reshape(-1)
-            names = list(domain_names) if domain_names is not None and len(domain_names) == len(probs) else \
+            prob_names = list(domain_names) if domain_names is not None and len(domain_names) == len(probs) else \
                 [f"domain {i}" for i in range(len(probs))]
-            row.update({f"p({n})": float(p) for n, p in zip(names, probs)})
+            row.update({f"p({n})": float(p) for n, p in zip(prob_names, probs)})
         pred = out["prediction"]
         pred = pred[0] if isinstance(pred, (list, tuple)) else pred
         if isinstance(pred, dict) and "boxes" in pred:
@@ -314,16 +328,27 @@ def lambda_sweep(model, image_a, image_b, steps: int = 11, domain_names=None, sc
             reference = labels if reference is None else reference
             row["agreement_with_a"] = float((labels == reference).mean())
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("lam").reset_index(drop=True)
+    sweep = pd.DataFrame(rows).sort_values("lam").reset_index(drop=True)
+    sweep.attrs.update(domain_a=str(names[0]), domain_b=str(names[1]), score_threshold=float(score_threshold))
+    return sweep
 
 
-def lambda_sweep_figure(sweep, title: str = "MDSF soft fusion: z = lam * z_A + (1 - lam) * z_B"):
-    """Discriminator probabilities against lambda (left) and the prediction statistic (right)."""
+def lambda_sweep_figure(sweep, title: str | None = None):
+    """Discriminator probabilities against lambda (left) and what the prediction does (right).
+
+    The title and axes name the two domains from ``sweep.attrs`` (set by ``lambda_sweep``). Detection
+    sweeps show the top score on the left axis of the right panel and the number of boxes above the
+    score threshold on a second axis (they are a count, not a score); segmentation sweeps show the
+    pixel agreement with image A alone.
+    """
     from matplotlib.figure import Figure
 
     from drsf_kit.data.classes import DOMAIN_COLORS
 
-    fig = Figure(figsize=(10, 3.6), dpi=100)
+    name_a, name_b = sweep.attrs.get("domain_a", "A"), sweep.attrs.get("domain_b", "B")
+    title = title or f"MDSF soft fusion: z = lam * z({name_a}) + (1 - lam) * z({name_b})"
+    xlabel = f"lambda (0 = {name_b} alone, 1 = {name_a} alone)"
+    fig = Figure(figsize=(10, 3.8), dpi=100)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     prob_columns = [c for c in sweep.columns if c.startswith("p(")]
     for column in prob_columns:
@@ -333,15 +358,27 @@ def lambda_sweep_figure(sweep, title: str = "MDSF soft fusion: z = lam * z_A + (
         left.legend(fontsize=7)
     else:
         left.text(0.5, 0.5, "no discriminator (variant without MDSF)", ha="center", transform=left.transAxes)
-    left.set_xlabel("lambda (weight of A)")
-    left.set_ylabel("discriminator probability")
-    stats = [c for c in ("boxes", "top_score", "agreement_with_a") if c in sweep.columns]
-    for column in stats:
-        right.plot(sweep["lam"], sweep[column], marker=".", label=column)
-    right.set_xlabel("lambda (weight of A)")
-    right.set_ylabel("prediction")
-    right.legend(fontsize=7)
+    left.set_title("domain discriminator on the mixed features", fontsize=9)
+    left.set_ylabel("probability")
+    if "top_score" in sweep.columns:
+        right.plot(sweep["lam"], sweep["top_score"], marker=".", color="tab:blue", label="top detection score")
+        right.set_ylabel("top detection score", color="tab:blue")
+        right.set_ylim(0, 1)
+        counts = right.twinx()
+        threshold = sweep.attrs.get("score_threshold")
+        count_label = "boxes" + (f" with score >= {threshold:g}" if threshold is not None else "")
+        counts.step(sweep["lam"], sweep["boxes"], where="mid", color="tab:orange", label=count_label)
+        counts.set_ylabel(count_label, color="tab:orange")
+        counts.set_ylim(0, max(1, int(sweep["boxes"].max())) + 1)
+        counts.yaxis.get_major_locator().set_params(integer=True)
+        right.set_title("detections from the mixed features", fontsize=9)
+    elif "agreement_with_a" in sweep.columns:
+        right.plot(sweep["lam"], sweep["agreement_with_a"], marker=".", color="tab:blue")
+        right.set_ylabel(f"pixels labelled as with {name_a} alone")
+        right.set_ylim(0, 1.02)
+        right.set_title("segmentation from the mixed features", fontsize=9)
     for ax in (left, right):
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -156,7 +156,7 @@ class AblationDashboard(widgets.VBox):
         self.summary_df = dashboard.long_summary(self.table_df)
         self.table_markdown = dashboard.table_markdown(self.table_df)
         self.table_html.value = dashboard.table_html(self.shown_df, caption)
-        self.figure = dashboard.seed_spread_figure(self.summary_df, metric, title=f"{task}: {metric}, mean ± std over seeds")
+        self.figure = dashboard.seed_spread_figure(self.summary_df, metric, title=f"{task}: {metric}")
         self.figure_png = images.figure_png(self.figure)
         self.chart.value = self.figure_png
 
