@@ -50,12 +50,13 @@ class TwinBatchSampler:
         seed: the run seed.
         start, stop: batch indices to yield (``stop`` None = endless).
         hflip: flip probability.
-        rank, world_size: each process keeps items ``rank::world_size`` of every global batch.
+
+    One process per run uses it as is; under ``torchrun`` the engine hands it to
+    ``drsf_kit.train.distributed.TwinDistributedSampler``, which slices the same stream per process.
     """
 
     def __init__(self, twin_table: Sequence[dict[int, list[int]]], batch_source: int, seed: int,
-                 start: int = 0, stop: int | None = None, use_twins: bool = True, hflip: float = 0.5,
-                 rank: int = 0, world_size: int = 1):
+                 start: int = 0, stop: int | None = None, use_twins: bool = True, hflip: float = 0.5):
         if not twin_table:
             raise ConfigError("the source training set is empty: nothing to sample batches from")
         self.table = [{d: list(v) for d, v in sorted(t.items()) if v} for t in twin_table]
@@ -63,7 +64,6 @@ class TwinBatchSampler:
         self.batch_source, self.seed = int(batch_source), int(seed)
         self.start, self.stop = int(start), stop
         self.use_twins, self.hflip = use_twins, float(hflip)
-        self.rank, self.world_size = int(rank), int(world_size)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +90,9 @@ class TwinBatchSampler:
         return TwinItem(src, twin, domain if twin >= 0 else 0, u[2] < self.hflip, (u[3], u[4], u[5]))
 
     def batch(self, b: int) -> list[TwinItem]:
-        """Global batch ``b``, restricted to this process's slice."""
+        """Batch ``b``: items ``b * B`` to ``b * B + B - 1`` of the stream."""
         first = b * self.batch_source
-        items = [self.item(first + i) for i in range(self.batch_source)]
-        return items[self.rank :: self.world_size]
+        return [self.item(first + i) for i in range(self.batch_source)]
 
     def __iter__(self):
         b = self.start
@@ -105,12 +104,6 @@ class TwinBatchSampler:
         if self.stop is None:
             raise TypeError("an endless TwinBatchSampler has no length")
         return max(0, self.stop - self.start)
-
-    def state_dict(self, next_batch: int) -> dict:
-        """The sampler's state: what a resumed run needs to draw the same batches (any world size)."""
-        epoch, position = divmod(int(next_batch) * self.batch_source, self.n)
-        return {"seed": self.seed, "batch_source": self.batch_source, "next_batch": int(next_batch),
-                "epoch": epoch, "position": position, "num_sources": self.n}
 
 
 # ------------------------------------------------------------------------------------------- geometry
