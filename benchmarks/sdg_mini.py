@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="retrain finished runs instead of reusing them")
     parser.add_argument("--collect-only", action="store_true",
                         help="train nothing: report the finished runs of the chosen seeds/tasks/variants")
+    parser.add_argument("--report", default="sdg_mini",
+                        help="name of the report files: benchmarks/results/<report>.json and .md")
     parser.add_argument("overrides", nargs="*", help="further config overrides for every run")
     args = parser.parse_args()
     runs = []
@@ -152,19 +154,19 @@ def main() -> None:
     report = {"benchmark": "sdg_mini", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.node()} ({os.cpu_count()} cpus)",
               "goals": goals, "runs": runs, "rows": rows}
-    atomic_write_json(RESULTS / "sdg_mini.json", report)
+    atomic_write_json(RESULTS / f"{args.report}.json", report)
     diag = ["| run | " + " | ".join(STATS) + " | final loss | run s |", "|---|" + "---:|" * (len(STATS) + 2)]
     for info in runs:
         d = info["diagnostics"]
         cells = [f"{d[k]:.3f}" if k in d else "" for k in STATS]
         loss = "" if info["final_loss"] is None else f"{info['final_loss']:.3f}"
         diag.append(f"| {Path(info['run_dir']).name} | " + " | ".join(cells) + f" | {loss} | {info['run_s'] or ''} |")
-    md = (f"# sdg_mini results\n\nCommand: `{report['command']}`; {report['date']}; machine {report['machine']}.\n"
+    md = (f"# {args.report} results\n\nCommand: `{report['command']}`; {report['date']}; machine {report['machine']}.\n"
           f"Values in percent; the protocol and splits are in each caption.\n\n{tables}\n"
           f"## Goal check (target mean, points)\n\n```\n{goals}\n```\n\n"
           f"## Training diagnostics (mean of the last 5 logged steps; run s = training + evaluation, from "
           f"metrics.jsonl, on a machine shared with other jobs)\n\n" + "\n".join(diag) + "\n")
-    atomic_write_text(RESULTS / "sdg_mini.md", md)
+    atomic_write_text(RESULTS / f"{args.report}.md", md)
     print(md)
 
 

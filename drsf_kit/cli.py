@@ -51,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; returns the exit code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # KEY=VALUE overrides may also follow the options (`drsf train --config c.yaml --resume seed=1`):
+        # argparse stops collecting a positional list at the first option, so gather the rest here
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -123,3 +123,16 @@ def test_shipped_configs_load(name):
         t = cfg.train
         assert (t.max_steps, t.lr, t.lr_steps, t.warmup_steps, cfg.model.min_size) == (60000, 0.0025, (30000, 40000), 500, 800)
         assert cfg.train.batch_source == 1 and cfg.model.profile == "frcnn_r101_fpn"
+
+
+def test_cli_overrides_may_follow_options(capsys):
+    """`drsf train --config C --resume k=v`: overrides after an option still apply; a stray flag is refused."""
+    from drsf_kit.cli import main
+
+    config = str(ROOT / "configs" / "mini_det.yaml")
+    assert main(["train", "--config", config, "seed=3", "--print-config", "model.hparams.w_adv=0.05", "train.lr=0.01"]) == 0
+    printed = capsys.readouterr().out
+    assert "seed: 3" in printed and "w_adv: 0.05" in printed and "lr: 0.01" in printed
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", config, "--print-config", "--no-such-flag"])
+    assert stop.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
