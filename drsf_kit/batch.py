@@ -10,7 +10,7 @@ write through the ``OUTPUT_DIR`` parameter.
 
 Example::
 
-    drsf batch notebooks/04_train_detector.ipynb --grid "VARIANT=source_only,drsf SEED=0,1" -p SMOKE=True
+    drsf batch notebooks/04_train_detector.ipynb --grid "VARIANTS=source_only,drsf SEED=0,1" -p SMOKE=True
 """
 
 from __future__ import annotations
@@ -236,6 +236,27 @@ def run_point(
     return {"point": label, "status": "done", "seconds": seconds, "folder": str(folder), "error": None}
 
 
+def check_parameters(notebook: str | os.PathLike, names: Iterable[str]) -> None:
+    """Refuse parameters that ``notebook``'s ``parameters`` cell does not declare.
+
+    papermill would inject them anyway and the notebook would silently run on its own defaults (for
+    example ``VARIANT=drsf`` given to a notebook that reads ``VARIANTS``).
+    """
+    import difflib
+
+    import papermill
+
+    declared = set(papermill.inspect_notebook(str(notebook)))
+    if not declared:
+        raise ConfigError(f"notebook {notebook}: no cell tagged 'parameters', so nothing can be set per point")
+    unknown = [n for n in names if n not in declared and n != OUTPUT_PARAMETER]
+    if unknown:
+        hints = [f"{n} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(n, declared, n=1)) else n
+                 for n in unknown]
+        raise ConfigError(f"notebook {notebook}: its parameters cell does not declare {', '.join(hints)}; "
+                          f"it declares {', '.join(sorted(declared))}")
+
+
 def run_grid(
     notebook: str | os.PathLike,
     grid: Mapping[str, Iterable],
@@ -269,6 +290,7 @@ def run_grid(
     base = dict(base_parameters or {})
     if OUTPUT_PARAMETER in base or OUTPUT_PARAMETER in grid:
         raise ConfigError(f"{OUTPUT_PARAMETER} is set by the batch runner (one folder per point); use --out")
+    check_parameters(notebook, [*base, *grid])
     points = [{**base, **point} for point in expand_grid(grid)]
     rows = []
     bar = tqdm(points, desc=f"batch {notebook.stem}", unit="point", disable=not progress)
@@ -324,7 +346,7 @@ def add_parser(subparsers) -> None:
         nargs="+",
         default=[],
         metavar="KEY=V1,V2",
-        help='grid axes, e.g. --grid "VARIANT=source_only,naive_synth,drsf SEED=0,1,2"',
+        help='grid axes, e.g. --grid "VARIANTS=source_only,naive_synth,drsf SEED=0,1,2"',
     )
     parser.add_argument("--out", default="runs/batch", help="folder for the point folders (default: runs/batch)")
     parser.add_argument(

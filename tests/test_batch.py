@@ -113,3 +113,18 @@ def test_cli_exit_code_and_summary(tmp_path, capsys):
     assert "error.txt" in captured.err
     assert cli.main(["batch", str(tmp_path / "missing.ipynb"), "--grid", "X=1", "--out", str(out)]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_undeclared_parameters_are_refused_before_anything_runs(tmp_path):
+    notebook = _write_notebook(tmp_path / "tiny.ipynb")
+    out = tmp_path / "runs"
+    with pytest.raises(ConfigError, match=r"tiny.ipynb: its parameters cell does not declare NAMES \(did you mean NAME\?\)"):
+        run_grid(notebook, {"NAMES": ["a", "b"]}, out_dir=out, progress=False)
+    with pytest.raises(ConfigError, match="does not declare SEED; it declares NAME, OUTPUT_DIR, X"):
+        run_grid(notebook, {"X": [1]}, out_dir=out, base_parameters={"SEED": 0}, progress=False)
+    bare = nbformat.v4.new_notebook()
+    bare.cells = [nbformat.v4.new_code_cell("X = 1")]
+    nbformat.write(bare, str(tmp_path / "bare.ipynb"))
+    with pytest.raises(ConfigError, match="bare.ipynb: no cell tagged 'parameters'"):
+        run_grid(tmp_path / "bare.ipynb", {"X": [1]}, out_dir=out, progress=False)
+    assert not out.exists()  # refused up front: no point folder was made
