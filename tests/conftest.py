@@ -37,3 +37,14 @@ def tiny_weather(tmp_path_factory):
     root = tmp_path_factory.mktemp("mini-weather")
     make_mini_weather(root, seed=0, n_train=16, n_test=8, n_target=8, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def synth_root(tiny_weather, tmp_path_factory):
+    """Procedural pseudo-domains of ``tiny_weather``, made once through the `drsf synth` command."""
+    from drsf_kit.cli import main
+
+    out = tmp_path_factory.mktemp("synth")
+    assert main(["synth", "--data", str(tiny_weather), "--backend", "procedural", "--out", str(out),
+                 "--no-progress"]) == 0
+    return out / "procedural"

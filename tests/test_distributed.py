@@ -134,17 +134,6 @@ def test_single_process_helpers_are_no_ops(monkeypatch):
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(scope="module")
-def synth_root(tiny_weather, tmp_path_factory):
-    """Procedural pseudo-domains of the tiny dataset, made through the `drsf synth` command."""
-    from drsf_kit.cli import main
-
-    out = tmp_path_factory.mktemp("synth")
-    assert main(["synth", "--data", str(tiny_weather), "--backend", "procedural", "--out", str(out),
-                 "--no-progress"]) == 0
-    return out / "procedural"
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

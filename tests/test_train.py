@@ -21,15 +21,6 @@ from drsf_kit.utils.io import read_jsonl
 DOMAINS = ("daytime_clear", "daytime_foggy", "dusk_rainy", "night_rainy", "night_sunny")
 
 
-@pytest.fixture(scope="session")
-def synth_root(tiny_weather, tmp_path_factory):
-    """Procedural pseudo-domains of the tiny dataset, made through the `drsf synth` command."""
-    out = tmp_path_factory.mktemp("synth")
-    assert main(["synth", "--data", str(tiny_weather), "--backend", "procedural", "--out", str(out),
-                 "--no-progress"]) == 0
-    return out / "procedural"
-
-
 def tiny_cfg(tiny_weather, synth_root, tmp_path, *overrides):
     return load_config(None, [
         f"data.root={tiny_weather}", f"data.synth_root={synth_root}", f"output_dir={tmp_path / 'runs'}",
