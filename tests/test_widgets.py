@@ -345,3 +345,25 @@ def test_twin_explorer_with_a_kit_model():
     assert maps[SOURCE_DOMAIN].shape == (64, 96) and not np.allclose(maps[SOURCE_DOMAIN], maps["night_sunny"])
     with pytest.raises(ConfigError, match="entropy_fn or a model"):
         twin_explorer({"s": {SOURCE_DOMAIN: image}})
+
+
+def test_render_prediction_and_class_legend_read_the_same_outputs():
+    from drsf_kit.data.classes import CITYSCAPES_CLASSES
+    from drsf_kit.viz import images
+
+    image = np.zeros((4, 10, 3), np.uint8)
+    logits = torch.zeros(1, 19, 4, 10)
+    logits[0, 0, :, :7] = 1.0  # road on 70% of the pixels
+    logits[0, 10, :, 7:] = 1.0  # sky on 30%
+    for wrapped in (logits, [logits], {"out": logits}, logits[0], logits[0].argmax(0)):
+        assert images.render_prediction(image, wrapped).shape == (4, 10, 3)
+        legend = images.class_legend_html(wrapped)
+        road, sky = CITYSCAPES_CLASSES[0], CITYSCAPES_CLASSES[10]
+        assert f"{road} 70%" in legend and f"{sky} 30%" in legend and legend.index(road) < legend.index(sky)
+    boxes = {"boxes": torch.tensor([[1.0, 1.0, 5.0, 3.0]]), "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}
+    assert not np.array_equal(images.render_prediction(image, [boxes]), image)
+    assert images.class_legend_html(boxes) == "" and images.class_legend_html({"other": 1}) == ""
+    with pytest.raises(ConfigError, match=r"keys \['other'\]"):
+        images.render_prediction(image, {"other": 1})
+    with pytest.raises(ConfigError, match="shape"):
+        images.render_prediction(image, torch.zeros(5))

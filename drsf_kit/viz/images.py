@@ -125,26 +125,41 @@ def draw_boxes(image: np.ndarray, prediction: Mapping, score_threshold: float = 
     return np.asarray(pil)
 
 
-def render_prediction(image: np.ndarray, prediction, score_threshold: float = 0.3) -> np.ndarray:
-    """Boxes (a torchvision detection dict, or a one-element list of them) or a segmentation output
-    (``[H,W]`` labels, ``[C,H,W]`` or ``[1,C,H,W]`` logits) drawn over ``image``."""
+def _unwrap_prediction(prediction):
+    """What a prediction holds: the box mapping of a detection, or the segmentation array.
+
+    Unwraps a one-element list and a ``mask`` / ``out`` / ``logits`` mapping; a mapping with none of
+    those keys (nor ``boxes``) is a ConfigError.
+    """
     if isinstance(prediction, (list, tuple)) and len(prediction) == 1:
         prediction = prediction[0]
     if isinstance(prediction, Mapping):
         if "boxes" in prediction:
-            return draw_boxes(image, prediction, score_threshold)
-        for key in ("mask", "out", "logits"):
-            if key in prediction:
-                return render_prediction(image, prediction[key], score_threshold)
-        raise ConfigError(f"cannot draw a prediction with keys {sorted(prediction)}")
-    arr = as_numpy(prediction)
-    if arr.ndim == 4:
-        arr = arr[0]
-    if arr.ndim == 3:
-        arr = arr.argmax(axis=0)
-    if arr.ndim != 2:
-        raise ConfigError(f"cannot draw a prediction of shape {tuple(arr.shape)}")
-    return overlay_mask(image, arr)
+            return prediction
+        key = next((k for k in ("mask", "out", "logits") if k in prediction), None)
+        if key is None:
+            raise ConfigError(f"cannot draw a prediction with keys {sorted(prediction)}")
+        return prediction[key]
+    return prediction
+
+
+def _label_map(segmentation) -> np.ndarray:
+    """Class ids from ``[H,W]`` labels, ``[C,H,W]`` or ``[1,C,H,W]`` logits (argmax over classes)."""
+    arr = as_numpy(segmentation)
+    arr = arr[0] if arr.ndim == 4 else arr
+    return arr.argmax(axis=0) if arr.ndim == 3 else arr
+
+
+def render_prediction(image: np.ndarray, prediction, score_threshold: float = 0.3) -> np.ndarray:
+    """Boxes (a torchvision detection dict, or a one-element list of them) or a segmentation output
+    (``[H,W]`` labels, ``[C,H,W]`` or ``[1,C,H,W]`` logits) drawn over ``image``."""
+    content = _unwrap_prediction(prediction)
+    if isinstance(content, Mapping):
+        return draw_boxes(image, content, score_threshold)
+    labels = _label_map(content)
+    if labels.ndim != 2:
+        raise ConfigError(f"cannot draw a prediction of shape {tuple(as_numpy(content).shape)}")
+    return overlay_mask(image, labels)
 
 
 def class_legend_html(prediction, min_share: float = 0.02) -> str:
@@ -154,16 +169,13 @@ def class_legend_html(prediction, min_share: float = 0.02) -> str:
 
     from drsf_kit.data.classes import CITYSCAPES_CLASSES
 
-    if isinstance(prediction, (list, tuple)) and len(prediction) == 1:
-        prediction = prediction[0]
-    if isinstance(prediction, Mapping):
-        key = next((k for k in ("mask", "out", "logits") if k in prediction), None)
-        if key is None:
-            return ""
-        prediction = prediction[key]
-    arr = as_numpy(prediction)
-    arr = arr[0] if arr.ndim == 4 else arr
-    labels = arr.argmax(axis=0) if arr.ndim == 3 else arr
+    try:
+        content = _unwrap_prediction(prediction)
+    except ConfigError:
+        return ""
+    if isinstance(content, Mapping):
+        return ""
+    labels = _label_map(content)
     ids, counts = np.unique(labels[(labels >= 0) & (labels < len(CITYSCAPES_CLASSES))], return_counts=True)
     shares = sorted(zip(counts / max(labels.size, 1), ids), reverse=True)
     swatch = '<span style="display:inline-block;width:10px;height:10px;background:rgb{}"></span>'
