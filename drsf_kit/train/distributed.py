@@ -364,11 +364,16 @@ def seed_process(ctx: DistContext, seed: int, step: int, generator: torch.Genera
 RUN_JSON = "run.json"
 
 
+def reference_batch(tcfg: Any) -> int:
+    """The global batch ``train.lr`` was tuned for: ``train.reference_batch``, 0 meaning ``batch_source``
+    (the lr was tuned on one process)."""
+    return int(tcfg.reference_batch or tcfg.batch_source)
+
+
 def effective_lr(tcfg: Any, world: int) -> float:
-    """``train.lr`` scaled by ``train.lr_scaling`` from ``train.reference_batch`` (0 = ``batch_source``,
-    i.e. the lr was tuned on one process) to the global batch ``batch_source * world``."""
-    reference = int(getattr(tcfg, "reference_batch", 0) or tcfg.batch_source)
-    return scale_lr(tcfg.lr, tcfg.batch_source * int(world), reference, getattr(tcfg, "lr_scaling", "none"))
+    """``train.lr`` scaled by ``train.lr_scaling`` from ``reference_batch`` to the global batch
+    ``batch_source * world``."""
+    return scale_lr(tcfg.lr, tcfg.batch_source * int(world), reference_batch(tcfg), tcfg.lr_scaling)
 
 
 def launch_record(ctx: DistContext, cfg: Any, lr: float, start_step: int, sources_consumed: int,
@@ -391,12 +396,12 @@ def launch_record(ctx: DistContext, cfg: Any, lr: float, start_step: int, source
         "batch_source_per_process": t.batch_source,
         "global_batch_source": global_batch,
         "global_batch_images": global_batch * (2 if twins else 1),  # sources without a twin train alone
-        "lr_scaling": getattr(t, "lr_scaling", "none"),
-        "reference_batch": int(getattr(t, "reference_batch", 0) or t.batch_source),
+        "lr_scaling": t.lr_scaling,
+        "reference_batch": reference_batch(t),
         "base_lr": t.lr,
         "lr": lr,
-        "sync_bn": bool(getattr(t, "sync_bn", False) and ctx.distributed),
-        "find_unused_parameters": bool(getattr(t, "find_unused_parameters", False) and ctx.distributed),
+        "sync_bn": bool(t.sync_bn and ctx.distributed),
+        "find_unused_parameters": bool(t.find_unused_parameters and ctx.distributed),
         "start_step": int(start_step),
         "start_sources_consumed": int(sources_consumed),
         "torch": torch.__version__,

@@ -171,12 +171,13 @@ def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step
     names = list(loss_dict)
     values = torch.stack([loss_dict[k].detach().float().reshape(()) for k in names]).cpu()  # one sync
     finite = torch.isfinite(values)
+    all_finite = bool(finite.all())
     # every process must stop at the same step: one leaving alone would hang the others in DDP
-    if any_process(not bool(finite.all())) and bool(finite.all()):
+    if any_process(not all_finite) and all_finite:
         exc = NonFiniteLossError(f"step {step}: a loss term is non-finite on another process")
         exc.step, exc.term = step, None
         raise exc
-    if not bool(finite.all()):
+    if not all_finite:
         bad = names[int((~finite).nonzero()[0])]
         exc = NonFiniteLossError(f"step {step}: loss term {bad!r} is {values[names.index(bad)].item()} "
                                  f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(names, values.tolist()))}); "
