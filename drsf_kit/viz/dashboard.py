@@ -301,7 +301,7 @@ def lambda_sweep(model, image_a, image_b, steps: int = 11, domain_names=None, sc
     import pandas as pd
     import torch
 
-    from drsf_kit.viz.images import as_numpy
+    from drsf_kit.viz.images import as_numpy, label_map, unwrap_prediction
 
     if steps < 2:
         raise ConfigError(f"lambda_sweep needs at least 2 steps, got {steps}")
@@ -315,16 +315,13 @@ def lambda_sweep(model, image_a, image_b, steps: int = 11, domain_names=None, sc
             prob_names = list(domain_names) if domain_names is not None and len(domain_names) == len(probs) else \
                 [f"domain {i}" for i in range(len(probs))]
             row.update({f"p({n})": float(p) for n, p in zip(prob_names, probs)})
-        pred = out["prediction"]
-        pred = pred[0] if isinstance(pred, (list, tuple)) else pred
+        pred = unwrap_prediction(out["prediction"])  # what the explorer draws: boxes or a label map
         if isinstance(pred, dict) and "boxes" in pred:
             scores = as_numpy(pred.get("scores", np.zeros(0))).reshape(-1)
             row["boxes"] = int((scores >= score_threshold).sum())
             row["top_score"] = float(scores.max()) if scores.size else 0.0
         else:
-            labels = as_numpy(pred["out"] if isinstance(pred, dict) else pred)
-            labels = labels.argmax(axis=-3) if labels.ndim >= 3 else labels
-            labels = labels.reshape(labels.shape[-2:])
+            labels = label_map(pred)
             reference = labels if reference is None else reference
             row["agreement_with_a"] = float((labels == reference).mean())
         rows.append(row)

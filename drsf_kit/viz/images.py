@@ -125,7 +125,7 @@ def draw_boxes(image: np.ndarray, prediction: Mapping, score_threshold: float = 
     return np.asarray(pil)
 
 
-def _unwrap_prediction(prediction):
+def unwrap_prediction(prediction):
     """What a prediction holds: the box mapping of a detection, or the segmentation array.
 
     Unwraps a one-element list and a ``mask`` / ``out`` / ``logits`` mapping; a mapping with none of
@@ -143,7 +143,7 @@ def _unwrap_prediction(prediction):
     return prediction
 
 
-def _label_map(segmentation) -> np.ndarray:
+def label_map(segmentation) -> np.ndarray:
     """Class ids from ``[H,W]`` labels, ``[C,H,W]`` or ``[1,C,H,W]`` logits (argmax over classes)."""
     arr = as_numpy(segmentation)
     arr = arr[0] if arr.ndim == 4 else arr
@@ -153,10 +153,10 @@ def _label_map(segmentation) -> np.ndarray:
 def render_prediction(image: np.ndarray, prediction, score_threshold: float = 0.3) -> np.ndarray:
     """Boxes (a torchvision detection dict, or a one-element list of them) or a segmentation output
     (``[H,W]`` labels, ``[C,H,W]`` or ``[1,C,H,W]`` logits) drawn over ``image``."""
-    content = _unwrap_prediction(prediction)
+    content = unwrap_prediction(prediction)
     if isinstance(content, Mapping):
         return draw_boxes(image, content, score_threshold)
-    labels = _label_map(content)
+    labels = label_map(content)
     if labels.ndim != 2:
         raise ConfigError(f"cannot draw a prediction of shape {tuple(as_numpy(content).shape)}")
     return overlay_mask(image, labels)
@@ -170,12 +170,12 @@ def class_legend_html(prediction, min_share: float = 0.02) -> str:
     from drsf_kit.data.classes import CITYSCAPES_CLASSES
 
     try:
-        content = _unwrap_prediction(prediction)
+        content = unwrap_prediction(prediction)
     except ConfigError:
         return ""
     if isinstance(content, Mapping):
         return ""
-    labels = _label_map(content)
+    labels = label_map(content)
     ids, counts = np.unique(labels[(labels >= 0) & (labels < len(CITYSCAPES_CLASSES))], return_counts=True)
     shares = sorted(zip(counts / max(labels.size, 1), ids), reverse=True)
     swatch = '<span style="display:inline-block;width:10px;height:10px;background:rgb{}"></span>'
