@@ -12,10 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _multi() -> bool:
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from drsf_kit.train.distributed import world_size
 
 
 def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
@@ -82,7 +79,7 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise with statistics over all processes' batches (training), running ones (eval)."""
-        if not (self.training and _multi()):
+        if not (self.training and world_size() > 1):
             return super().forward(x)
         self._check_input_dim(x)
         weight, bias = (self.weight, self.bias) if self.affine else (None, None)
