@@ -83,6 +83,7 @@ class TrainConfig:
     crop_min_scale: float = 1.0  # random crop of at least this side fraction, resized back; 1 disables
     crop_size: tuple[int, ...] = ()  # fixed (h, w) random crop kept at full resolution (seg); () = whole image
     checkpoint_every: int = 200  # write checkpoints/last.pt every N steps (and always at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept; a resume falls back to an older one if the newest is bad
     eval_every: int = 0  # score the eval domains every N steps into metrics.jsonl; 0 = only at the end
     log_every: int = 10  # one metrics.jsonl row (and TensorBoard scalars) every N steps
     tensorboard: bool = True  # write TensorBoard event files next to metrics.jsonl when available

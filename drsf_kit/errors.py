@@ -25,3 +25,7 @@ class ConfigError(DrsfError, ValueError):
 
 class NonFiniteLossError(DrsfError, FloatingPointError):
     """Training produced a NaN or infinite loss; the message names the step and the loss term."""
+
+
+class RunInUseError(ConfigError):
+    """Another live process is writing into the run folder; the message names its pid and host."""

@@ -20,7 +20,6 @@ from drsf_kit.errors import DataError
 from drsf_kit.utils.io import atomic_torch_save
 
 CHECKPOINT_VERSION = 1
-LAST = "last.pt"
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -82,7 +81,7 @@ def save_checkpoint(
     """Write a full training checkpoint to ``path`` atomically.
 
     Args:
-        path: destination file (``<run>/checkpoints/last.pt``).
+        path: destination file (``drsf_kit.train.rundir`` names it).
         model, optimizer, scheduler, scaler: objects whose ``state_dict`` is stored (None skips one).
         step: number of optimizer steps completed.
         config: the run config as a plain mapping.

@@ -36,6 +36,7 @@ from torch import nn
 
 from drsf_kit.config import LR_SCALINGS
 from drsf_kit.errors import ConfigError
+from drsf_kit.train.rundir import RUN_JSON  # the run folder's layout has one owner
 
 TIMEOUT_ENV = "DRSF_DIST_TIMEOUT_MIN"  # minutes a process waits at a collective (rank 0 may be evaluating)
 
@@ -361,7 +362,6 @@ def seed_process(ctx: DistContext, seed: int, step: int, generator: torch.Genera
 
 
 # ------------------------------------------------------------------------------------------- run.json
-RUN_JSON = "run.json"
 
 
 def reference_batch(tcfg: Any) -> int:

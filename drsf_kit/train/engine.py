@@ -3,9 +3,11 @@
 A step draws B source images with one twin each (from a randomly drawn pseudo-domain; none for
 ``source_only``), sums the model's already-weighted loss terms, checks that every term is finite,
 clips gradients and steps the optimizer and the warm-up + step/cosine/one-cycle schedule. The run
-folder ``<output_dir>/<run name>/`` receives ``config.json``, ``metrics.jsonl`` (and TensorBoard event
-files), ``checkpoints/last.pt`` every ``train.checkpoint_every`` steps and at the end,
-``results.jsonl`` (tidy rows from scoring the source test split and every target domain) and ``done``.
+folder ``<output_dir>/<run name>/`` (its layout, lock and keyed rows: ``drsf_kit.train.rundir``) receives
+``config.json``, ``metrics.jsonl`` (and TensorBoard event files), a checkpoint every
+``train.checkpoint_every`` steps and at the end, ``results.jsonl`` (tidy rows from scoring the source
+test split and every target domain) and ``done``. A resume continues from the newest good checkpoint and
+drops the metrics rows after it, so the files end up as an uninterrupted run's.
 
 Under torchrun (``drsf_kit.train.distributed``) every process trains on its own ``batch_source`` source
 images per step inside DistributedDataParallel; only rank 0 logs, checkpoints and evaluates while the
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from drsf_kit.config import RunConfig, TrainConfig, check_paths, config_to_dict, validate_config
-from drsf_kit.errors import ConfigError, NonFiniteLossError
-from drsf_kit.train.checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint
+from drsf_kit.errors import ConfigError, DrsfError, NonFiniteLossError
+from drsf_kit.train.builders import build_model_for  # noqa: F401  (re-exported: engine.build_model_for)
+from drsf_kit.train.checkpoint import restore_training_state
 from drsf_kit.train.data import TwinBatch, TwinBatchSampler, TwinCollate, build_train_set
 from drsf_kit.train.distributed import (
     TwinDistributedSampler,
@@ -49,30 +51,12 @@ from drsf_kit.train.distributed import (
     wrap_model,
     write_launch,
 )
-from drsf_kit.utils.io import append_jsonl, atomic_write_json, atomic_write_text
+from drsf_kit.train.evaluate import evaluate_model, format_summary, write_run_tables
+from drsf_kit.train.rundir import DONE, METRICS, RunDir, RunLock, finite_state, config_hash  # noqa: F401
 from drsf_kit.utils.runtime import seed_everything
-
-DONE = "done"
-METRICS = "metrics.jsonl"
 
 
 # ------------------------------------------------------------------------------------------- building
-def build_model_for(cfg: RunConfig, load_pretrained: bool = True) -> torch.nn.Module:
-    """The model a run trains: profile, variant blocks, K+1 domains (source + ``data.synth_domains``).
-
-    ``load_pretrained=False`` builds the same architecture without reading the backbone weights file
-    (a checkpoint supplies every weight), so a run folder loads on a machine without that file.
-    """
-    from drsf_kit.models import build_model
-
-    sizes = dict(min_size=cfg.model.min_size, max_size=cfg.model.max_size) if cfg.task == "det" else {}
-    pretrained = cfg.model.pretrained_backbone
-    frozen = cfg.model.frozen_bn if cfg.model.frozen_bn is not None else (pretrained is not None if cfg.task == "det" else None)
-    return build_model(cfg.task, cfg.model.profile, cfg.variant, num_domains=1 + len(cfg.data.synth_domains),
-                       hparams=dict(cfg.model.hparams) or None, pretrained_backbone=pretrained if load_pretrained else None,
-                       dfdr_stage=cfg.model.dfdr_stage, mdsf_stage=cfg.model.mdsf_stage, frozen_bn=frozen, **sizes)
-
-
 def build_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD or AdamW; biases and normalisation weights get no weight decay (it only shrinks their scale)."""
     decay, no_decay = [], []
@@ -245,22 +229,25 @@ def train_one_epoch(model, loader: Iterable[TwinBatch], optimizer, device: torch
 
 # ------------------------------------------------------------------------------------------- logging
 class RunLogger:
-    """metrics.jsonl rows and TensorBoard scalars; a no-op outside the main process."""
+    """metrics.jsonl rows (keyed by step and event: a replayed row is not written twice) and TensorBoard
+    scalars; a no-op outside the main process."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True, start_step: int = 0):
         self.run_dir, self.enabled, self.writer = run_dir, enabled, None
+        self.run = RunDir(run_dir)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional: metrics.jsonl holds the same numbers
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self.writer = SummaryWriter(log_dir=str(run_dir))
+                # purge_step: events after the resumed step (replayed now) are dropped, not doubled
+                self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step or None)
 
     def row(self, row: dict) -> None:
         """Append one metrics row."""
         if self.enabled:
-            append_jsonl(self.run_dir / METRICS, {"time": round(time.time(), 3), **row})
+            self.run.append_metric({"time": round(time.time(), 3), **row})
 
     def scalars(self, step: int, values: dict[str, float | None]) -> None:
         """TensorBoard scalars (skipped without a writer)."""
@@ -279,28 +266,72 @@ class RunLogger:
 # ------------------------------------------------------------------------------------------- fit
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
     """Create the run folder; refuse to mix a new run into an old one unless resuming or overwriting."""
-    run_dir = cfg.run_dir
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    run = RunDir(cfg.run_dir)
+    if run.exists() and not resume:
         if not overwrite:
-            raise ConfigError(f"run folder {run_dir} already holds a run; pass --resume to continue it, "
+            raise ConfigError(f"run folder {run.path} already holds a run; pass --resume to continue it, "
                               f"--overwrite to start over, or choose another run_name/output_dir")
-        if not (run_dir / "config.json").is_file():
-            raise ConfigError(f"{run_dir} is not a run folder (no config.json); refusing to delete it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+        run.clear()
+    run.path.mkdir(parents=True, exist_ok=True)
+    return run.path
 
 
-def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+def open_run(cfg: RunConfig, resume: bool, overwrite: bool = False, start_over: bool = False,
+             reuse_anyway: bool = False) -> tuple[RunLock, dict | None, bool]:
+    """Lock the run folder and decide where training starts (the main process only).
+
+    Returns:
+        ``(lock, checkpoint or None, finished)``; ``finished`` means there is nothing to train.
+    Raises:
+        RunInUseError: another live process writes into the folder.
+        ConfigError: a run in the way, a saved config that differs (the keys named), or ``resume``
+            without a usable checkpoint and without ``start_over``.
+    """
+    run = RunDir(cfg.run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    lock = run.lock().acquire()
+    try:
+        if not resume:
+            prepare_run_dir(cfg, resume, overwrite)
+            return lock, None, False
+        run.check_same_config(config_to_dict(cfg), reuse_anyway=reuse_anyway)
+        done_step = run.finished_step()
+        if done_step is not None and done_step >= cfg.train.max_steps:
+            return lock, None, True
+        found = run.latest_checkpoint()
+        if found is None:
+            if not start_over:
+                raise ConfigError(f"nothing to resume in {run.path}: no usable checkpoint; pass --start-over "
+                                  f"to train it from step 0 in the same folder")
+            run.clear()
+            return lock, None, False
+        path, ckpt = found
+        if ckpt["config"].get("variant") != cfg.variant or ckpt["config"].get("task") != cfg.task:
+            raise ConfigError(f"{path} belongs to a {ckpt['config'].get('task')}/{ckpt['config'].get('variant')} "
+                              f"run, not {cfg.task}/{cfg.variant}")
+        run.unmark_done()  # a finished run asked for more steps continues
+        run.truncate_metrics(int(ckpt["step"]))  # the steps after the checkpoint are replayed
+        return lock, ckpt, False
+    except BaseException:
+        lock.release()
+        raise
+
+
+def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+        start_over: bool = False, reuse_anyway: bool = False) -> Path:
     """Train ``cfg`` to ``train.max_steps``, evaluate, and return the run folder.
 
     Args:
         cfg: the run config (``drsf_kit.config.load_config``).
-        resume: continue from ``checkpoints/last.pt`` (a finished run is returned as is).
+        resume: continue from the newest good checkpoint (a finished run is returned as is unless
+            ``train.max_steps`` grew); without one, refused unless ``start_over``.
         overwrite: delete an existing run folder of the same name first.
         progress: show tqdm bars.
+        start_over: with ``resume``, train from step 0 in the folder when there is nothing to resume.
+        reuse_anyway: with ``resume``, continue even though the saved config differs.
     Raises:
-        ConfigError: bad names, a missing data folder, a run folder in the way.
+        ConfigError: bad names, a missing data folder, a run folder in the way, a differing config.
+        RunInUseError: another live process writes into the run folder.
         NonFiniteLossError: a NaN/inf loss term (the row lands in metrics.jsonl; last.pt stays intact).
 
     Started by torchrun, every process calls ``fit`` and joins the process group here (see
@@ -309,22 +340,32 @@ def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     validate_config(cfg)
     check_paths(cfg)
     ctx = init_distributed(device=cfg.device)  # torchrun's environment; nothing to do for one process
+    lock, error, opened = None, None, (None, False)
     try:
-        return _fit(cfg, ctx, resume, overwrite, progress)
+        if ctx.is_main:  # rank 0 owns the folder; the others learn its decision (or its refusal)
+            try:
+                lock, ckpt, finished = open_run(cfg, resume, overwrite, start_over, reuse_anyway)
+                opened = (ckpt, finished)
+            except DrsfError as exc:
+                error = exc
+        error = broadcast_object(error)
+        if error is not None:
+            raise error
+        ckpt, finished = broadcast_object(opened)  # rank 0 hands the checkpoint to the others
+        if finished:
+            return cfg.run_dir
+        return _fit(cfg, ctx, ckpt, progress)
     finally:
+        if lock is not None:
+            lock.release()
         cleanup(ctx)
 
 
-def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> Path:
-    from drsf_kit.train.evaluate import RESULTS, evaluate_model, format_summary, write_run_tables
-
+def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
     main = ctx.is_main
     progress = progress and main
-    run_dir = prepare_run_dir(cfg, resume, overwrite) if main else cfg.run_dir
-    barrier()  # nobody touches the folder before rank 0 has prepared it
-    ckpt_path = run_dir / "checkpoints" / LAST
-    if broadcast_object(bool(resume and (run_dir / DONE).exists())):
-        return run_dir
+    run_dir = cfg.run_dir
+    run = RunDir(run_dir)
     device = ctx.device
     seed_everything(cfg.seed)
     train_set = build_train_set(cfg, progress=progress)
@@ -341,12 +382,7 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     generator = torch.Generator().manual_seed(cfg.seed)  # MDSF's mixing draws, checkpointed with the rest
     start, consumed, rank_rng = 0, 0, None
-    # rank 0 reads the checkpoint and hands it to the others: no shared folder needed for a resume
-    ckpt = broadcast_object(load_checkpoint(ckpt_path) if resume and main and ckpt_path.is_file() else None)
-    if ckpt is not None:
-        if ckpt["config"].get("variant") != cfg.variant or ckpt["config"].get("task") != cfg.task:
-            raise ConfigError(f"{ckpt_path} belongs to a {ckpt['config'].get('task')}/{ckpt['config'].get('variant')} "
-                              f"run, not {cfg.task}/{cfg.variant}")
+    if ckpt is not None:  # read by rank 0 in open_run: no shared folder needed for a resume
         start = restore_training_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
                                        scaler=scaler, generator=generator)
         _follow_current_schedule(scheduler, tcfg, start)
@@ -357,8 +393,9 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
 
     use_twins = get_variant(cfg.variant).use_synth
     if main:
-        atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
-        write_launch(run_dir, launch_record(ctx, cfg, tcfg.lr, start, consumed, use_twins), resume=ckpt is not None)
+        run.write_config(config_to_dict(cfg))
+        record = {**launch_record(ctx, cfg, tcfg.lr, start, consumed, use_twins), "config_hash": config_hash(config_to_dict(cfg))}
+        write_launch(run_dir, record, resume=ckpt is not None)
     stream = TwinBatchSampler(train_set.twin_table, cfg.train.batch_source, cfg.seed, use_twins=use_twins,
                               hflip=cfg.train.hflip)
     # this process's slice of every global batch, from the next unseen source image of the stream
@@ -369,27 +406,31 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
                         # its own generator: creating the iterator must not draw from the global RNG, or a
                         # resumed run would be one draw off the uninterrupted one
                         generator=torch.Generator().manual_seed(cfg.seed))
-    log = RunLogger(run_dir, cfg.train.tensorboard, enabled=main)
+    log = RunLogger(run_dir, cfg.train.tensorboard, enabled=main, start_step=start)
     if main and start == 0:
         log.row({"step": 0, "event": "start", "device": str(device), "world_size": ctx.world_size,
                  "global_batch_source": sampler.global_batch, "train_images": len(train_set),
                  "twin_coverage": train_set.coverage(), "trainable_params": sum(
                      p.numel() for p in model.parameters() if p.requires_grad)})
-    elif main:
-        log.row({"step": start, "event": "resume"})
+    # a resume is recorded in run.json's launches, not here: metrics.jsonl stays an uninterrupted run's
 
     def checkpoint(step: int) -> None:
         # every process's random state, so the same number of processes continues exactly
         extra = {"rank_rng": gather_objects(process_rng_state(generator))} if ctx.distributed else None
-        if main:
-            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            step=step, config=config_to_dict(cfg), sampler_state=sampler.state_dict(step - start),
-                            generator=generator, extra=extra)
+        if main and not finite_state(model.state_dict()):
+            # keep the previous good checkpoint the newest: a poisoned one would break every resume
+            print(f"[train] step {step}: the weights hold NaN/inf; checkpoint not written", flush=True)
+        elif main:
+            run.save_checkpoint(step, keep=cfg.train.keep_checkpoints, model=model, optimizer=optimizer,
+                                scheduler=scheduler, scaler=scaler, config=config_to_dict(cfg),
+                                sampler_state=sampler.state_dict(step - start), generator=generator, extra=extra)
         barrier()
 
     def on_step(r: StepResult) -> None:
         t = cfg.train
-        if r.step % max(1, t.log_every) == 0 or r.step == t.max_steps or r.step == start + 1:
+        # the rows logged depend on the step alone (not on where a resume began): a resumed run logs
+        # exactly the rows of an uninterrupted one
+        if r.step % max(1, t.log_every) == 0 or r.step == t.max_steps or r.step == 1:
             # losses and statistics averaged over processes (every process takes part in the reduction)
             mean = all_reduce_mean({"loss": r.loss, **r.losses, **{f"stats/{k}": v for k, v in r.stats.items()}})
             losses = {k: mean[k] for k in r.losses}
@@ -398,8 +439,6 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
                      "sec_per_step": r.seconds, **stats})
             log.scalars(r.step, {**{f"loss/{k}": v for k, v in losses.items()}, "loss/total": mean["loss"],
                                  "lr": r.lr, "grad_norm": r.grad_norm, **stats})
-        if t.checkpoint_every and r.step % t.checkpoint_every == 0 and r.step < t.max_steps:
-            checkpoint(r.step)
         if t.eval_every and r.step % t.eval_every == 0 and r.step < t.max_steps:
             if main:
                 _, summary = evaluate_model(model, cfg, device=device, step=r.step, progress=False)
@@ -407,6 +446,9 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
                 log.scalars(r.step, {f"eval/{d}/{m}": v for d, vals in summary.items() for m, v in vals.items()})
                 model.train()
             barrier()  # the other processes wait for rank 0's evaluation
+        # after this step's rows: a resume from it finds them all and replays none
+        if t.checkpoint_every and r.step % t.checkpoint_every == 0 and r.step < t.max_steps:
+            checkpoint(r.step)
 
     t0 = time.perf_counter()
     ddp = wrap_model(model, ctx, cfg.train.find_unused_parameters)  # `model` stays the bare one
@@ -428,14 +470,13 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
         finish_launch(run_dir, finished_step=step, train_seconds=round(time.perf_counter() - t0, 3),
                       replica_max_abs_diff=drift)
         rows, summary = evaluate_model(model, cfg, device=device, step=step, progress=progress)
-        for row in rows:
-            append_jsonl(run_dir / RESULTS, row)
+        run.write_results(rows)  # keyed: an evaluation replayed after a kill replaces its rows
         log.row({"step": step, "event": "eval", "protocol": cfg.eval_protocol(), "eval": summary})
         log.scalars(step, {f"eval/{d}/{m}": v for d, vals in summary.items() for m, v in vals.items()})
         write_run_tables(run_dir, cfg.task, cfg.eval_protocol(), cfg.data.source_domain)
         if progress:
             print(f"[train] {cfg.name}: {step} steps; {cfg.eval_protocol()} protocol\n{format_summary(summary, cfg.task)}")
-        atomic_write_text(run_dir / DONE, f"{step}\n")
+        run.mark_done(step)
     log.close()
     barrier()  # the other processes wait for rank 0's evaluation
     return run_dir

@@ -8,7 +8,6 @@ CONTRIBUTING.md and are appended to ``<run>/results.jsonl``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -19,11 +18,9 @@ from tqdm.auto import tqdm
 from drsf_kit.config import RunConfig, config_from_dict
 from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES
 from drsf_kit.errors import ConfigError, DataError
-from drsf_kit.train.checkpoint import LAST, load_checkpoint, unwrap_model
-from drsf_kit.utils.io import append_jsonl
-
-RESULTS = "results.jsonl"
-CONFIG = "config.json"
+from drsf_kit.train.builders import build_model_for
+from drsf_kit.train.checkpoint import load_checkpoint, unwrap_model
+from drsf_kit.train.rundir import CONFIG, LAST, RESULTS, RunDir  # noqa: F401  (names kept for importers)
 SUMMARY_METRIC = {"det": "map50_voc07", "seg": "miou"}
 TABLE_METRICS = {"det": ("map50_voc07", "ap50_coco"), "seg": ("miou",)}
 
@@ -172,13 +169,10 @@ def write_run_tables(run_dir: str | Path, task: str, protocol: str, source: str 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
     """The ``RunConfig`` saved in ``<run_dir>/config.json``."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise DataError(path, "not a run folder: config.json is missing")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"not valid JSON ({exc.msg})") from None
+    run = RunDir(run_dir)
+    values = run.read_config()
+    if values is None:
+        raise DataError(run.config_path, "not a run folder: config.json is missing")
     return config_from_dict(values)
 
 
@@ -188,11 +182,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
     Returns:
         ``(model, cfg)``: the model with the weights of ``checkpoints/<checkpoint>`` and the run config.
     """
-    from drsf_kit.train.engine import build_model_for
-
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    ckpt = load_checkpoint(run_dir / "checkpoints" / checkpoint, map_location="cpu")
+    run = RunDir(run_dir)
+    cfg = read_run_config(run.path)
+    ckpt = load_checkpoint(run.checkpoints / checkpoint, map_location="cpu")
     model = build_model_for(cfg, load_pretrained=False)
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
@@ -225,7 +217,7 @@ def evaluate_run(run_dir: str | Path, domains: Iterable[str] | None = None, prot
     rows, summary = evaluate_model(model, cfg, list(domains) if domains else None, protocol, dev,
                                    step=model.trained_steps, progress=progress, max_images=max_images)
     if write:
-        for row in rows:
-            append_jsonl(Path(run_dir) / RESULTS, row)
-        write_run_tables(run_dir, cfg.task, protocol, cfg.data.source_domain)
+        with RunDir(run_dir).lock():  # not while a training process writes into the folder
+            RunDir(run_dir).write_results(rows)  # keyed: scoring the same step again replaces its rows
+            write_run_tables(run_dir, cfg.task, protocol, cfg.data.source_domain)
     return rows

@@ -1,0 +1,398 @@
+"""The run folder: the one module that knows its layout, its identity, its lock and its bookkeeping.
+
+``<output_dir>/<run name>/`` holds::
+
+    config.json      the resolved config (``config_to_dict``)
+    run.json         every launch: processes, batches, learning rate, config hash
+    metrics.jsonl    one row per logged step or event, keyed by (step, event)
+    results.jsonl    tidy evaluation rows, keyed by everything but the value
+    checkpoints/     step_NNNNNNNN.pt (the last ``train.keep_checkpoints``) and last.pt (the newest)
+    done             the finished step; written last
+    lock             pid and host of the process writing into the folder
+
+A run is identified by its folder and by a hash of its resolved config without the bookkeeping keys
+(``IDENTITY_EXCLUDED``: where the run lives, how often it logs); resuming with another config is
+refused with the differing keys named, except for ``RESUMABLE`` keys such as ``train.max_steps``.
+Rows are keyed so that replaying steps after a kill never duplicates them: on resume the metrics
+after the checkpoint's step are dropped, and results rows of the same key are replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from drsf_kit.errors import ConfigError, DataError, RunInUseError
+from drsf_kit.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+
+CONFIG = "config.json"
+RUN_JSON = "run.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.jsonl"
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+DONE = "done"
+LOCK = "lock"
+STEP_PREFIX = "step_"
+
+# keys that say where a run lives or how it reports, not what it trains: not part of its identity
+IDENTITY_EXCLUDED = frozenset({
+    "output_dir", "run_name", "device", "data.root", "data.synth_root", "data.num_workers",
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.tensorboard",
+})
+# keys a resume may change besides those: a longer run, another evaluation cadence, the NaN test hook
+RESUMABLE = IDENTITY_EXCLUDED | {"train.max_steps", "train.eval_every", "train.debug_nan_at_step"}
+# row fields that change from one identical run to the next (wall-clock), left out of row keys
+TIMING_FIELDS = frozenset({"time", "sec_per_step", "seconds"})
+
+
+# ------------------------------------------------------------------------------------------- identity
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as ``{"train.lr": 0.02, ...}`` (``model.hparams`` stays one value)."""
+    flat = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted != "model.hparams":
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def config_hash(values: dict) -> str:
+    """12 hex digits identifying what a config trains (``IDENTITY_EXCLUDED`` keys left out)."""
+    flat = {k: v for k, v in flatten(values).items() if k not in IDENTITY_EXCLUDED}
+    text = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def config_diff(saved: dict, current: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two config mappings (``ignore``d keys left out)."""
+    a, b, skip = flatten(saved), flatten(current), set(ignore)
+    return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k, None) != b.get(k, None))
+
+
+def describe_diff(saved: dict, current: dict, keys: list[str]) -> str:
+    """``key: saved -> current`` for each key, comma-separated (for error messages)."""
+    a, b = flatten(saved), flatten(current)
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys)
+
+
+# ------------------------------------------------------------------------------------------- the lock
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive claim on a run folder: ``lock`` holds the writer's pid and host.
+
+    A second writer is refused at once (``RunInUseError`` naming the holder); a lock left by a dead
+    process on this host (or an empty one left by a kill during its write) is taken over with a note.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK
+        self.held = self.nested = False
+        self.me = {"pid": os.getpid(), "host": socket.gethostname()}
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock or raise ``RunInUseError``."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps({**self.me, "since": round(time.time(), 3)}).encode("utf-8")
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = self._holder()
+            if holder and holder.get("host") == self.me["host"] and holder.get("pid") == self.me["pid"]:
+                self.held = self.nested = True  # this process already holds it: the outer holder releases
+                return self
+            stale = holder is None or (holder.get("host") == self.me["host"] and not _pid_alive(int(holder["pid"])))
+            if not stale:
+                raise RunInUseError(
+                    f"{self.path.parent} is in use by pid {holder.get('pid')} on host {holder.get('host')} "
+                    f"(lock since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))}); "
+                    f"wait for it, or delete {self.path} if that process is gone") from None
+            who = "an unreadable lock" if holder is None else f"pid {holder.get('pid')} on {holder.get('host')}"
+            print(f"note: taking over the stale lock of {self.path.parent} ({who} is no longer running)",
+                  file=sys.stderr)
+            atomic_write_text(self.path, payload.decode("utf-8"))
+            if self._holder() != json.loads(payload):  # another process took it over at the same moment
+                raise RunInUseError(f"{self.path.parent} was just taken over by another process") from None
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(payload)
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        """Remove the lock if this process holds it."""
+        if self.held and not self.nested:
+            holder = self._holder()
+            if holder is None or (holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"]):
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ------------------------------------------------------------------------------------------- rows
+def metric_key(row: dict) -> tuple:
+    """A metrics row's identity: its step and its event (``"step"`` for a training row)."""
+    return row.get("step"), row.get("event", "step")
+
+
+def result_key(row: dict) -> tuple:
+    """A results row's identity: every field but the value and wall-clock fields."""
+    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in row.items()
+                        if k != "value" and k not in TIMING_FIELDS))
+
+
+def finite_state(state: Any) -> bool:
+    """No NaN/inf in any floating tensor or float of a (nested) state dict."""
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(finite_state(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(finite_state(v) for v in state)
+    if isinstance(state, float):
+        return math.isfinite(state)
+    return True
+
+
+# ------------------------------------------------------------------------------------------- the folder
+class RunDir:
+    """One run folder; every reader and writer of the layout goes through it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._metric_keys: set | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / RUN_JSON
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """``checkpoints/last.pt``: the newest checkpoint (what evaluation and analysis load)."""
+        return self.checkpoints / LAST
+
+    def checkpoint_path(self, step: int) -> Path:
+        """Where the checkpoint of ``step`` goes."""
+        return self.checkpoints / f"{STEP_PREFIX}{int(step):08d}.pt"
+
+    # state
+    def exists(self) -> bool:
+        """The folder exists and holds something (besides a lock)."""
+        return self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
+
+    def is_run(self) -> bool:
+        """The folder holds a run (a ``config.json``)."""
+        return self.config_path.is_file()
+
+    def is_finished(self) -> bool:
+        """The run wrote its ``done`` marker."""
+        return (self.path / DONE).is_file()
+
+    def finished_step(self) -> int | None:
+        """The step recorded in ``done`` (None when unfinished)."""
+        try:
+            return int((self.path / DONE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def mark_done(self, step: int) -> None:
+        """Write the ``done`` marker (the last file a run writes)."""
+        atomic_write_text(self.path / DONE, f"{int(step)}\n")
+
+    def unmark_done(self) -> None:
+        """Remove ``done`` (a finished run is continued to a larger ``train.max_steps``)."""
+        (self.path / DONE).unlink(missing_ok=True)
+
+    def lock(self) -> RunLock:
+        """A ``RunLock`` on this folder (use as a context manager or ``acquire()``)."""
+        return RunLock(self.path)
+
+    def clear(self) -> None:
+        """Delete everything but the lock (start over in the same folder); refuses a non-run folder."""
+        if not self.exists():
+            return
+        if not self.is_run():
+            raise ConfigError(f"{self.path} is not a run folder (no config.json); refusing to delete it")
+        for item in self.path.iterdir():
+            if item.name == LOCK:
+                continue
+            shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        self._metric_keys = None
+
+    # config
+    def read_config(self) -> dict | None:
+        """The saved config mapping (None when there is none)."""
+        if not self.config_path.is_file():
+            return None
+        try:
+            return json.loads(self.config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(self.config_path, f"not valid JSON ({exc.msg})") from None
+
+    def write_config(self, values: dict) -> None:
+        """Save the resolved config mapping."""
+        atomic_write_json(self.config_path, values)
+
+    def check_same_config(self, current: dict, allowed: Iterable[str] = RESUMABLE, reuse_anyway: bool = False,
+                          action: str = "resume") -> list[str]:
+        """Refuse (``ConfigError``) when the saved config differs from ``current`` outside ``allowed``.
+
+        Returns the differing keys (empty when the configs agree or nothing is saved yet).
+        """
+        saved = self.read_config()
+        if saved is None:
+            return []
+        keys = config_diff(saved, current, ignore=allowed)
+        if keys and not reuse_anyway:
+            raise ConfigError(f"cannot {action} {self.path}: it was run with another config "
+                              f"({describe_diff(saved, current, keys)}); choose another run_name or "
+                              f"output_dir, or pass --reuse-anyway")
+        return keys
+
+    # metrics
+    def metric_rows(self) -> list[dict]:
+        """The rows of ``metrics.jsonl`` (empty when none)."""
+        return read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []
+
+    def append_metric(self, row: dict) -> bool:
+        """Append ``row`` unless a row with its (step, event) key is already there; True when written."""
+        if self._metric_keys is None:
+            self._metric_keys = {metric_key(r) for r in self.metric_rows()}
+        key = metric_key(row)
+        if key in self._metric_keys:
+            return False
+        append_jsonl(self.metrics_path, row)
+        self._metric_keys.add(key)
+        return True
+
+    def truncate_metrics(self, after_step: int) -> int:
+        """Drop the metrics rows of steps after ``after_step`` (about to be replayed); returns how many."""
+        rows = self.metric_rows()
+        keep = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= after_step]
+        if len(keep) != len(rows) or (self.metrics_path.is_file() and not self.metrics_path.read_bytes().endswith(b"\n")):
+            write_jsonl(self.metrics_path, keep)
+        self._metric_keys = {metric_key(r) for r in keep}
+        return len(rows) - len(keep)
+
+    # results
+    def result_rows(self) -> list[dict]:
+        """The rows of ``results.jsonl`` (empty when none)."""
+        return read_jsonl(self.results_path) if self.results_path.is_file() else []
+
+    def write_results(self, rows: list[dict]) -> None:
+        """Add ``rows`` to ``results.jsonl``, replacing any row of the same key, in one atomic write."""
+        new = {result_key(r): r for r in rows}
+        kept = [r for r in self.result_rows() if result_key(r) not in new]
+        write_jsonl(self.results_path, kept + list(new.values()))
+
+    # checkpoints
+    def checkpoint_files(self) -> list[Path]:
+        """Step checkpoints, newest first; ``last.pt`` too when it is a file of its own (an older kit)."""
+        files = sorted(self.checkpoints.glob(f"{STEP_PREFIX}*.pt"), reverse=True)
+        last = self.last_checkpoint
+        if last.is_file() and not any(last.samefile(p) for p in files):
+            files = sorted([*files, last], key=_step_of, reverse=True)
+        return files
+
+    def save_checkpoint(self, step: int, keep: int, **kwargs) -> Path:
+        """Write the checkpoint of ``step`` (``checkpoint.save_checkpoint`` arguments), point ``last.pt``
+        at it and delete step checkpoints beyond the newest ``keep``."""
+        from drsf_kit.train.checkpoint import save_checkpoint
+
+        path = save_checkpoint(self.checkpoint_path(step), step=step, **kwargs)
+        tmp = self.checkpoints / f".{LAST}.link"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)  # last.pt shares the file: no second copy on disk
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, self.last_checkpoint)
+        for old in sorted(self.checkpoints.glob(f"{STEP_PREFIX}*.pt"), reverse=True)[max(1, int(keep)):]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest_checkpoint(self, map_location: str = "cpu", say=print) -> tuple[Path, dict] | None:
+        """The newest readable checkpoint with finite weights and optimizer state, or None.
+
+        A newer one that cannot be read or holds NaN/inf is renamed ``*.bad`` and reported through ``say``.
+        """
+        from drsf_kit.train.checkpoint import load_checkpoint
+
+        for path in self.checkpoint_files():
+            try:
+                ckpt = load_checkpoint(path, map_location=map_location)
+            except DataError as exc:
+                problem = exc.problem
+            else:
+                if finite_state(ckpt["model"]) and finite_state(ckpt.get("optimizer")):
+                    return path, ckpt
+                problem = "holds non-finite weights or optimizer state"
+            say(f"note: skipping checkpoint {path}: {problem}; trying the previous one")
+            bad = path.replace(path.with_name(path.name + ".bad"))
+            if self.last_checkpoint.is_file() and self.last_checkpoint.samefile(bad):
+                self.last_checkpoint.unlink()
+        return None
+
+
+def _step_of(path: Path) -> int:
+    name = path.stem
+    if name.startswith(STEP_PREFIX):
+        return int(name[len(STEP_PREFIX):])
+    from drsf_kit.train.checkpoint import load_checkpoint
+
+    try:
+        return int(load_checkpoint(path)["step"])
+    except DataError:
+        return -1
