@@ -5,6 +5,12 @@ Usage::
     drsf app                     # or: python -m drsf_kit.app
     drsf app --runs runs/sweep   # results of any folder of runs
     drsf app --port 8866
+    drsf app --no-token          # trusted single-user machines only
+
+Security (docs/runs.md): the server listens on 127.0.0.1 and asks for a random token, printed in the
+address as JupyterLab does; requests whose ``Host`` header is not a loopback name are refused (against
+DNS rebinding); each page view starts a kernel, so idle kernels are culled after ``--idle-timeout``
+seconds and at most ``--max-kernels`` run at once; errors reach the visitor without a traceback.
 
 Which results the dashboard shows (the first that exists):
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -271,12 +278,32 @@ def port_is_free(port: int, host: str = HOST) -> bool:
     return True
 
 
-def voila_command(notebook: str | os.PathLike, port: int, host: str = HOST) -> list[str]:
+IDLE_TIMEOUT = 900  # seconds without activity before a page's kernel is shut down
+MAX_KERNELS = 4  # live page kernels at most (about 850 MB each)
+
+
+def voila_command(notebook: str | os.PathLike, port: int, host: str = HOST, token: str = "",
+                  idle_timeout: int = IDLE_TIMEOUT, max_kernels: int = MAX_KERNELS) -> list[str]:
     """The command that serves ``notebook`` with Voilà on ``host:port`` (no browser, light theme, the
-    kit's ``drsf`` template: found through ``voila_env``'s ``JUPYTER_PATH``)."""
+    kit's ``drsf`` template: found through ``voila_env``'s ``JUPYTER_PATH``).
+
+    Args:
+        token: the token every request must carry (empty: none, for trusted loopback use).
+        idle_timeout: seconds before an idle kernel (connected or not) is culled; 0 never.
+        max_kernels: live kernels at most (``drsf_kit.app_kernels.CappedKernelManager``).
+    """
+    # Voilà turns the Host-header check off by default; the server only listens on loopback, and the
+    # check stops a web page from reaching it under another name (DNS rebinding)
+    tornado = {"allow_remote_access": False, "local_hostnames": ["localhost"]}
     return [sys.executable, "-m", "voila", str(notebook), f"--port={port}", f"--Voila.ip={host}",
             "--Voila.port_retries=0", "--no-browser", "--theme=light", "--template=drsf",
-            "--VoilaConfiguration.show_tracebacks=True"]
+            f"--Voila.token={token}", f"--Voila.tornado_settings={tornado!r}",
+            "--VoilaConfiguration.show_tracebacks=False",
+            "--VoilaConfiguration.multi_kernel_manager_class=drsf_kit.app_kernels.CappedKernelManager",
+            f"--CappedKernelManager.max_kernels={int(max_kernels)}",
+            f"--MappingKernelManager.cull_idle_timeout={int(idle_timeout)}",
+            f"--MappingKernelManager.cull_interval={max(1, min(60, int(idle_timeout) or 60))}",
+            "--MappingKernelManager.cull_connected=True"]
 
 
 def voila_env(source: ResultsSource, base: dict | None = None) -> dict:
@@ -334,8 +361,12 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None, progress: bool = True) -> int:
-    """Resolve the results, start Voilà on 127.0.0.1, print the address, wait until interrupted."""
+def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None, progress: bool = True,
+          token: bool = True, idle_timeout: int = IDLE_TIMEOUT, max_kernels: int = MAX_KERNELS) -> int:
+    """Resolve the results, start Voilà on 127.0.0.1, print the address, wait until interrupted.
+
+    ``token=False`` serves without a token (anyone who can reach 127.0.0.1 may use the page).
+    """
     from drsf_kit.notebooks import project_root
 
     page = Path(notebook).resolve() if notebook else PAGE
@@ -345,13 +376,21 @@ def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None, p
     port = int(port) or free_port()
     if not port_is_free(port):
         raise ConfigError(f"port {port} on {HOST} is in use; pick another with --port, or leave it out for a free one")
-    process = subprocess.Popen(voila_command(page, port), cwd=str(page.parent), env=voila_env(source))
+    if max_kernels < 1 or idle_timeout < 0:
+        raise ConfigError("--max-kernels must be at least 1 and --idle-timeout at least 0")
+    secret = secrets.token_hex(24) if token else ""
+    command = voila_command(page, port, token=secret, idle_timeout=idle_timeout, max_kernels=max_kernels)
+    process = subprocess.Popen(command, cwd=str(page.parent), env=voila_env(source))
     # SIGTERM (e.g. from a service manager) stops the server the same way Ctrl+C does
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         wait_for_port(port, process)
         print(f"[app] results: {source.note}", flush=True)
-        print(f"[app] serving http://{HOST}:{port}/  (Ctrl+C stops it)", flush=True)
+        if not token:
+            print("[app] --no-token: no token is asked; every user and program on this machine can use the "
+                  "page and start kernels. Use it only on a trusted single-user machine.", flush=True)
+        query = f"?token={secret}" if secret else ""
+        print(f"[app] serving http://{HOST}:{port}/{query}  (Ctrl+C stops it)", flush=True)
         return process.wait()
     except KeyboardInterrupt:
         return 0
@@ -366,10 +405,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: runs/demo, else benchmarks/results/sdg_mini.json, else a quick 2-step stand-in)")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--notebook", default=None, help="page to serve (default app/drsf_dashboard.ipynb)")
+    p.add_argument("--no-token", action="store_true",
+                   help="serve without a token: trusted single-user machines only (anyone on the machine can use it)")
+    p.add_argument("--idle-timeout", type=int, default=IDLE_TIMEOUT,
+                   help=f"seconds before an idle page kernel is shut down (default {IDLE_TIMEOUT}; 0 never)")
+    p.add_argument("--max-kernels", type=int, default=MAX_KERNELS,
+                   help=f"page kernels running at once at most, about 850 MB each (default {MAX_KERNELS})")
 
 
 def _run(args: argparse.Namespace) -> int:
-    return serve(args.runs, args.port, args.notebook)
+    return serve(args.runs, args.port, args.notebook, token=not args.no_token, idle_timeout=args.idle_timeout,
+                 max_kernels=args.max_kernels)
 
 
 def add_parser(subparsers) -> None:

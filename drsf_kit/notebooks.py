@@ -147,6 +147,7 @@ def _check_device(name, value):
 # (VARIANT = variant, SEED = seed, DEVICE = device, TASK = task, MAX_STEPS = train.max_steps, ...).
 PARAMETER_CHECKS = {
     "SMOKE": _check_bool,
+    "REUSE_ANYWAY": _check_bool,
     "SEED": _check_int(0),
     "DEVICE": _check_device,
     "TASK": _check_choice(("det", "seg")),
@@ -422,34 +423,48 @@ def run_config(ctx: NotebookContext, task: str, variant: str, seed: int | None =
 
 
 def ensure_run(ctx: NotebookContext, task: str, variant: str, seed: int | None = None, overrides=(),
-               progress: bool = True, on_mismatch: str = "reuse") -> Path:
+               progress: bool = True, on_mismatch: str = "refuse", reuse_anyway: bool | None = None) -> Path:
     """Train one run unless its folder already holds a finished one (``done``); returns the run folder.
 
-    An interrupted run resumes from its last checkpoint. A finished run trained with another config
-    (other steps, data, ...) is kept as it is with ``on_mismatch="reuse"`` (notebooks that only read
-    runs: a long run trained elsewhere is never thrown away) or trained again with ``"retrain"`` (the
-    training notebooks, where changed parameters mean a new run).
+    An interrupted run resumes from its newest good checkpoint. A finished run trained with another
+    config (the run folder's identity: ``drsf_kit.train.rundir``) is refused with the differing keys
+    named (``on_mismatch="refuse"``: a table never silently mixes configurations), kept as it is when
+    ``reuse_anyway`` (default: the notebook's ``REUSE_ANYWAY`` parameter) or ``on_mismatch="reuse"``,
+    or trained again with ``"retrain"`` (the training notebooks, where changed parameters mean a new run).
     """
-    import json
-
     from drsf_kit.config import config_to_dict
     from drsf_kit.models import get_variant
     from drsf_kit.train import fit
+    from drsf_kit.train.rundir import IDENTITY_EXCLUDED, RESUMABLE, RunDir, config_diff, describe_diff
 
-    if on_mismatch not in ("reuse", "retrain"):
-        raise ConfigError(f"on_mismatch must be 'reuse' or 'retrain', got {on_mismatch!r}")
+    if on_mismatch not in ("refuse", "reuse", "retrain"):
+        raise ConfigError(f"on_mismatch must be 'refuse', 'reuse' or 'retrain', got {on_mismatch!r}")
+    if reuse_anyway is None:
+        reuse_anyway = bool(ctx.params.get("REUSE_ANYWAY", False))
+    reuse = reuse_anyway or on_mismatch == "reuse"
     cfg = run_config(ctx, task, variant, seed, overrides)
-    run_dir = cfg.run_dir
-    if (run_dir / "done").exists():
-        saved = json.loads((run_dir / "config.json").read_text())
-        if on_mismatch == "reuse" or saved == json.loads(json.dumps(config_to_dict(cfg))):
-            return run_dir
+    run, current = RunDir(cfg.run_dir), config_to_dict(cfg)
+    saved = run.read_config() if run.is_run() else None
+    if run.is_finished():
+        keys = config_diff(saved or {}, current, ignore=IDENTITY_EXCLUDED)
+        if not keys:
+            return run.path
+        if reuse:
+            print(f"[notebook] reusing {run.path} although it differs ({describe_diff(saved, current, keys)})")
+            return run.path
+        if on_mismatch == "refuse":
+            raise ConfigError(f"{run.path} holds a finished run with another config "
+                              f"({describe_diff(saved, current, keys)}); set REUSE_ANYWAY=True to use it as it "
+                              f"is, or choose another RUNS_DIR")
     ensure_mini_weather(ctx)
     if get_variant(variant).use_synth:
         ensure_synth(ctx)
-    if (run_dir / "done").exists():
+    if run.is_finished():
         return fit(cfg, overwrite=True, progress=progress)  # retrain: same name, other settings
-    return fit(cfg, resume=(run_dir / "config.json").exists(), progress=progress)
+    if saved is not None and on_mismatch == "retrain" and config_diff(saved, current, ignore=RESUMABLE):
+        return fit(cfg, overwrite=True, progress=progress)  # an interrupted run of other settings
+    # resume what is there; a folder without a usable checkpoint trains from step 0
+    return fit(cfg, resume=saved is not None, start_over=True, reuse_anyway=reuse_anyway, progress=progress)
 
 
 def twin_scenes(ctx: NotebookContext, n: int = 3, task: str = "det", domains=None) -> dict[str, dict]:

@@ -22,7 +22,13 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--config", type=Path, default=None, help="YAML config (default: the built-in defaults)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    p.add_argument("--resume", action="store_true", help="continue from <run>/checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its newest good checkpoint (also a finished run, to a larger "
+                        "train.max_steps); refused when there is no checkpoint, unless --start-over")
+    p.add_argument("--start-over", action="store_true",
+                   help="with --resume: train from step 0 in the same folder when there is nothing to resume")
+    p.add_argument("--reuse-anyway", action="store_true",
+                   help="with --resume: continue even though the saved config differs from this one")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name first")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -67,7 +73,12 @@ def run_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         return 0
     _threads()
-    run_dir = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if (args.start_over or args.reuse_anyway) and not args.resume:
+        from drsf_kit.errors import ConfigError
+
+        raise ConfigError("--start-over and --reuse-anyway only apply with --resume")
+    run_dir = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                  start_over=args.start_over, reuse_anyway=args.reuse_anyway)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
         print(f"run folder: {run_dir}")
     return 0
@@ -84,5 +95,5 @@ def run_eval(args: argparse.Namespace) -> int:
         if row["class"] is None and row["metric"] == SUMMARY_METRIC[row["task"]]:
             value = "n/a" if row["value"] is None else f"{100 * row['value']:.1f}%"
             print(f"{row['domain']:>14s} ({row['split']}, {row['protocol']}): {row['metric']} {value}")
-    print(f"rows appended to {Path(args.run) / 'results.jsonl'}; tables written to {args.run}")
+    print(f"rows written to {Path(args.run) / 'results.jsonl'}; tables written to {args.run}")
     return 0

@@ -177,8 +177,8 @@ def test_voila_dashboard_controls_change_table_and_chart(tmp_path, start_server,
     port = bt.free_port()
     server = start_server([sys.executable, "-m", "drsf_kit.app", "--runs", str(runs), "--port", str(port)],
                           bt.root, bt.server_env(tmp_path))
-    url = server.wait_for_line(r"serving (http://127\.0\.0\.1:\d+/)", timeout=180).group(1)
-    assert url == f"http://127.0.0.1:{port}/"
+    url = server.wait_for_line(r"serving (http://127\.0\.0\.1:\d+/\?token=\w+)", timeout=180).group(1)
+    assert url.startswith(f"http://127.0.0.1:{port}/?token=")  # the page asks for the printed token
 
     page.goto(url, wait_until="commit")
     page.wait_for_selector(".drsf-ablation-dashboard .drsf-chart", state="visible", timeout=180_000)
