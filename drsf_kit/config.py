@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -195,9 +196,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"config key {key!r} expects a number, got {value!r}") from None
+        if not math.isfinite(number):  # nan would pass every range check below and fail deep in torch
+            raise ConfigError(f"config key {key!r} expects a finite number, got {value!r}")
+        return number
     if origin is tuple:
         item_type = args[0] if args else str
         if value is None:
@@ -359,6 +363,20 @@ def _check_choice(value: str, valid: Iterable[str], key: str) -> None:
         raise ConfigError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
 
 
+def _check_hparam_types(hparams: dict) -> None:
+    """Each ``model.hparams`` value must have its block field's type (``DFDRHparams``/``MDSFHparams``)."""
+    from drsf_kit.models.dfdr import DFDRHparams
+    from drsf_kit.models.mdsf import MDSFHparams
+
+    types_ = {**typing.get_type_hints(DFDRHparams), **typing.get_type_hints(MDSFHparams)}
+    for key, value in hparams.items():
+        if key in types_:
+            dotted = f"model.hparams.{key}"
+            if types_[key] is str and not isinstance(value, str):
+                raise ConfigError(f"config key {dotted!r} expects a string, got {value!r}")
+            _coerce(value, types_[key], dotted)  # raises for 'abc' where a number is due, nan, ...
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Check names and ranges; raises ``ConfigError`` listing the valid choices."""
     from drsf_kit.data.dwd import PROTOCOLS
@@ -398,6 +416,9 @@ def validate_config(cfg: RunConfig) -> None:
     from drsf_kit.models.hparams import resolve_hparams
 
     resolve_hparams(cfg.variant, cfg.task, cfg.model.hparams)  # a key the variant does not use is an error
+    _check_hparam_types(cfg.model.hparams)
+    if cfg.train.keep_checkpoints < 1:
+        raise ConfigError(f"train.keep_checkpoints must be at least 1, got {cfg.train.keep_checkpoints}")
     if len(set(cfg.data.synth_domains)) != len(cfg.data.synth_domains):
         raise ConfigError(f"data.synth_domains lists a domain twice: {list(cfg.data.synth_domains)}")
     if "/" in cfg.name or cfg.name in (".", ".."):
