@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from drsf_kit.errors import ConfigError
+from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.utils.io import atomic_write_json, atomic_write_text
 
 # The parameter through which a notebook learns its output folder; it is not part of the hash
@@ -236,6 +236,18 @@ def run_point(
     return {"point": label, "status": "done", "seconds": seconds, "folder": str(folder), "error": None}
 
 
+def check_notebook_file(notebook: str | os.PathLike) -> None:
+    """``DataError`` naming the file unless ``notebook`` is a JSON notebook (papermill would answer a
+    damaged file with a long traceback)."""
+    path = Path(notebook)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"not a notebook: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise DataError(path, "not a notebook: the JSON holds no 'cells' list")
+
+
 def check_parameters(notebook: str | os.PathLike, names: Iterable[str]) -> None:
     """Refuse parameters that ``notebook``'s ``parameters`` cell does not declare.
 
@@ -287,6 +299,7 @@ def run_grid(
         raise ConfigError(f"notebook {notebook}: no such file")
     if notebook.suffix != ".ipynb":
         raise ConfigError(f"notebook {notebook}: expected a .ipynb file")
+    check_notebook_file(notebook)
     base = dict(base_parameters or {})
     if OUTPUT_PARAMETER in base or OUTPUT_PARAMETER in grid:
         raise ConfigError(f"{OUTPUT_PARAMETER} is set by the batch runner (one folder per point); use --out")

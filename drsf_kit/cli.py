@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="drsf_kit: single-domain generalization with synthetic data (DFDR + MDSF).",
     )
     parser.add_argument("--version", action="version", version=f"drsf_kit {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb, module_name in COMMAND_MODULES.items():
         try:
@@ -45,6 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.add_parser(sub)
     return parser
+
+
+def known_error_message(exc: BaseException) -> str | None:
+    """One line for an error caused by the user's input or machine, None for a bug (its traceback shows).
+
+    Known: the kit's own errors (``DrsfError``) and file-system refusals naming a path (an unwritable
+    or full output folder, a path that is a file where a folder is due).
+    """
+    from drsf_kit.errors import DrsfError
+
+    if isinstance(exc, DrsfError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a clear one-line message instead of a traceback for known errors
-        from drsf_kit.errors import DrsfError
-
-        if isinstance(exc, DrsfError) and not os.environ.get("DRSF_TRACEBACK"):
-            print(f"error: {exc}", file=sys.stderr)
+        message = known_error_message(exc)
+        if message is not None and not (args.debug or os.environ.get("DRSF_TRACEBACK")):
+            print(f"error: {message} (--debug shows the traceback)", file=sys.stderr)
             return 1
         raise
     return int(code or 0)

@@ -248,6 +248,8 @@ def _open_image(path, what: str = "image", missing: str = "image file is missing
         raise
     except FileNotFoundError:
         raise DataError(path, missing) from None
+    except Image.DecompressionBombError as exc:  # a tiny file that would decode to gigabytes
+        raise DataError(path, f"{what} is too large to decode safely ({exc})") from None
     except errors as exc:
         raise DataError(path, f"{what} {failure} ({exc})") from None
 
@@ -266,18 +268,48 @@ def verify_image(path: str | os.PathLike) -> tuple[int, int]:
     """
     with _open_image(path) as im:
         size = im.size
+        problem = _rgb_mode_problem(im.mode)
+        if problem:
+            raise DataError(path, problem)
         if im.format == "JPEG":
             im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
         im.load()
     return size
 
 
+# 16-bit greyscale modes: PIL's convert("RGB") clips them to 255 (an all-white image), so they are
+# scaled here instead; "I" is how PIL opens some 16-bit PNGs
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def _rgb_mode_problem(mode: str) -> str | None:
+    """Why an image of PIL ``mode`` cannot become 8-bit RGB correctly (None when it can)."""
+    if mode in EIGHT_BIT_MODES or mode in SIXTEEN_BIT_MODES:
+        return None
+    return (f"image mode {mode} (e.g. floating-point or signed pixels) cannot be converted to 8-bit RGB "
+            "without guessing its range; save it as an 8- or 16-bit PNG or a JPEG")
+
+
 def load_rgb(path: str | os.PathLike):
-    """Decode an image file to a ``uint8`` array ``[H, W, 3]``."""
+    """Decode an image file to a ``uint8`` array ``[H, W, 3]``.
+
+    16-bit greyscale is scaled to 0..255 (``v / 257``, rounded); 16-bit colour PNGs are reduced by PIL
+    itself; modes whose range is unknown (float, signed) raise a ``DataError`` naming the file.
+    """
     import numpy as np
 
     with _open_image(path) as im:
-        return np.asarray(im.convert("RGB"))
+        problem = _rgb_mode_problem(im.mode)
+        if problem:
+            raise DataError(path, problem)
+        if im.mode not in SIXTEEN_BIT_MODES:
+            return np.asarray(im.convert("RGB"))
+        arr = np.asarray(im).astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise DataError(path, f"image values span {arr.min()}..{arr.max()}; expected 16-bit 0..65535")
+    grey = np.rint(arr / 257.0).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def load_label_png(path: str | os.PathLike):
