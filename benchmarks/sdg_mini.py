@@ -25,7 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from drsf_kit.models import VARIANTS
-from drsf_kit.utils.io import atomic_write_json, atomic_write_text, read_jsonl
+from drsf_kit.train.rundir import RunDir
+from drsf_kit.utils.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -38,7 +39,7 @@ def train_one(task: str, variant: str, seed: int, args) -> dict:
     out = Path(args.out)
     cmd = [sys.executable, "-m", "drsf_kit", "train", "--config", str(ROOT / "configs" / f"mini_{task}.yaml"),
            f"variant={variant}", f"seed={seed}", f"output_dir={out}", "--no-progress",
-           "--overwrite" if args.fresh else "--resume"]
+           *(["--overwrite"] if args.fresh else ["--resume", "--start-over"])]
     if args.data:
         cmd.append(f"data.root={args.data}")
     if args.synth:
@@ -47,7 +48,7 @@ def train_one(task: str, variant: str, seed: int, args) -> dict:
         cmd.append(f"train.max_steps={args.max_steps}")
     cmd += args.overrides
     run_dir = out / f"{task}-{variant}-{seed}"
-    was_done = (run_dir / "done").exists() and not args.fresh
+    was_done = RunDir(run_dir).is_finished() and not args.fresh
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = proc.stderr.read()
@@ -65,7 +66,8 @@ def train_one(task: str, variant: str, seed: int, args) -> dict:
 
 def from_metrics(run_dir: Path) -> dict:
     """Diagnostics, final loss, steps and the run's own duration (first to last log row) from metrics.jsonl."""
-    metrics = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    run = RunDir(run_dir)
+    metrics = run.metric_rows()
     logged = [r for r in metrics if "loss" in r]
     tail = logged[-5:]  # the last logged rows describe the trained blocks
     times = [r["time"] for r in metrics if "time" in r]
@@ -74,7 +76,7 @@ def from_metrics(run_dir: Path) -> dict:
                         if tail and all(f"stats/{k}" in r for r in tail)},
         "final_loss": tail[-1]["loss"] if tail else None,
         "steps": logged[-1]["step"] if logged else None,
-        "resumed": any(r.get("event") == "resume" for r in metrics),
+        "resumed": len(run.launches()) > 1,  # run.json records every launch; a resume is a second one
         # training + final evaluation, without process start-up; spans any pause when resumed
         "run_s": round(times[-1] - times[0], 1) if len(times) > 1 else None,
     }
@@ -138,7 +140,7 @@ def main() -> None:
     for seed in args.seeds:  # seed-major: a partial sweep still covers every variant of the first seeds
         for task in args.tasks:
             for variant in args.variants:
-                if args.collect_only and not (Path(args.out) / f"{task}-{variant}-{seed}" / "done").exists():
+                if args.collect_only and not RunDir(Path(args.out) / f"{task}-{variant}-{seed}").is_finished():
                     continue
                 info = train_one(task, variant, seed, args) if not args.collect_only else collect_one(task, variant, seed, args)
                 runs.append(info)
@@ -146,9 +148,8 @@ def main() -> None:
                       f"{info['error'] or ''}", flush=True)
     rows = []
     for info in runs:
-        path = Path(info["run_dir"]) / "results.jsonl"
-        if info["exit_code"] == 0 and path.exists():
-            rows += read_jsonl(path)
+        if info["exit_code"] == 0:
+            rows += RunDir(info["run_dir"]).result_rows()
     df = pd.DataFrame(rows)
     tables, goals = summary_tables(df, args.tasks) if rows else ("(no finished runs)", {})
     report = {"benchmark": "sdg_mini", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

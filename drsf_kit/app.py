@@ -121,8 +121,10 @@ def resolve_results(runs: str | os.PathLike | None = None, root: str | os.PathLi
         return ResultsSource("demo", (root / DEMO_RUNS).resolve())
     if (root / BENCHMARK_ROWS).is_file():
         return ResultsSource("benchmark", (root / BENCHMARK_ROWS).resolve())
+    from drsf_kit.train.rundir import RunDir
+
     quick = (root / QUICK_RUNS).resolve()
-    if not _has_results(quick) or not all((quick / f"seg-{v}-0" / "done").exists() for v in QUICK_VARIANTS):
+    if not _has_results(quick) or not all(RunDir(quick / f"seg-{v}-0").is_finished() for v in QUICK_VARIANTS):
         if not train_if_missing:
             raise ConfigError(f"no results found: none in {root / DEMO_RUNS}, no {root / BENCHMARK_ROWS}; "
                               "run `drsf demo` or pass --runs DIR")
@@ -154,7 +156,7 @@ def quick_results(out: str | os.PathLike, progress: bool = True) -> Path:
                       "checkpoint_every": 2, "log_every": 1, "tensorboard": False},
             "eval": {"max_images": 4},
         })
-        fit(cfg, resume=True, progress=progress)  # resume: a finished run is returned as is
+        fit(cfg, resume=True, start_over=True, progress=progress)  # a finished run is returned as is
     return out
 
 
@@ -190,13 +192,15 @@ def explorer_model(source: ResultsSource | None):
     from drsf_kit.data.classes import SOURCE_DOMAIN
     from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS
 
+    from drsf_kit.train.rundir import CHECKPOINTS, LAST, RunDir
+
     folder = source.path if source is not None and source.path.is_dir() else None
-    candidates = sorted(folder.rglob("checkpoints/last.pt")) if folder is not None else []
+    candidates = sorted(folder.rglob(f"{CHECKPOINTS}/{LAST}")) if folder is not None else []
     for ckpt in candidates:
         run = ckpt.parent.parent
         try:
-            config = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            config = RunDir(run).read_config() or {}
+        except (OSError, DataError):
             continue  # not a run folder we can rebuild; look further
         if config.get("variant") in MIXING_VARIANTS:
             from drsf_kit.errors import DrsfError

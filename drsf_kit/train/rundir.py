@@ -301,6 +301,13 @@ class RunDir:
                               f"output_dir, or pass --reuse-anyway")
         return keys
 
+    def launches(self) -> list[dict]:
+        """The launches ``run.json`` records (one per start or resume; empty when none)."""
+        try:
+            return list(json.loads(self.run_json.read_text(encoding="utf-8")).get("launches", []))
+        except (OSError, ValueError, AttributeError):
+            return []
+
     # metrics
     def metric_rows(self) -> list[dict]:
         """The rows of ``metrics.jsonl`` (empty when none)."""

@@ -84,12 +84,12 @@ def training_curves_figure(run_dirs, key: str = "loss", smooth: int = 1):
     import numpy as np
     from matplotlib.figure import Figure
 
-    from drsf_kit.utils.io import read_jsonl
+    from drsf_kit.train.rundir import RunDir
 
     fig = Figure(figsize=(7, 3.6), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     for run_dir in run_dirs:
-        rows = [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if key in r and "event" not in r]
+        rows = [r for r in RunDir(run_dir).metric_rows() if key in r and "event" not in r]
         if not rows:
             continue
         steps = np.array([r["step"] for r in rows], float)
