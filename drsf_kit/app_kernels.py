@@ -23,5 +23,5 @@ class CappedKernelManager(AsyncMappingKernelManager):
         if kwargs.get("kernel_id") is None and len(self.list_kernel_ids()) >= self.max_kernels:
             self.log.warning("refusing a new kernel: %d are running (the cap)", self.max_kernels)
             raise web.HTTPError(503, f"the dashboard serves at most {self.max_kernels} pages at once; "
-                                     "close one or try again later")
+                                     "close one or try again later", reason="Too many open pages, try again later")
         return await super().start_kernel(*args, **kwargs)
