@@ -191,3 +191,20 @@ def test_fit_refuses_resume_with_another_variant(tiny_weather, synth_root, tmp_p
     with pytest.raises(ConfigError, match="variant: 'source_only' -> 'drsf'"):
         fit(cfg, resume=True, progress=False)
     assert not (cfg.run_dir / "lock").exists()  # a refusal leaves no lock behind
+
+
+def test_ensure_run_refuses_a_finished_run_of_another_config(tmp_path):
+    """Notebooks' ensure_run never reuses a finished run trained with other settings without being told."""
+    from drsf_kit import notebooks as nbk
+
+    ctx = nbk.setup(SMOKE=True, OUTPUT_DIR=str(tmp_path))
+    cfg = nbk.run_config(ctx, "det", "drsf")
+    run = RunDir(cfg.run_dir)
+    saved = config_to_dict(cfg)
+    run.write_config({**saved, "device": "cuda", "train": {**saved["train"], "lr": 0.5}})
+    run.mark_done(3)
+    with pytest.raises(ConfigError, match=rf"another config \(train\.lr: 0\.5 -> {cfg.train.lr}\); set REUSE_ANYWAY=True"):
+        nbk.ensure_run(ctx, "det", "drsf")
+    assert nbk.ensure_run(ctx, "det", "drsf", reuse_anyway=True) == run.path  # asked for: kept as it is
+    run.write_config({**saved, "device": "cuda"})  # only bookkeeping differs: the same run
+    assert nbk.ensure_run(ctx, "det", "drsf") == run.path
