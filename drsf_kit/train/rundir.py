@@ -48,8 +48,12 @@ IDENTITY_EXCLUDED = frozenset({
     "output_dir", "run_name", "device", "data.root", "data.synth_root", "data.num_workers",
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.tensorboard",
 })
-# keys a resume may change besides those: a longer run, another evaluation cadence, the NaN test hook
-RESUMABLE = IDENTITY_EXCLUDED | {"train.max_steps", "train.eval_every", "train.debug_nan_at_step"}
+# keys a resume may change besides those: a longer run, another evaluation cadence, the NaN test hook,
+# and how the global batch is split over another number of processes (docs/scaling.md)
+RESUMABLE = IDENTITY_EXCLUDED | {
+    "train.max_steps", "train.eval_every", "train.debug_nan_at_step", "train.batch_source", "train.lr_scaling",
+    "train.reference_batch", "train.sync_bn", "train.find_unused_parameters", "train.amp", "train.amp_dtype",
+}
 # row fields that change from one identical run to the next (wall-clock), left out of row keys
 TIMING_FIELDS = frozenset({"time", "sec_per_step", "seconds"})
 
