@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from drsf_kit.data.classes import SOURCE_DOMAIN, TARGET_DOMAINS
+from drsf_kit.data.classes import PSEUDO_DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS
 from drsf_kit.errors import ConfigError
 
 TASKS = ("det", "seg")
@@ -41,7 +41,7 @@ class DataConfig:
     source_domain: str = SOURCE_DOMAIN  # the one labelled real domain the model trains on
     source_split: str = "train"  # split of the source domain used for training (its `test` split is scored)
     synth_root: str = "data/synth/procedural"  # generated pseudo-domains: <synth_root>/<domain>/manifest.jsonl
-    synth_domains: tuple[str, ...] = ("daytime_foggy", "dusk_rainy", "night_sunny", "night_rainy")  # ids 1..K
+    synth_domains: tuple[str, ...] = PSEUDO_DOMAINS  # ids 1..K (data/classes.py owns the default order)
     eval_domains: tuple[str, ...] = TARGET_DOMAINS  # real target domains of this dataset (never trained on)
     protocol: str = "all_images"  # which split of each target is scored: all_images | drsf_code (METHOD 7)
     num_workers: int = 0  # DataLoader workers; 0 keeps everything in one process (2-core machines)

@@ -182,12 +182,13 @@ def _normalise_scenes(scenes) -> dict[str, dict]:
     return out
 
 
-def _default_domain_names(n: int) -> list[str]:
-    """Discriminator outputs are (source, pseudo-domains in config order); the defaults when they fit."""
-    from drsf_kit.data.classes import TARGET_DOMAINS
+def _numbered_domain_names(n: int) -> list[str]:
+    """Labels for discriminator outputs whose names nobody gave: ``domain 0..n-1``, never a guessed order.
 
-    default = [SOURCE_DOMAIN, *TARGET_DOMAINS]
-    return default if n == len(default) else [f"domain {i}" for i in range(n)]
+    The names belong to the model (``model.domain_names``, set by ``build_model`` from the run's config);
+    guessing them from a constant would silently swap pseudo-domains when a run lists them differently.
+    """
+    return [f"domain {i}" for i in range(n)]
 
 
 class MdsfExplorer(widgets.VBox):
@@ -308,7 +309,7 @@ class MdsfExplorer(widgets.VBox):
         else:
             self.domain_probs = np.asarray(images.as_numpy(out["domain_probs"]), np.float64).reshape(-1)
             n = len(self.domain_probs)
-            names = self.domain_names if len(self.domain_names) == n else _default_domain_names(n)
+            names = self.domain_names if len(self.domain_names) == n else _numbered_domain_names(n)
             self.probs_png = images.figure_png(images.probability_figure(self.domain_probs, names))
         self.prediction = out["prediction"]
         blend = (lam * image_a.astype(np.float32) + (1 - lam) * image_b.astype(np.float32)).astype(np.uint8)
