@@ -141,7 +141,6 @@ def test_make_mini_calls_the_renderer_and_checks(tmp_path, capsys, monkeypatch):
 
 def test_mini_weather_benchmark_passes_the_check(request, capsys):
     """Integration: the embedded benchmark loads through every loader and passes the check."""
-    pytest.importorskip("drsf_kit.data.mini_weather", reason="the mini-weather renderer is not installed")
     tiny_weather = request.getfixturevalue("tiny_weather")
     from drsf_kit.data.cityscapes import MiniWeatherSegmentation
     from drsf_kit.data.classes import DWD_DOMAINS

@@ -16,7 +16,7 @@ from drsf_kit.synth import DEFAULT_PROMPTS, SynthConfig, build_generator
 from drsf_kit.synth.controlnet import canny_edges, palette_image
 from drsf_kit.synth.diffusion import resolve_dtype, resolve_weights, weights_hash
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: E402,F401  (a declared dependency: a missing one fails, never skips)
 
 
 @pytest.fixture(autouse=True)
