@@ -7,7 +7,6 @@ import types
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from test_dwd import CAR, truncate, write_domain
 from test_segmentation_datasets import label_ids, save_png, write_cityscapes, write_gtav

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from drsf_kit.analysis.embedding import pca_embed, plot_embedding, tsne_embed
+from drsf_kit.analysis.embedding import pca_embed, tsne_embed
+from drsf_kit.viz.plots import plot_embedding
 from drsf_kit.analysis.features import (
     available_stages,
     collect_domain_images,

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from drsf_kit.analysis.explore import lambda_sweep
 from drsf_kit.data.classes import DWD_DOMAINS, SOURCE_DOMAIN, model_domain_names
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.utils.io import append_jsonl
@@ -255,7 +256,7 @@ def test_lambda_sweep_rows_and_figure():
             return out
 
     twins = _twins(0)
-    sweep = dashboard.lambda_sweep(ScoredModel(), twins[SOURCE_DOMAIN], twins["daytime_foggy"], steps=5,
+    sweep = lambda_sweep(ScoredModel(), twins[SOURCE_DOMAIN], twins["daytime_foggy"], steps=5,
                                    domain_names=FakeMixModel.domain_names, score_threshold=0.3,
                                    names=(SOURCE_DOMAIN, "daytime_foggy"))
     assert list(sweep["lam"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -276,11 +277,11 @@ def test_lambda_sweep_rows_and_figure():
             out["prediction"] = mask
             return out
 
-    seg = dashboard.lambda_sweep(SegModel(), twins[SOURCE_DOMAIN], twins["night_sunny"], steps=3)
+    seg = lambda_sweep(SegModel(), twins[SOURCE_DOMAIN], twins["night_sunny"], steps=3)
     assert list(seg["agreement_with_a"]) == pytest.approx([0.0, 0.5, 1.0])
     assert "A alone" in dashboard.lambda_sweep_figure(seg).axes[1].get_ylabel()
     with pytest.raises(ConfigError, match="at least 2 steps"):
-        dashboard.lambda_sweep(SegModel(), twins[SOURCE_DOMAIN], twins["night_sunny"], steps=1)
+        lambda_sweep(SegModel(), twins[SOURCE_DOMAIN], twins["night_sunny"], steps=1)
 
 
 def test_twin_explorer_with_callables():

@@ -222,12 +222,19 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
     import torch
 
     from drsf_kit.analysis.attribution import attribution_maps, auto_target
-    from drsf_kit.analysis.embedding import pca_embed, plot_embedding, tsne_embed
-    from drsf_kit.analysis.entropy import channel_stats_by_domain, gate_histograms
+    from drsf_kit.analysis.embedding import pca_embed, tsne_embed
+    from drsf_kit.analysis.entropy import channel_stats_by_domain
     from drsf_kit.analysis.features import load_image, resolve_module
     from drsf_kit.analysis.gap import gap_matrix
     from drsf_kit.errors import ConfigError
-    from drsf_kit.viz.plots import plot_gap_change, plot_gap_heatmap, plot_map_grid, save_figure
+    from drsf_kit.viz.plots import (
+        gate_histograms,
+        plot_embedding,
+        plot_gap_change,
+        plot_gap_heatmap,
+        plot_map_grid,
+        save_figure,
+    )
 
     groups = [r.group for r in records]
     n = len(records)

@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Sequence
 import ipywidgets as widgets
 import numpy as np
 
+from drsf_kit.analysis.explore import kit_twin_functions
 from drsf_kit.data.classes import DOMAIN_SHORT, SOURCE_DOMAIN
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.viz import dashboard, images
@@ -436,11 +437,11 @@ def twin_explorer(scenes, entropy_fn: Callable | None = None, attribution_fn: Ca
         attribution_fn: ``(image, method, reference) -> 2-D map``; None hides the attribution row.
         methods: the attribution methods offered.
         model: a kit detector or segmenter: fills in whichever of the two functions is missing with
-            ``dashboard.kit_twin_functions`` (prediction entropy; GradCAM / integrated gradients of one
+            ``analysis.explore.kit_twin_functions`` (prediction entropy; GradCAM / integrated gradients of one
             target fixed on the source image).
     """
     if model is not None:
-        kit_entropy, kit_attribution, kit_methods = dashboard.kit_twin_functions(model)
+        kit_entropy, kit_attribution, kit_methods = kit_twin_functions(model)
         entropy_fn = entropy_fn or kit_entropy
         if attribution_fn is None:
             attribution_fn, methods = kit_attribution, methods or kit_methods
