@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from drsf_kit.errors import ConfigError, DataError
-from drsf_kit.evaluation.calibration import detection_ece, expected_calibration_error
-from drsf_kit.evaluation.detection import evaluate_detections
+from drsf_kit.evaluation.calibration import expected_calibration_error
+from drsf_kit.evaluation.detection import detection_ece, evaluate_detections
 
 CLASSES = ["bus", "bike", "car"]
 CAR = 3

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.evaluation.calibration import check_probabilities, expected_calibration_error
 
 METRICS = ("voc07", "coco", "ece")
 # VOC2007's recall thresholds; k / 10 (not 0.1 * k) so that e.g. a recall of exactly 3/10 reaches 0.3.
@@ -347,8 +348,6 @@ def evaluate_detections(
         result["ap50_coco_per_class"] = {class_names[k - 1]: v for k, v in coco["per_class"].items()}
         result["coco_max_detections"] = int(max_detections)
     if "ece" in metrics:
-        from drsf_kit.evaluation.calibration import check_probabilities, expected_calibration_error
-
         check_probabilities(preds)
         scores, correct = _scores_and_correct(preds, statuses)
         result["ece"] = expected_calibration_error(scores, correct, n_bins=ece_bins)
@@ -369,3 +368,32 @@ def _nanmean(values: Iterable[float]) -> float:
     """Mean over the values that are not NaN; NaN when there are none."""
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+def detection_ece(
+    predictions: Mapping | Sequence,
+    targets: Mapping | Sequence,
+    n_bins: int = 10,
+    iou: float = 0.5,
+    num_classes: int | None = None,
+) -> float:
+    """Expected calibration error of detections: confidence = score, correct = TP at ``iou``.
+
+    Args:
+        predictions: as for ``evaluate_detections`` (``boxes``, ``scores``, ``labels`` per image).
+        targets: ground truth per image (``boxes``, ``labels``, optional ``difficult``).
+        n_bins: number of equal-width confidence bins on [0, 1].
+        iou: the IoU a detection needs with a box of its class to count as correct.
+        num_classes: when given, labels outside 1..num_classes raise ``DataError``.
+    """
+    gts = normalize_targets(targets, num_classes)
+    preds = normalize_predictions(predictions, gts, num_classes)
+    check_probabilities(preds)
+    scores, correct = [], []
+    for image_id in gts:
+        status = match_detections(preds[image_id], gts[image_id], iou)
+        scores.append(preds[image_id]["scores"][status >= 0])
+        correct.append(status[status >= 0] == 1)
+    if not scores:
+        return float("nan")
+    return expected_calibration_error(np.concatenate(scores), np.concatenate(correct), n_bins)

@@ -1,4 +1,4 @@
-"""The generator interface, the run configuration, prompts, seeds and the ``GENERATORS`` dict.
+"""The generator interface, the run configuration, prompts and seeds (``GENERATORS`` is in registry.py).
 
 Every backend turns a batch of labelled source images into pseudo-target twins of them. A twin keeps
 its source's layout, so it reuses the source's boxes and masks; the geometry a backend applies (an
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,47 +220,3 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
         scene=data.get("scene", "street"),
         negative_prompt=data.get("negative_prompt"),
     )
-
-
-# Builders are imported on use, so `import drsf_kit.synth` does not pull in diffusers.
-def _procedural(cfg: SynthConfig) -> Generator:
-    from drsf_kit.synth.procedural import ProceduralGenerator
-
-    return ProceduralGenerator(cfg)
-
-
-def _img2img(cfg: SynthConfig) -> Generator:
-    from drsf_kit.synth.img2img import Img2ImgGenerator
-
-    return Img2ImgGenerator(cfg)
-
-
-def _gligen(cfg: SynthConfig) -> Generator:
-    from drsf_kit.synth.gligen import GligenGenerator
-
-    return GligenGenerator(cfg)
-
-
-def _controlnet(cfg: SynthConfig) -> Generator:
-    from drsf_kit.synth.controlnet import ControlNetGenerator
-
-    return ControlNetGenerator(cfg)
-
-
-GENERATORS: dict[str, Callable[[SynthConfig], Generator]] = {
-    "procedural": _procedural,
-    "img2img": _img2img,
-    "gligen": _gligen,
-    "controlnet": _controlnet,
-}
-
-
-def build_generator(cfg: SynthConfig) -> Generator:
-    """Instantiate ``cfg.backend``; an unknown name raises ConfigError listing the valid ones."""
-    try:
-        builder = GENERATORS[cfg.backend]
-    except KeyError:
-        raise ConfigError(
-            f"unknown synth backend {cfg.backend!r}; valid backends: {', '.join(GENERATORS)}"
-        ) from None
-    return builder(cfg)
