@@ -317,7 +317,7 @@ def _markdown(df) -> str:
 # ------------------------------------------------------------------------------------------ environment
 ENVIRONMENT_PACKAGES = (
     "torch", "torchvision", "numpy", "pandas", "matplotlib", "scikit-learn", "diffusers", "transformers",
-    "captum", "torchmetrics", "pycocotools", "papermill", "ipywidgets", "nbclient",
+    "captum", "seaborn", "pycocotools", "papermill", "ipywidgets", "nbclient",
 )
 
 

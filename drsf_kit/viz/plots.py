@@ -153,7 +153,13 @@ def plot_gap_change(compare, metric: str = "mmd", labels: tuple[str, str] = ("be
 
 def plot_histograms(values_by_domain: Mapping[str, np.ndarray], xlabel: str, title: str | None = None,
                     bins: int = 30, value_range: tuple[float, float] | None = None, ax=None):
-    """Overlaid step histograms (density) of one value per domain, e.g. per-channel gates or entropies."""
+    """Overlaid step histograms (density) of one value per domain, e.g. per-channel gates or entropies.
+
+    Drawn with seaborn's ``histplot`` (each domain normalised on its own, so domains of different sizes
+    compare); real domains are solid, synthetic ones dashed, each in its domain colour.
+    """
+    import seaborn as sns
+
     fig, ax = _new_axes(ax, (7.0, 4.2))
     arrays = {k: np.asarray(v, dtype=float).ravel() for k, v in values_by_domain.items()}
     arrays = {k: v[np.isfinite(v)] for k, v in arrays.items() if v.size}
@@ -162,9 +168,9 @@ def plot_histograms(values_by_domain: Mapping[str, np.ndarray], xlabel: str, tit
         value_range = (float(allv.min()), float(allv.max()) + 1e-9)
     for name, vals in arrays.items():
         _, kind = split_group(name)
-        ax.hist(vals, bins=bins, range=value_range, density=True, histtype="step", linewidth=1.8,
-                linestyle="-" if kind == "real" else "--", color=domain_color(name),
-                label=f"{domain_label(name)} (mean {vals.mean():.3f})")
+        sns.histplot(x=vals, bins=bins, binrange=value_range, stat="density", element="step", fill=False, ax=ax,
+                     linewidth=1.8, linestyle="-" if kind == "real" else "--", color=domain_color(name),
+                     label=f"{domain_label(name)} (mean {vals.mean():.3f})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title or xlabel)
