@@ -43,7 +43,7 @@ class DataConfig:
     synth_root: str = "data/synth/procedural"  # generated pseudo-domains: <synth_root>/<domain>/manifest.jsonl
     synth_domains: tuple[str, ...] = PSEUDO_DOMAINS  # ids 1..K (data/classes.py owns the default order)
     eval_domains: tuple[str, ...] = TARGET_DOMAINS  # real target domains of this dataset (never trained on)
-    protocol: str = "all_images"  # which split of each target is scored: all_images | drsf_code (METHOD 7)
+    protocol: str = "all_images"  # which split of each target is scored: all_images | drsf_code (docs/evaluation.md)
     num_workers: int = 0  # DataLoader workers; 0 keeps everything in one process (2-core machines)
 
 

@@ -75,3 +75,22 @@ def test_readme_quick_start_is_the_two_make_commands():
     assert "make demo" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test-all" in ci and "exit 1" in ci  # every tier runs; no Chromium is a failure
+
+
+def test_docs_and_code_point_only_at_files_in_the_repository():
+    """Every Markdown link and every ``docs/*.md`` / ``*.md`` name in docs, code, configs and notebooks exists here."""
+    import re
+
+    texts = [*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md"), *(ROOT / "drsf_kit").rglob("*.py"),
+             *(ROOT / "configs").rglob("*.yaml"), *(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "tests").rglob("*.py")]
+    missing = []
+    for path in texts:
+        text = path.read_text(encoding="utf-8")
+        links = [] if path.suffix == ".py" else [m for m in re.findall(r"\]\(([^)#\s]+)", text) if not re.match(r"[a-z]+:", m)]
+        for link in links:
+            if not (path.parent / link).resolve().is_relative_to(ROOT) or not (path.parent / link).exists():
+                missing.append(f"{path.relative_to(ROOT)}: link {link}")
+        for name in set(re.findall(r"\b((?:docs/)?[A-Z][A-Za-z_]*\.md|docs/[a-z_]+\.md)\b", text)):
+            if not ((ROOT / name).exists() or (path.parent / name).exists()):
+                missing.append(f"{path.relative_to(ROOT)}: names {name}")
+    assert not missing, "pointers to files that are not in the repository:\n" + "\n".join(sorted(set(missing)))

@@ -41,7 +41,8 @@ METRIC_LABELS = {
 # The per-class table written beside a summary whose metric has no per-class rows of its own.
 PER_CLASS_FOR = {**PER_CLASS_METRICS, "ap_coco": "ap50_coco", "ap75_coco": "ap50_coco", "ece": "ap50_voc07",
                  "pixel_acc": "iou"}
-# The variants in the order of the paper's ablation (METHOD.md section 5); others follow alphabetically.
+# The variants in the order of the paper's ablation (docs/method.md, "Ablation variants"); others follow
+# alphabetically.
 ROW_ORDER = ("source_only", "naive_synth", "dfdr", "mdsf", "drsf")
 AGGREGATES = {"mean": np.mean, "median": np.median, "max": np.max, "min": np.min}
 TARGET_MEAN = "target_mean"

@@ -17,7 +17,7 @@ from typing import Any
 from drsf_kit.data.classes import PSEUDO_DOMAINS
 from drsf_kit.errors import ConfigError
 
-# The authors' fallback prompts (METHOD.md section 6), keyed by DWD domain.
+# The authors' fallback prompts (docs/synth.md, "Prompts"), keyed by DWD domain.
 DEFAULT_PROMPTS: dict[str, str] = {
     "daytime_clear": "a cityscape photo of a street during daytime",
     "daytime_foggy": "a cityscape photo of a foggy street during daytime",
