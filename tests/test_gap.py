@@ -18,9 +18,9 @@ from drsf_kit.analysis.gap import (
     gap_matrix,
     gap_table,
     mmd,
-    table_to_markdown,
 )
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.evaluation.tables import frame_to_markdown
 
 # ---------------------------------------------------------------------------------------------- metrics
 
@@ -127,7 +127,7 @@ def test_gap_table_rows_and_closest_pseudo_domain():
     assert not flags["synth:daytime_foggy"]
     matrix = gap_matrix(table, "mmd")
     assert list(matrix.columns) == ["synth:night_sunny", "synth:daytime_foggy", "daytime_clear"]
-    md = table_to_markdown(table, caption="Caption names the metric")
+    md = frame_to_markdown(table, caption="Caption names the metric", index=False)
     assert md.startswith("Caption names the metric") and "| target | domain |" in md
 
 

@@ -313,21 +313,3 @@ def compare_gap_tables(before: pd.DataFrame, after: pd.DataFrame, labels: tuple[
         merged[f"{v}_delta"] = merged[f"{v}_{labels[1]}"] - merged[f"{v}_{labels[0]}"]
     merged = merged.rename(columns={f"closest_pseudo_domain_{lab}": f"closest_{lab}" for lab in labels})
     return merged
-
-
-def table_to_markdown(table: pd.DataFrame, caption: str | None = None, digits: int = 4) -> str:
-    """A GitHub markdown table (no extra dependency; floats to ``digits`` significant digits) with an
-    optional caption line above it."""
-    def fmt(v):
-        if isinstance(v, float) and not np.isnan(v):
-            return f"{v:.{digits}g}"
-        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-            return ""
-        return str(v)
-
-    cols = [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for rec in table.itertuples(index=False):
-        lines.append("| " + " | ".join(fmt(v) for v in rec) + " |")
-    head = f"{caption}\n\n" if caption else ""
-    return head + "\n".join(lines) + "\n"

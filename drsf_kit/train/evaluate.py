@@ -19,12 +19,13 @@ from tqdm.auto import tqdm
 from drsf_kit.config import RunConfig, config_from_dict
 from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.evaluation.results import HEADLINE_METRIC
 from drsf_kit.train.checkpoint import LAST, load_checkpoint, unwrap_model
 from drsf_kit.utils.io import append_jsonl
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
-SUMMARY_METRIC = {"det": "map50_voc07", "seg": "miou"}
+SUMMARY_METRIC = HEADLINE_METRIC  # defined once, in evaluation/results.py
 TABLE_METRICS = {"det": ("map50_voc07", "ap50_coco"), "seg": ("miou",)}
 
 

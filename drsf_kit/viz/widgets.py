@@ -17,9 +17,10 @@ import numpy as np
 from drsf_kit.analysis.explore import kit_twin_functions
 from drsf_kit.data.classes import DOMAIN_SHORT, SOURCE_DOMAIN
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.evaluation.results import HEADLINE_METRIC
 from drsf_kit.viz import dashboard, images
 
-DEFAULT_METRICS = {"det": "map50_voc07", "seg": "miou"}
+DEFAULT_METRICS = HEADLINE_METRIC  # the headline metric per task, defined in evaluation/results.py
 
 
 def css_classes(root: widgets.Widget, name: str, parts: Mapping[str, widgets.Widget]) -> None:
