@@ -1,4 +1,5 @@
-# drsf_kit: `make demo` runs the kit on the embedded data, `make test` runs the tests.
+# drsf_kit: `make demo` runs the kit on the embedded data, `make test` runs the fast tests (a few minutes),
+# `make test-all` adds the slow and real-browser tests (they need Debian's chromium: apt-get install chromium).
 # Both create .venv when it is missing (and reuse it when present), then install the kit into it.
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 # papermill/jupyter find the kernel registered inside the venv
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 
-.PHONY: demo test lab app board install clean-data
+.PHONY: demo test test-slow test-all lab app board install clean-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +28,13 @@ demo: $(STAMP)
 	$(BIN)/drsf demo
 
 test: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --tier fast
+
+# the slow and browser tiers only; a missing Chromium or playwright fails these tests, never skips them
+test-slow: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --tier extra
+
+test-all: test test-slow
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)

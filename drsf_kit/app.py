@@ -41,10 +41,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from drsf_kit.config import DEFAULT_RUNS_DIR
 from drsf_kit.errors import ConfigError, DataError
 
 HOST = "127.0.0.1"
-DEMO_RUNS = Path("runs/demo")
+DEMO_RUNS = Path(DEFAULT_RUNS_DIR)
 BENCHMARK_ROWS = Path("benchmarks/results/sdg_mini.json")
 QUICK_RUNS = Path("runs/app-quick")
 # the page and its Voilà template live next to the package in the source tree (app/), not in the wheel

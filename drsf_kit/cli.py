@@ -12,12 +12,13 @@ import importlib
 import os
 import sys
 
-# verb -> module providing add_parser(subparsers); the order is the order of `drsf --help`.
+# verb -> module providing add_parser(subparsers) (or "module:function" naming another registrar);
+# the order is the order of `drsf --help`. `eval` scores a run folder, which the training package owns.
 COMMAND_MODULES = {
     "data": "drsf_kit.data.cli",
     "synth": "drsf_kit.synth.cli",
     "train": "drsf_kit.train.cli",
-    "eval": "drsf_kit.evaluation.cli",
+    "eval": "drsf_kit.train.cli:add_eval_parser",
     "gap": "drsf_kit.analysis.cli",
     "batch": "drsf_kit.batch",
     "demo": "drsf_kit.demo",
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for verb, module_name in COMMAND_MODULES.items():
+    for verb, target in COMMAND_MODULES.items():
+        module_name, _, registrar = target.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == module_name:
                 continue
             raise
-        module.add_parser(sub)
+        getattr(module, registrar or "add_parser")(sub)
     return parser
 
 

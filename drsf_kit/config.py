@@ -21,8 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from drsf_kit.data.classes import SOURCE_DOMAIN, TARGET_DOMAINS
+from drsf_kit.data.classes import PSEUDO_DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS
 from drsf_kit.errors import ConfigError
+
+# Where the demo's things live, relative to the project root: the one definition every entry point reads.
+DEFAULT_DATA_ROOT = "data/mini-weather"  # the embedded benchmark (`drsf data make-mini`)
+DEFAULT_SYNTH_ROOT = "data/synth/procedural"  # its procedural pseudo-domains (`drsf synth`)
+DEFAULT_RUNS_DIR = "runs/demo"  # the demo's run folders (`drsf demo`, the notebooks, the app)
 
 TASKS = ("det", "seg")
 DATA_FORMATS = ("dwd", "gtav")
@@ -36,15 +41,15 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 class DataConfig:
     """Where the source images, the generated pseudo-domains and the real targets live."""
 
-    root: str = "data/mini-weather"  # real data folder (DWD layout; mini-weather adds masks): source + targets
+    root: str = DEFAULT_DATA_ROOT  # real data folder (DWD layout; mini-weather adds masks): source + targets
     format: str = "dwd"  # dwd: a DWD-layout folder per domain | gtav: GTAV source, Cityscapes-style targets
     target_roots: dict = field(default_factory=dict)  # domain -> folder, for targets not under root
     source_domain: str = SOURCE_DOMAIN  # the one labelled real domain the model trains on
     source_split: str = "train"  # split of the source domain used for training (its `test` split is scored)
-    synth_root: str = "data/synth/procedural"  # generated pseudo-domains: <synth_root>/<domain>/manifest.jsonl
-    synth_domains: tuple[str, ...] = ("daytime_foggy", "dusk_rainy", "night_sunny", "night_rainy")  # ids 1..K
+    synth_root: str = DEFAULT_SYNTH_ROOT  # generated pseudo-domains: <synth_root>/<domain>/manifest.jsonl
+    synth_domains: tuple[str, ...] = PSEUDO_DOMAINS  # ids 1..K (data/classes.py owns the default order)
     eval_domains: tuple[str, ...] = TARGET_DOMAINS  # real target domains of this dataset (never trained on)
-    protocol: str = "all_images"  # which split of each target is scored: all_images | drsf_code (METHOD 7)
+    protocol: str = "all_images"  # which split of each target is scored: all_images | drsf_code (docs/evaluation.md)
     num_workers: int = 0  # DataLoader workers; 0 keeps everything in one process (2-core machines)
 
 

@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_DATA = Path("data/mini-weather")
+from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR
+
+DEFAULT_DATA = Path(DEFAULT_DATA_ROOT)
 # The demo trains 5 variants x 2 tasks; a short schedule keeps `make demo` within ~20 min on 2 cores.
 # The full schedule (configs/mini_*.yaml) is what benchmarks/sdg_mini.py measures.
 DEMO_MAX_STEPS = 100
@@ -27,7 +29,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="where the embedded data goes")
     p.add_argument("--seed", type=int, default=0, help="seed of the embedded benchmark")
     p.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="notebook folder")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="executed notebooks and results")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_RUNS_DIR), help="executed notebooks and results")
     p.add_argument("--smoke", action="store_true", help="run the notebooks with SMOKE=True (minutes less)")
     p.add_argument("--skip-notebooks", action="store_true", help="only build and check the data")
     p.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 00 01")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR, DEFAULT_SYNTH_ROOT
 from drsf_kit.errors import ConfigError
 from drsf_kit.utils.io import atomic_write_bytes, atomic_write_text
 
@@ -232,9 +233,9 @@ def setup(**params: Any) -> NotebookContext:
         synth_root = output_dir / "data" / "synth" / Path(params.get("SYNTH_ROOT", "procedural")).name
         runs_dir = output_dir / "runs"
     else:
-        data_root = resolve_path(params.get("DATA_ROOT", "data/mini-weather"), root)
-        synth_root = resolve_path(params.get("SYNTH_ROOT", "data/synth/procedural"), root)
-        runs_dir = resolve_path(params.get("RUNS_DIR", "runs/demo"), root)
+        data_root = resolve_path(params.get("DATA_ROOT", DEFAULT_DATA_ROOT), root)
+        synth_root = resolve_path(params.get("SYNTH_ROOT", DEFAULT_SYNTH_ROOT), root)
+        runs_dir = resolve_path(params.get("RUNS_DIR", DEFAULT_RUNS_DIR), root)
         if output:  # a batch point keeps its runs apart from every other point's
             runs_dir = output_dir / "runs"
     ctx = NotebookContext(
@@ -273,17 +274,15 @@ def _checked_name(name: str) -> str:
 
 
 def save_figure(fig, name: str, out_dir: str | os.PathLike | None = None, fmt: str = "png", dpi: int = 150) -> Path:
-    """Save a matplotlib figure atomically as ``<figures>/<name>.<fmt>`` and return the path."""
-    import io
+    """Save a matplotlib figure atomically as ``<figures>/<name>.<fmt>`` (``viz.plots.save_figure``) and
+    return the path; the figure stays open, so the notebook still shows it."""
+    from drsf_kit.viz.plots import save_figure as write_figure
 
     if fmt not in FIGURE_FORMATS:
         raise ConfigError(f"figure format {fmt!r}: valid formats are {', '.join(FIGURE_FORMATS)}")
     if not hasattr(fig, "savefig"):
         raise ConfigError(f"save_figure expects a matplotlib Figure, got {type(fig).__name__}")
-    path = figures_dir(out_dir) / f"{_checked_name(name)}.{fmt}"
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
+    return write_figure(fig, figures_dir(out_dir) / f"{_checked_name(name)}.{fmt}", dpi=dpi, close=False)
 
 
 def save_table(table, name: str, out_dir: str | os.PathLike | None = None, caption: str | None = None) -> Path:
@@ -305,20 +304,16 @@ def save_table(table, name: str, out_dir: str | os.PathLike | None = None, capti
 
 
 def _markdown(df) -> str:
-    """A plain Markdown table of a DataFrame (index included) without optional dependencies."""
-    index_name = df.index.name or ""
-    header = [str(index_name)] + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for idx, row in df.iterrows():
-        cells = [str(idx)] + ["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.tolist()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """A DataFrame as Markdown, index included (the kit's one writer: ``evaluation.tables.frame_to_markdown``)."""
+    from drsf_kit.evaluation.tables import frame_to_markdown
+
+    return frame_to_markdown(df)
 
 
 # ------------------------------------------------------------------------------------------ environment
 ENVIRONMENT_PACKAGES = (
     "torch", "torchvision", "numpy", "pandas", "matplotlib", "scikit-learn", "diffusers", "transformers",
-    "captum", "torchmetrics", "pycocotools", "papermill", "ipywidgets", "nbclient",
+    "captum", "seaborn", "pycocotools", "papermill", "ipywidgets", "nbclient",
 )
 
 

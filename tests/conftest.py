@@ -17,13 +17,42 @@ def pytest_configure(config):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# Test tiers. `fast` (the default, `make test`): everything except the `slow` and `browser` tests, which
+# are deselected (not skipped), so a green run means every selected test ran. `extra` (`make test-slow`):
+# only the slow and browser tests. `all`: both. In `extra` and `all` a browser test fails, never skips,
+# when Chromium or playwright is missing (tests/browser/conftest.py). DRSF_RUN_SLOW=1 means `all`.
+TIERS = ("fast", "extra", "all")
+EXTRA_MARKERS = ("slow", "browser")
+
+
+def pytest_addoption(parser):
+    default = os.environ.get("DRSF_TEST_TIER") or ("all" if os.environ.get("DRSF_RUN_SLOW") else "fast")
+    parser.addoption("--tier", choices=TIERS, default=default,
+                     help="fast: no slow/browser tests (default); extra: only them; all: everything "
+                          "(env DRSF_TEST_TIER; DRSF_RUN_SLOW=1 means all)")
+
+
+def _is_extra(item) -> bool:
+    # markers only: item.keywords also holds folder names, and tests/browser/ holds plain tests too
+    return any(item.get_closest_marker(name) is not None for name in EXTRA_MARKERS)
+
+
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("DRSF_RUN_SLOW"):
+    tier = config.getoption("--tier")
+    if tier == "all":
         return
-    skip_slow = pytest.mark.skip(reason="slow test: set DRSF_RUN_SLOW=1 to run it")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip_slow)
+    keep = [item for item in items if _is_extra(item) == (tier == "extra")]
+    dropped = [item for item in items if _is_extra(item) != (tier == "extra")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_report_header(config):
+    tier = config.getoption("--tier")
+    what = {"fast": "slow and browser tests deselected (make test-all runs them)",
+            "extra": "only the slow and browser tests", "all": "every test"}[tier]
+    return f"drsf_kit test tier: {tier} ({what})"
 
 
 @pytest.fixture(scope="session")

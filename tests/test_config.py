@@ -119,7 +119,7 @@ def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / name, ["seed=2"])
     assert cfg.seed == 2 and cfg.train.max_steps > 0
     if name.startswith("paper_det"):
-        # the public recipe (METHOD.md section 7): 60k steps, lr 0.0025 x0.1 at 30k/40k, warm-up 500, 800 px
+        # the recipe of the authors' public code: 60k steps, lr 0.0025 x0.1 at 30k/40k, warm-up 500, 800 px
         t = cfg.train
         assert (t.max_steps, t.lr, t.lr_steps, t.warmup_steps, cfg.model.min_size) == (60000, 0.0025, (30000, 40000), 500, 800)
         assert cfg.train.batch_source == 1 and cfg.model.profile == "frcnn_r101_fpn"

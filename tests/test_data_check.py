@@ -7,7 +7,6 @@ import types
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from test_dwd import CAR, truncate, write_domain
 from test_segmentation_datasets import label_ids, save_png, write_cityscapes, write_gtav
@@ -141,7 +140,6 @@ def test_make_mini_calls_the_renderer_and_checks(tmp_path, capsys, monkeypatch):
 
 def test_mini_weather_benchmark_passes_the_check(request, capsys):
     """Integration: the embedded benchmark loads through every loader and passes the check."""
-    pytest.importorskip("drsf_kit.data.mini_weather", reason="the mini-weather renderer is not installed")
     tiny_weather = request.getfixturevalue("tiny_weather")
     from drsf_kit.data.cityscapes import MiniWeatherSegmentation
     from drsf_kit.data.classes import DWD_DOMAINS

@@ -15,7 +15,6 @@ from drsf_kit.analysis.attribution import (
     DetectionRoIScore,
     SegmentationClassScore,
     StageActivationScore,
-    attribution_grid,
     attribution_maps,
     auto_target,
     gradcam,
@@ -25,12 +24,12 @@ from drsf_kit.analysis.attribution import (
 from drsf_kit.analysis.entropy import (
     channel_stats_by_domain,
     detection_entropy_map,
-    gate_histograms,
-    overlay,
     prediction_entropy_map,
     suppressed_channels,
 )
 from drsf_kit.errors import ConfigError
+from drsf_kit.viz.images import heatmap_overlay
+from drsf_kit.viz.plots import attribution_grid, gate_histograms, plot_overlay
 
 # ---------------------------------------------------------------------------------------------- entropy
 
@@ -128,12 +127,12 @@ def test_suppressed_channels_and_overlay():
     image = torch.rand(3, 6, 8)
     heat = np.zeros((3, 4), np.float32)
     heat[1, 2] = 1.0
-    arr = overlay(image, heat, as_array=True)
+    arr = heatmap_overlay(image, heat)
     assert arr.shape == (6, 8, 3) and arr.dtype == np.uint8
     # Where the map is at its minimum the image shows through unchanged.
     expected = (image.permute(1, 2, 0).numpy() * 255).round()
     assert np.abs(arr[0, 0].astype(float) - expected[0, 0]).max() <= 1
-    fig = overlay(image, heat, title="entropy")
+    fig = plot_overlay(image, heat, title="entropy")
     assert fig.axes[0].get_title() == "entropy"
     plt.close(fig)
 
@@ -218,8 +217,8 @@ def test_attribution_grid_and_argument_errors():
     titles = [ax.get_title() for ax in fig.axes[:2]]
     assert titles == ["daytime clear (real)", "night sunny (synthetic)"]
     plt.close(fig)
-    fig = attribution_grid(scene, make_model_fn=lambda d, img: fn, layer="2", methods=("gradcam",), progress=False)
-    plt.close(fig)
+    one = attribution_maps(scene, make_model_fn=lambda d, img: fn, layer="2", methods=("gradcam",), progress=False)
+    plt.close(attribution_grid(scene, one))
     with pytest.raises(ConfigError, match="exactly one"):
         attribution_maps(scene, model_fn=fn, make_model_fn=lambda d, i: fn, layer="2")
     with pytest.raises(ConfigError, match="needs a layer"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from drsf_kit.errors import ConfigError, DataError
-from drsf_kit.evaluation.calibration import detection_ece, expected_calibration_error
-from drsf_kit.evaluation.detection import evaluate_detections
+from drsf_kit.evaluation.calibration import expected_calibration_error
+from drsf_kit.evaluation.detection import detection_ece, evaluate_detections
 
 CLASSES = ["bus", "bike", "car"]
 CAR = 3
@@ -206,3 +206,24 @@ def test_duplicate_image_id_in_sequence_is_an_error():
     seq = [{"image_id": "x", **GOOD_T}, {"image_id": "x", **GOOD_T}]
     with pytest.raises(DataError, match="x.*more than once"):
         evaluate_detections([], seq, CLASSES)
+
+
+def test_torchvision_style_lists_are_matched_by_position():
+    """Model outputs carry no image_id (torchvision's engine zips them with the targets): position decides."""
+    targets = [{"image_id": torch.tensor(7), "boxes": torch.tensor([box(0)]), "labels": torch.tensor([CAR])},
+               {"image_id": torch.tensor(9), "boxes": torch.tensor([box(1)]), "labels": torch.tensor([CAR])}]
+    outputs = [{"boxes": torch.tensor([box(0)]), "scores": torch.tensor([0.9]), "labels": torch.tensor([CAR])},
+               {"boxes": torch.tensor([box(1)]), "scores": torch.tensor([0.8]), "labels": torch.tensor([CAR])}]
+    right = evaluate_detections(outputs, targets, CLASSES, metrics=("voc07", "coco"))
+    assert right["map50_voc07"] == pytest.approx(1.0) and right["ap50_coco"] == pytest.approx(1.0)
+    # the same boxes in the other order land on the other image: both miss (IoU 0), AP 0
+    swapped = evaluate_detections(outputs[::-1], targets, CLASSES, metrics=("voc07",))
+    assert swapped["map50_voc07"] == pytest.approx(0.0)
+    # targets without image_id are numbered by position as well
+    bare = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
+    assert evaluate_detections(outputs, bare, CLASSES, metrics=("voc07",))["map50_voc07"] == pytest.approx(1.0)
+    assert detection_ece(outputs, bare) == pytest.approx(detection_ece(outputs, targets))
+    with pytest.raises(DataError, match="1 entries without 'image_id' for 2 ground-truth images"):
+        evaluate_detections(outputs[:1], targets, CLASSES)
+    with pytest.raises(DataError, match=r"targets\[1\].*give all or none"):
+        evaluate_detections(outputs, [targets[0], bare[1]], CLASSES)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from drsf_kit.analysis.embedding import pca_embed, plot_embedding, tsne_embed
+from drsf_kit.analysis.embedding import pca_embed, tsne_embed
 from drsf_kit.analysis.features import (
     available_stages,
     collect_domain_images,
@@ -21,6 +21,7 @@ from drsf_kit.analysis.features import (
     resolve_module,
 )
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.viz.plots import plot_embedding
 
 
 class Counting(nn.Module):

@@ -18,9 +18,9 @@ from drsf_kit.analysis.gap import (
     gap_matrix,
     gap_table,
     mmd,
-    table_to_markdown,
 )
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.evaluation.tables import frame_to_markdown
 
 # ---------------------------------------------------------------------------------------------- metrics
 
@@ -127,7 +127,7 @@ def test_gap_table_rows_and_closest_pseudo_domain():
     assert not flags["synth:daytime_foggy"]
     matrix = gap_matrix(table, "mmd")
     assert list(matrix.columns) == ["synth:night_sunny", "synth:daytime_foggy", "daytime_clear"]
-    md = table_to_markdown(table, caption="Caption names the metric")
+    md = frame_to_markdown(table, caption="Caption names the metric", index=False)
     assert md.startswith("Caption names the metric") and "| target | domain |" in md
 
 
@@ -252,3 +252,40 @@ def test_run_gap_writes_every_figure_and_comparison(tmp_path):
     cmp = pd.read_csv(tmp_path / "b" / "gap_compare.csv")
     # The same model on the same images: nothing moved.
     assert np.allclose(cmp["mmd_delta"], 0.0) and np.allclose(cmp["frechet_delta"], 0.0)
+
+
+def test_gap_table_is_scale_free_and_has_a_source_yardstick():
+    """Scaling every feature by 1e-6 (or 1e3) leaves the Frechet column unchanged: it is on standardised
+    features; ``frechet_vs_source`` is 1 for the source row and below 1 for a pseudo-domain nearer the target."""
+    feats = _toy_features()
+    kw = dict(pseudo_domains=["synth:night_sunny", "synth:daytime_foggy"], real_targets=["night_sunny"],
+              source="daytime_clear", metrics=("frechet",), closest_by="frechet", progress=False)
+    table = gap_table(feats, **kw)
+    for factor in (1e-6, 1e3):
+        scaled = gap_table({k: v * factor for k, v in feats.items()}, **kw)
+        assert np.allclose(scaled["frechet"], table["frechet"], rtol=1e-6)
+    by = table.set_index("domain")
+    assert by.loc["daytime_clear", "frechet_vs_source"] == pytest.approx(1.0)
+    assert by.loc["synth:night_sunny", "frechet_vs_source"] < 1.0 < by.loc["synth:daytime_foggy", "frechet_vs_source"]
+    # per dimension on target-standardised features: a unit shift of every dimension adds about 1
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 4))
+    z = gap_table({"t": x, "p": rng.normal(size=(400, 4)) + 1.0, "s": rng.normal(size=(400, 4))},
+                  ["p"], ["t"], "s", metrics=("frechet",), closest_by="frechet",
+                  progress=False).set_index("domain")
+    assert z.loc["p", "frechet"] == pytest.approx(1.0, abs=0.15)
+
+
+def test_domain_probe_keeps_ranking_after_accuracy_saturates():
+    """Two separable pairs both reach accuracy 1; the log-loss and margin still say which is further."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(60, 10))
+    near = domain_classifier_accuracy(a, rng.normal(size=(60, 10)) + 2.0)
+    far = domain_classifier_accuracy(a, rng.normal(size=(60, 10)) + 6.0)
+    assert near["accuracy"] == far["accuracy"] == 1.0
+    assert far["log_loss"] < near["log_loss"] < 0.1 and far["margin"] > near["margin"] > 0
+    same = domain_classifier_accuracy(a, rng.normal(size=(60, 10)))
+    assert same["log_loss"] > 0.5 and abs(same["margin"]) < 1.0
+    table = gap_table({"t": a, "p": rng.normal(size=(60, 10)) + 2.0}, ["p"], ["t"], metrics=("domain_acc",),
+                      closest_by="domain_acc", progress=False)
+    assert {"domain_logloss", "domain_margin"} <= set(table.columns)

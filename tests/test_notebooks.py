@@ -5,8 +5,8 @@ Structure: opens with a Markdown cell stating its question, exactly one cell tag
 ends by saving a figure or table through ``drsf_kit.notebooks``.
 
 Execution: the notebooks share one smoke workspace (``OUTPUT_DIR``) in the order they are numbered, as
-``make demo`` runs them; each still builds what it needs when it is missing. A notebook is skipped
-only when a package module it needs is not installed, and the skip names the module.
+``make demo`` runs them; each still builds what it needs when it is missing. Nothing is skipped: a
+kit module that a notebook imports and that is missing (say, after a rename) fails its test.
 """
 
 from __future__ import annotations
@@ -26,20 +26,6 @@ EXPECTED = (
     "04_train_detector", "05_train_segmenter", "06_evaluate_targets", "07_entropy_and_attribution",
     "08_explore_mdsf_interpolation", "09_ablation_dashboard", "10_batch_sweeps",
 )
-# Modules a notebook reaches only through drsf_kit.notebooks helpers (its own imports are read from
-# its cells); a missing one skips that notebook's execution test with the module's name as the reason.
-INDIRECT = {
-    "01_explore_domains": ["drsf_kit.data.mini_weather"],
-    "02_generate_pseudo_domains": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner"],
-    "03_measure_domain_gap": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner"],
-    "04_train_detector": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
-    "05_train_segmenter": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
-    "06_evaluate_targets": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
-    "07_entropy_and_attribution": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
-    "08_explore_mdsf_interpolation": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
-    "09_ablation_dashboard": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
-    "10_batch_sweeps": ["drsf_kit.data.mini_weather", "drsf_kit.synth.runner", "drsf_kit.train"],
-}
 SAVE_CALL = re.compile(r"\bnbk\.save_(figure|table|png)\(")
 
 
@@ -70,20 +56,12 @@ def _imports(nb) -> list[tuple[str, str | None]]:
     return found
 
 
-def _missing_modules(name: str, nb) -> list[str]:
-    """drsf_kit modules the notebook needs that are not installed; any other import error is raised."""
-    missing = []
-    needs = _imports(nb) + [(m, None) for m in INDIRECT.get(name, [])]
-    for module, attr in needs:
-        try:
-            mod = importlib.import_module(module)
-            if attr is not None and not hasattr(mod, attr):
-                importlib.import_module(f"{module}.{attr}")  # a sub-module imported by name
-        except ModuleNotFoundError as exc:
-            if not (exc.name or "").startswith("drsf_kit"):
-                raise
-            missing.append(exc.name)
-    return sorted(set(missing))
+def _import_all(nb) -> None:
+    """Import every drsf_kit module and name the notebook imports; a missing one raises here, by name."""
+    for module, attr in _imports(nb):
+        mod = importlib.import_module(module)
+        if attr is not None and not hasattr(mod, attr):
+            importlib.import_module(f"{module}.{attr}")  # a sub-module imported by name
 
 
 def test_the_expected_notebooks_exist():
@@ -132,9 +110,7 @@ def test_notebook_runs_in_smoke_mode(path, smoke_dir):
     from drsf_kit.batch import execute_notebook
 
     nb = _read(path)
-    missing = _missing_modules(path.stem, nb)
-    if missing:
-        pytest.skip(f"package module(s) not installed yet: {', '.join(missing)}")
+    _import_all(nb)
     executed = smoke_dir / "executed" / path.name
     execute_notebook(path, executed, {"SMOKE": True, "OUTPUT_DIR": str(smoke_dir)}, timeout=600)
     out = _read(executed)

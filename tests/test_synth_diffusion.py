@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import diffusers  # noqa: F401  (a declared dependency: a missing one fails, never skips)
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,8 +16,6 @@ from drsf_kit.errors import ConfigError
 from drsf_kit.synth import DEFAULT_PROMPTS, SynthConfig, build_generator
 from drsf_kit.synth.controlnet import canny_edges, palette_image
 from drsf_kit.synth.diffusion import resolve_dtype, resolve_weights, weights_hash
-
-pytest.importorskip("diffusers")
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from drsf_kit.data.classes import DWD_DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS
+from drsf_kit.analysis.explore import lambda_sweep
+from drsf_kit.data.classes import DWD_DOMAINS, SOURCE_DOMAIN, model_domain_names
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.utils.io import append_jsonl
 from drsf_kit.viz import dashboard
@@ -169,9 +170,13 @@ def test_dashboard_bad_input(tmp_path):
 
 
 class FakeMixModel:
-    """Features, probabilities and prediction all depend on lambda in a known way."""
+    """Features, probabilities and prediction all depend on lambda in a known way.
 
-    domain_names = (SOURCE_DOMAIN,) + TARGET_DOMAINS
+    Its interface is the real one: ``build_model`` names the discriminator's outputs ``model.domain_names``
+    (source, then the pseudo-domains in run order), and ``predict_mixed`` returns the same three keys.
+    """
+
+    domain_names = model_domain_names()
 
     def __init__(self):
         gen = torch.Generator().manual_seed(0)
@@ -251,7 +256,7 @@ def test_lambda_sweep_rows_and_figure():
             return out
 
     twins = _twins(0)
-    sweep = dashboard.lambda_sweep(ScoredModel(), twins[SOURCE_DOMAIN], twins["daytime_foggy"], steps=5,
+    sweep = lambda_sweep(ScoredModel(), twins[SOURCE_DOMAIN], twins["daytime_foggy"], steps=5,
                                    domain_names=FakeMixModel.domain_names, score_threshold=0.3,
                                    names=(SOURCE_DOMAIN, "daytime_foggy"))
     assert list(sweep["lam"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -272,11 +277,11 @@ def test_lambda_sweep_rows_and_figure():
             out["prediction"] = mask
             return out
 
-    seg = dashboard.lambda_sweep(SegModel(), twins[SOURCE_DOMAIN], twins["night_sunny"], steps=3)
+    seg = lambda_sweep(SegModel(), twins[SOURCE_DOMAIN], twins["night_sunny"], steps=3)
     assert list(seg["agreement_with_a"]) == pytest.approx([0.0, 0.5, 1.0])
     assert "A alone" in dashboard.lambda_sweep_figure(seg).axes[1].get_ylabel()
     with pytest.raises(ConfigError, match="at least 2 steps"):
-        dashboard.lambda_sweep(SegModel(), twins[SOURCE_DOMAIN], twins["night_sunny"], steps=1)
+        lambda_sweep(SegModel(), twins[SOURCE_DOMAIN], twins["night_sunny"], steps=1)
 
 
 def test_twin_explorer_with_callables():
@@ -327,6 +332,51 @@ def test_mdsf_explorer_with_a_kit_model():
     features, probs = explorer.features.copy(), explorer.domain_probs.copy()
     explorer.controls["lam"].value = 0.0
     assert not np.allclose(explorer.features, features) and not np.allclose(explorer.domain_probs, probs)
+
+
+def test_discriminator_outputs_are_labelled_with_the_runs_own_domain_order():
+    """The explorer names the discriminator's top output after the run's pseudo-domain order.
+
+    A run built from a config lists its pseudo-domains (ids 1..K); a model built for it carries those names,
+    and the explorer must read them from the model, not from a constant that lists the domains differently.
+    """
+    from drsf_kit.config import RunConfig, config_from_dict
+    from drsf_kit.train.engine import build_model_for
+
+    def status_top(order):
+        cfg = config_from_dict({"task": "seg", "variant": "drsf", "data": {"synth_domains": list(order)}})
+        torch.manual_seed(0)
+        model = build_model_for(cfg, load_pretrained=False).eval()
+        assert model.domain_names == (SOURCE_DOMAIN, *order)
+        with torch.no_grad():  # the discriminator now always answers id 1 + order.index("night_sunny")
+            clf = model.mdsf.discriminator.classifier
+            clf.weight.zero_()
+            clf.bias.zero_()
+            clf.bias[1 + list(order).index("night_sunny")] = 50.0
+        image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))
+        explorer = mdsf_explorer(model, {"s": {SOURCE_DOMAIN: image, "night_sunny": 0.3 * image}})
+        return explorer.status.value.split("top domain: ")[1]
+
+    default = RunConfig().data.synth_domains
+    assert default == model_domain_names()[1:]  # one order: config and data/classes agree
+    assert status_top(default).startswith("night_sunny")
+    swapped = tuple(reversed(default))
+    assert status_top(swapped).startswith("night_sunny")
+
+
+def test_pseudo_domain_order_has_one_source():
+    """config.py, synth/ and the model builder read the one order in data/classes.py."""
+    from drsf_kit.config import DataConfig
+    from drsf_kit.data.classes import PSEUDO_DOMAINS
+    from drsf_kit.models import build_model
+    from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS, SynthConfig
+
+    assert DataConfig().synth_domains == DEFAULT_SYNTH_DOMAINS == SynthConfig(data="x").domains == PSEUDO_DOMAINS
+    model = build_model("seg", "mini", "drsf", num_domains=1 + len(PSEUDO_DOMAINS))
+    assert model.domain_names == (SOURCE_DOMAIN, *PSEUDO_DOMAINS)
+    assert build_model("seg", "mini", "drsf", num_domains=3).domain_names == ("domain 0", "domain 1", "domain 2")
+    with pytest.raises(ConfigError, match="2 names for num_domains=5"):
+        build_model("seg", "mini", "drsf", num_domains=5, domain_names=("a", "b"))
 
 
 def test_twin_explorer_with_a_kit_model():

@@ -2,10 +2,13 @@
 
 - ``features``: stage features of any model (forward hooks), cached on disk; image collection
 - ``gap``: MMD, Frechet distance, domain-classifier accuracy, ``gap_table``, ``compare_gap_tables``
-- ``embedding``: PCA / t-SNE and their plot
-- ``entropy``: DFDR channel entropy and gates per domain, prediction-entropy maps, overlays
+- ``embedding``: PCA / t-SNE coordinates
+- ``entropy``: DFDR channel entropy and gates per domain, prediction-entropy maps
 - ``attribution``: GradCAM and integrated gradients for segmentation classes and detection boxes
-- ``cli``: ``drsf gap``
+- ``cli``: ``drsf gap`` (an entry point: it draws through ``drsf_kit.viz``)
+
+Everything here returns arrays and frames; ``drsf_kit.viz.plots`` draws them (``plot_embedding``,
+``gate_histograms``, ``attribution_grid``, ``plot_overlay``).
 
 Names are imported on first use, so ``drsf --help`` does not pay for torch, pandas and scikit-learn.
 """
@@ -19,10 +22,10 @@ _EXPORTS = {
                  "default_stage", "extract_features", "features_by_group", "model_fingerprint"),
     "gap": ("mmd", "frechet_distance", "domain_classifier_accuracy", "gap_table", "gap_matrix",
             "closest_pseudo_domains", "compare_gap_tables"),
-    "embedding": ("pca_embed", "tsne_embed", "plot_embedding"),
-    "entropy": ("channel_entropy", "channel_stats_by_domain", "gate_histograms", "suppressed_channels",
-                "prediction_entropy_map", "detection_entropy_map", "overlay"),
-    "attribution": ("gradcam", "integrated_gradients", "attribution_maps", "attribution_grid",
+    "embedding": ("pca_embed", "tsne_embed"),
+    "entropy": ("channel_entropy", "channel_stats_by_domain", "suppressed_channels",
+                "prediction_entropy_map", "detection_entropy_map"),
+    "attribution": ("gradcam", "integrated_gradients", "attribution_maps",
                     "SegmentationClassScore", "DetectionBoxScore", "DetectionRoIScore", "StageActivationScore"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

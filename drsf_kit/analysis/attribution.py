@@ -20,7 +20,6 @@ from torch import nn
 
 from drsf_kit.analysis.features import _StopForward, model_device, resolve_module
 from drsf_kit.errors import ConfigError
-from drsf_kit.viz.plots import plot_map_grid
 
 METHODS = ("gradcam", "integrated_gradients")
 _METHOD_LABELS = {"gradcam": "GradCAM", "integrated_gradients": "Integrated gradients"}
@@ -273,19 +272,6 @@ def attribution_maps(images_by_domain: Mapping[str, object], model_fn: Callable 
             else:
                 out[_METHOD_LABELS[m]][domain] = integrated_gradients(fn, image, target, steps)
     return out
-
-
-def attribution_grid(images_by_domain: Mapping[str, object], maps_by_method: Mapping[str, Mapping] | None = None,
-                     title: str | None = None, shared_scale: bool = True, **compute):
-    """Side-by-side figure: one column per domain of a scene, one row per attribution method.
-
-    ``maps_by_method`` comes from ``attribution_maps``; when None it is computed here with ``compute``
-    (the keyword arguments of ``attribution_maps``). Rows share one colour scale across domains.
-    """
-    if maps_by_method is None:
-        maps_by_method = attribution_maps(images_by_domain, **compute)
-    return plot_map_grid(images_by_domain, maps_by_method, shared_scale=shared_scale,
-                         title=title or "Attribution across the domains of one scene")
 
 
 def auto_target(model: nn.Module, image, stage: str | None = None) -> tuple[Callable, str]:

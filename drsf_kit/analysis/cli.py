@@ -118,9 +118,10 @@ def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, 
     import pandas as pd
 
     from drsf_kit.analysis import features as F
-    from drsf_kit.analysis.gap import compare_gap_tables, gap_table, table_to_markdown
+    from drsf_kit.analysis.gap import compare_gap_tables, gap_table
     from drsf_kit.data.classes import SOURCE_DOMAIN
     from drsf_kit.errors import ConfigError
+    from drsf_kit.evaluation.tables import frame_to_markdown
     from drsf_kit.utils.io import atomic_write_json, atomic_write_text
     from drsf_kit.utils.runtime import resolve_device
 
@@ -152,7 +153,7 @@ def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, 
                f"`{split or 'source train, targets all'}`.")
     tables = [out / "gap_table.csv", out / "gap_table.md", out / "gap_table.json"]
     atomic_write_text(tables[0], table.to_csv(index=False))
-    atomic_write_text(tables[1], table_to_markdown(table, caption))
+    atomic_write_text(tables[1], frame_to_markdown(table, caption, index=False))
     atomic_write_json(tables[2], {"meta": meta, "rows": json.loads(table.to_json(orient="records"))})
     comparison = None
     if compare is not None:
@@ -160,8 +161,8 @@ def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, 
         comparison = compare_gap_tables(before, table)
         tables += [out / "gap_compare.csv", out / "gap_compare.md"]
         atomic_write_text(tables[-2], comparison.to_csv(index=False))
-        atomic_write_text(tables[-1], table_to_markdown(comparison, f"Gap change from {compare} (before) to this "
-                                                        "analysis (after); negative delta = closer."))
+        caption = f"Gap change from {compare} (before) to this analysis (after); negative delta = closer."
+        atomic_write_text(tables[-1], frame_to_markdown(comparison, caption, index=False))
     written = []
     if figures:
         written = write_figures(model, records, feats.pooled, table, Path(figures_dir or out / "figures"),
@@ -222,12 +223,19 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
     import torch
 
     from drsf_kit.analysis.attribution import attribution_maps, auto_target
-    from drsf_kit.analysis.embedding import pca_embed, plot_embedding, tsne_embed
-    from drsf_kit.analysis.entropy import channel_stats_by_domain, gate_histograms
+    from drsf_kit.analysis.embedding import pca_embed, tsne_embed
+    from drsf_kit.analysis.entropy import channel_stats_by_domain
     from drsf_kit.analysis.features import load_image, resolve_module
     from drsf_kit.analysis.gap import gap_matrix
     from drsf_kit.errors import ConfigError
-    from drsf_kit.viz.plots import plot_gap_change, plot_gap_heatmap, plot_map_grid, save_figure
+    from drsf_kit.viz.plots import (
+        gate_histograms,
+        plot_embedding,
+        plot_gap_change,
+        plot_gap_heatmap,
+        plot_map_grid,
+        save_figure,
+    )
 
     groups = [r.group for r in records]
     n = len(records)

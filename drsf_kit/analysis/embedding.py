@@ -10,7 +10,6 @@ import numpy as np
 
 from drsf_kit.analysis.gap import check_features
 from drsf_kit.errors import ConfigError
-from drsf_kit.viz.plots import plot_embedding  # noqa: F401  (re-exported: embedding + its plot in one place)
 
 
 def pca_embed(features, n_components: int = 2, seed: int = 0, return_variance: bool = False):

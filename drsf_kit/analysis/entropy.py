@@ -23,7 +23,6 @@ from drsf_kit.analysis.features import (
 )
 from drsf_kit.errors import ConfigError
 from drsf_kit.models.dfdr import channel_entropy  # the DFDR block owns the definition
-from drsf_kit.viz.plots import alpha_map, plot_histograms, plot_overlay, resize_map, to_hwc
 
 
 def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[str, list], stage: str | None = None,
@@ -89,27 +88,6 @@ def _dfdr_free_stage(model: torch.nn.Module, fallback: str | None = None) -> str
         return "layer2"
     except ConfigError:
         return fallback or default_stage(model)
-
-
-def gate_histograms(values_by_domain: Mapping[str, np.ndarray], what: str = "gate", per_channel: bool = True,
-                    bins: int = 30, title: str | None = None):
-    """Histogram per domain of DFDR gate (or entropy) values; ``per_channel`` averages over images first.
-
-    Returns a matplotlib Figure; domains keep their colours, synthetic ones are dashed.
-    """
-    vals = {}
-    for d, v in values_by_domain.items():
-        if v is None:
-            continue
-        arr = np.asarray(v, dtype=float)
-        vals[d] = arr.reshape(-1, arr.shape[-1]).mean(0) if per_channel and arr.ndim > 1 else arr.ravel()
-    if not vals:
-        raise ConfigError(f"gate_histograms: no {what} values to plot (model without a DFDR block?)")
-    unit = "mean over images, one value per channel" if per_channel else "all images x channels"
-    label = {"gate": "DFDR gate a (1 = shared, 0 = private)", "entropy": "channel entropy (0 = peaked, 1 = flat)"}
-    rng = (0.0, 1.0) if what in ("gate", "entropy") else None
-    return plot_histograms(vals, xlabel=f"{label.get(what, what)} [{unit}]", bins=bins, value_range=rng,
-                           title=title or f"{what.capitalize()} distribution per domain")
 
 
 def suppressed_channels(gates, k: int = 10) -> np.ndarray:
@@ -187,23 +165,3 @@ def detection_entropy_map(boxes, class_probs, size: tuple[int, int], reduce: str
     if reduce == "mean":
         total = np.where(count > 0, total / np.maximum(count, 1), 0.0)
     return total.astype(np.float32)
-
-
-def overlay(image, heat, alpha: float = 0.75, cmap: str = "inferno", as_array: bool = False, **plot_kwargs):
-    """Blend a map over an image: a Figure (default) or, with ``as_array``, a uint8 ``HxWx3`` array.
-
-    The map is resized to the image and scaled by its min/max (or ``vmin``/``vmax``); opacity grows with
-    the value up to ``alpha``, so low values leave the image visible.
-    """
-    if not as_array:
-        return plot_overlay(image, heat, alpha=alpha, cmap=cmap, **plot_kwargs)
-    import matplotlib
-
-    img = to_hwc(image)
-    m = resize_map(np.asarray(heat, dtype=np.float32), img.shape[:2])
-    lo = plot_kwargs.get("vmin", float(np.nanmin(m)))
-    hi = plot_kwargs.get("vmax", float(np.nanmax(m)))
-    norm = np.clip((m - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(m)
-    colour = matplotlib.colormaps[cmap](norm)[..., :3]
-    a = alpha_map(m, alpha, lo, hi)[..., None]
-    return (np.clip((1 - a) * img + a * colour, 0, 1) * 255).round().astype(np.uint8)

@@ -2,7 +2,11 @@
 
 ``gap_table`` measures every (pseudo-domain, real target) pair, plus the source against every
 target as the reference a useful pseudo-domain should beat, and names the closest pseudo-domain
-per real target. Measuring the same images with two models (before / after DFDR+MDSF training)
+per real target. Its numbers do not depend on the features' scale: the Frechet distance is taken on
+features standardised by the real target's statistics (per dimension) and divided by the dimension,
+and ``frechet_vs_source`` divides it by the source-to-target value. The domain probe reports, next to
+its accuracy (which reaches 1.0 as soon as two domains are linearly separable), its held-out log-loss
+and mean margin, which keep growing with the separation. Measuring the same images with two models (before / after DFDR+MDSF training)
 gives two tables; ``compare_gap_tables`` puts them side by side.
 """
 
@@ -141,15 +145,33 @@ def frechet_distance(x, y, eps: float = 1e-6) -> float:
     return max(value, 0.0)  # the distance is >= 0; rounding can push identical inputs just below
 
 
+def standardize_by(x, reference) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``reference`` shifted and scaled by the reference's per-dimension mean and std.
+
+    Dimensions that are constant in the reference are scaled by the pooled std of both (or left at 1
+    when that is zero too), so no division by zero hides a difference.
+    """
+    a, ref = _pair(x, reference, ("x", "reference"))
+    mean, std = ref.mean(0), ref.std(0)
+    pooled = np.concatenate([a, ref]).std(0)
+    scale = np.where(std > 1e-12, std, np.where(pooled > 1e-12, pooled, 1.0))
+    return (a - mean) / scale, (ref - mean) / scale
+
+
 def domain_classifier_accuracy(x, y, folds: int = 5, seed: int = 0, C: float = 1.0) -> dict:
     """Cross-validated linear probe telling ``x`` from ``y``; ~0.5 means the domains are indistinguishable.
 
-    A logistic regression on standardised features, scored by balanced accuracy so unequal sample
-    sizes do not inflate it. Returns ``accuracy``, ``accuracy_std``, ``folds`` and the proxy
-    A-distance ``2 (1 - 2 err)`` with err = 1 - accuracy (Ben-David et al.).
+    A logistic regression on standardised features, scored on held-out folds. Returns ``accuracy``
+    (balanced, so unequal sample sizes do not inflate it), ``accuracy_std`` over folds, ``folds``, the
+    proxy A-distance ``2 (1 - 2 err)`` with err = 1 - accuracy (Ben-David et al.), and two numbers that
+    do not saturate when the domains are separable: ``log_loss``, the held-out cross-entropy of the
+    probe's probabilities (balanced by class; log 2 = 0.693 at chance, falling towards 0 as the domains
+    part), and ``margin``, the mean held-out logit on the correct side of the boundary (0 at chance,
+    growing with the separation; negative when the probe is wrong on average).
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -164,10 +186,18 @@ def domain_classifier_accuracy(x, y, folds: int = 5, seed: int = 0, C: float = 1
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, solver="liblinear", max_iter=2000,
                                                                class_weight="balanced"))
     cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    scores = cross_val_score(probe, z, labels, cv=cv, scoring="balanced_accuracy")
-    acc = float(scores.mean())
-    return {"accuracy": acc, "accuracy_std": float(scores.std()), "folds": k,
-            "proxy_a_distance": 2.0 * (1.0 - 2.0 * (1.0 - acc))}
+    scores, logits = [], np.zeros(len(z))
+    for train, test in cv.split(z, labels):
+        probe.fit(z[train], labels[train])
+        logits[test] = probe.decision_function(z[test])
+        scores.append(balanced_accuracy_score(labels[test], (logits[test] > 0).astype(int)))
+    acc = float(np.mean(scores))
+    signed = np.where(labels == 1, logits, -logits)  # > 0: the held-out point is on its own side
+    weight = np.where(labels == 1, 0.5 / len(b), 0.5 / len(a))  # each domain counts half
+    log_loss = float(np.sum(weight * np.logaddexp(0.0, -signed)))  # -log sigmoid(signed logit)
+    return {"accuracy": acc, "accuracy_std": float(np.std(scores)), "folds": k,
+            "proxy_a_distance": 2.0 * (1.0 - 2.0 * (1.0 - acc)), "log_loss": log_loss,
+            "margin": float(np.sum(weight * signed))}
 
 
 def gap_table(features_by_domain: Mapping[str, np.ndarray], pseudo_domains: Sequence[str],
@@ -185,8 +215,11 @@ def gap_table(features_by_domain: Mapping[str, np.ndarray], pseudo_domains: Sequ
 
     Returns:
         DataFrame with ``target, domain, kind (pseudo|source), n_target, n_domain``, the metric
-        columns (``domain_acc`` adds ``proxy_a_distance``), ``closest_pseudo_domain`` (per target)
-        and ``closer_than_source`` (the pseudo-domain is closer to the target than the source is).
+        columns, ``closest_pseudo_domain`` (per target) and ``closer_than_source`` (the pseudo-domain
+        is closer to the target than the source is). ``frechet`` is the Frechet distance per feature
+        dimension between the two sets standardised by the target's mean and std (scale-free), and
+        ``frechet_vs_source`` is it over the source-to-target value (below 1: closer than the source);
+        ``domain_acc`` adds ``proxy_a_distance``, ``domain_logloss`` and ``domain_margin``.
     """
     from tqdm.auto import tqdm
 
@@ -215,10 +248,13 @@ def gap_table(features_by_domain: Mapping[str, np.ndarray], pseudo_domains: Sequ
         if "mmd" in metrics:
             row["mmd"] = mmd(ft, fo, seed=seed)
         if "frechet" in metrics:
-            row["frechet"] = frechet_distance(ft, fo)
+            # standardised by the target: a feature's scale (2.5e-07 or 1e3) no longer sets the value
+            zo, zt = standardize_by(fo, ft)
+            row["frechet"] = frechet_distance(zt, zo) / ft.shape[1]
         if "domain_acc" in metrics:
             probe = domain_classifier_accuracy(ft, fo, seed=seed)
             row["domain_acc"], row["proxy_a_distance"] = probe["accuracy"], probe["proxy_a_distance"]
+            row["domain_logloss"], row["domain_margin"] = probe["log_loss"], probe["margin"]
         rows.append(row)
     table = pd.DataFrame(rows)
     col = _RANK_COLUMN[closest_by]
@@ -231,6 +267,9 @@ def gap_table(features_by_domain: Mapping[str, np.ndarray], pseudo_domains: Sequ
         ref = grp[grp["kind"] == "source"]
         if len(ref) and len(pseudo):
             table.loc[pseudo.index, "closer_than_source"] = pseudo[col] < float(ref[col].iloc[0])
+    if "frechet" in metrics:  # the source-to-target distance as each target's yardstick
+        reference = table[table["kind"] == "source"].set_index("target")["frechet"]
+        table["frechet_vs_source"] = table["frechet"] / table["target"].map(reference)
     table.attrs["closest_by"] = closest_by
     return table
 
@@ -261,7 +300,8 @@ def compare_gap_tables(before: pd.DataFrame, after: pd.DataFrame, labels: tuple[
     for name, t in zip(labels, (before, after)):
         if not set(keys) <= set(t.columns):
             raise ConfigError(f"the {name} table is not a gap table (needs columns {keys})")
-    values = [c for c in ("mmd", "frechet", "domain_acc", "proxy_a_distance") if c in before and c in after]
+    values = [c for c in ("mmd", "frechet", "frechet_vs_source", "domain_acc", "proxy_a_distance", "domain_logloss",
+                          "domain_margin") if c in before and c in after]
     if not values:
         raise ConfigError("the two gap tables share no metric column")
     left = before[keys + ["kind"] + values + ["closest_pseudo_domain"]]
@@ -273,21 +313,3 @@ def compare_gap_tables(before: pd.DataFrame, after: pd.DataFrame, labels: tuple[
         merged[f"{v}_delta"] = merged[f"{v}_{labels[1]}"] - merged[f"{v}_{labels[0]}"]
     merged = merged.rename(columns={f"closest_pseudo_domain_{lab}": f"closest_{lab}" for lab in labels})
     return merged
-
-
-def table_to_markdown(table: pd.DataFrame, caption: str | None = None, digits: int = 4) -> str:
-    """A GitHub markdown table (no extra dependency; floats to ``digits`` significant digits) with an
-    optional caption line above it."""
-    def fmt(v):
-        if isinstance(v, float) and not np.isnan(v):
-            return f"{v:.{digits}g}"
-        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-            return ""
-        return str(v)
-
-    cols = [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for rec in table.itertuples(index=False):
-        lines.append("| " + " | ".join(fmt(v) for v in rec) + " |")
-    head = f"{caption}\n\n" if caption else ""
-    return head + "\n".join(lines) + "\n"

@@ -15,6 +15,17 @@ SOURCE_DOMAIN = "daytime_clear"
 TARGET_DOMAINS: tuple[str, ...] = ("daytime_foggy", "dusk_rainy", "night_rainy", "night_sunny")
 DWD_DOMAINS: tuple[str, ...] = (SOURCE_DOMAIN,) + TARGET_DOMAINS
 
+# The pseudo-target domains a run generates and trains on, in the order of their domain ids 1..K (the
+# source is id 0). This order, not TARGET_DOMAINS' table order, numbers the domain discriminator's outputs,
+# so config.py, synth/ and every model read it from here; a trained model carries its own copy in
+# ``model.domain_names`` (source first), which is what anything labelling those outputs must use.
+PSEUDO_DOMAINS: tuple[str, ...] = ("daytime_foggy", "dusk_rainy", "night_sunny", "night_rainy")
+
+
+def model_domain_names(synth_domains=PSEUDO_DOMAINS, source_domain: str = SOURCE_DOMAIN) -> tuple[str, ...]:
+    """Names of a model's domain ids: the source (id 0), then the pseudo-domains (ids 1..K) in run order."""
+    return (str(source_domain), *(str(d) for d in synth_domains))
+
 # Short names used in tables and figure legends.
 DOMAIN_SHORT = {
     "daytime_clear": "DC",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from drsf_kit.config import DEFAULT_DATA_ROOT
 from drsf_kit.data.check import FORMATS, check_dataset, format_report
 
 
@@ -16,7 +17,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     make = verbs.add_parser("make-mini", help="render the mini-weather benchmark (DWD layout + masks)",
                             description="Render the mini-weather benchmark, then check it.")
-    make.add_argument("--out", default="data/mini-weather", help="output folder (default: %(default)s)")
+    make.add_argument("--out", default=DEFAULT_DATA_ROOT, help="output folder (default: %(default)s)")
     make.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     make.add_argument("--n-train", type=int, default=800, help="source training images (default: %(default)s)")
     make.add_argument("--n-test", type=int, default=200, help="source test images (default: %(default)s)")

@@ -4,8 +4,8 @@ Every number carries its metric's name (``map50_voc07`` is never ``ap50_coco``) 
 caption names the metric and the protocol; see ``docs/evaluation.md``.
 """
 
-from drsf_kit.evaluation.calibration import detection_ece, expected_calibration_error, reliability_bins
-from drsf_kit.evaluation.detection import evaluate_detections
+from drsf_kit.evaluation.calibration import expected_calibration_error, reliability_bins
+from drsf_kit.evaluation.detection import detection_ece, evaluate_detections
 from drsf_kit.evaluation.results import PROTOCOL_LABELS, detection_rows, load_results, segmentation_rows
 from drsf_kit.evaluation.segmentation import SegmentationMeter, evaluate_segmentation
 from drsf_kit.evaluation.tables import METRIC_LABELS, domain_table, per_class_table, write_tables

@@ -11,7 +11,7 @@ falls in the last bin.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -66,35 +66,3 @@ def expected_calibration_error(confidences, correct, n_bins: int = 10) -> float:
         return float("nan")
     gap = np.abs(np.asarray(bins["accuracy"]) - np.asarray(bins["confidence"]))
     return float(np.sum(counts[counts > 0] / total * gap[counts > 0]))
-
-
-def detection_ece(
-    predictions: Mapping | Sequence,
-    targets: Mapping | Sequence,
-    n_bins: int = 10,
-    iou: float = 0.5,
-    num_classes: int | None = None,
-) -> float:
-    """Expected calibration error of detections: confidence = score, correct = TP at ``iou``.
-
-    Args:
-        predictions: as for ``evaluate_detections`` (``boxes``, ``scores``, ``labels`` per image).
-        targets: ground truth per image (``boxes``, ``labels``, optional ``difficult``).
-        n_bins: number of equal-width confidence bins on [0, 1].
-        iou: the IoU a detection needs with a box of its class to count as correct.
-        num_classes: when given, labels outside 1..num_classes raise ``DataError``.
-    """
-    # imported here: detection.py imports this module for the array-level functions
-    from drsf_kit.evaluation.detection import match_detections, normalize_predictions, normalize_targets
-
-    gts = normalize_targets(targets, num_classes)
-    preds = normalize_predictions(predictions, gts, num_classes)
-    check_probabilities(preds)
-    scores, correct = [], []
-    for image_id in gts:
-        status = match_detections(preds[image_id], gts[image_id], iou)
-        scores.append(preds[image_id]["scores"][status >= 0])
-        correct.append(status[status >= 0] == 1)
-    if not scores:
-        return float("nan")
-    return expected_calibration_error(np.concatenate(scores), np.concatenate(correct), n_bins)

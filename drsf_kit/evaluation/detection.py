@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.evaluation.calibration import check_probabilities, expected_calibration_error
 
 METRICS = ("voc07", "coco", "ece")
 # VOC2007's recall thresholds; k / 10 (not 0.1 * k) so that e.g. a recall of exactly 3/10 reaches 0.3.
@@ -85,17 +86,36 @@ def _check_labels(labels: np.ndarray, n: int, num_classes: int | None, image_id:
     return labels
 
 
-def _by_image(items: Mapping | Sequence, who: str) -> dict[str, Mapping]:
-    """Accept ``{image_id: dict}`` or a sequence of dicts carrying ``image_id``; keys become str."""
+def _by_image(items: Mapping | Sequence, who: str, positional_ids: Sequence[str] | None = None) -> dict[str, Mapping]:
+    """Accept ``{image_id: dict}`` or a sequence of dicts; keys become str.
+
+    In a sequence either every dict carries ``image_id`` or none does; then images are matched by
+    position, as torchvision's detection references do (``zip(targets, outputs)``): entry ``i`` gets
+    ``positional_ids[i]`` (the ground truth's ids, in order) or, without them, the id ``str(i)``.
+    """
     if isinstance(items, Mapping):
         for k, v in items.items():
             if not isinstance(v, Mapping):
                 raise DataError(f"image {k}", f"the {who} entry must be a dict, got {type(v).__name__}")
         return {str(k): v for k, v in items.items()}
-    out: dict[str, Mapping] = {}
+    items = list(items)
     for i, item in enumerate(items):
-        if not isinstance(item, Mapping) or "image_id" not in item:
-            raise DataError(f"{who}[{i}]", "each entry must be a dict with an 'image_id' key")
+        if not isinstance(item, Mapping):
+            raise DataError(f"{who}[{i}]", f"each entry must be a dict, got {type(item).__name__}")
+    with_id = [i for i, item in enumerate(items) if "image_id" in item]
+    if not items:  # nothing predicted anywhere: every image's boxes are misses
+        return {}
+    if not with_id:  # matched by position
+        ids = [str(i) for i in range(len(items))] if positional_ids is None else list(positional_ids)
+        if len(ids) != len(items):
+            raise DataError(who, f"{len(items)} entries without 'image_id' for {len(ids)} ground-truth images: "
+                                 "matching by position needs one entry per image, in the same order")
+        return dict(zip(ids, items))
+    if len(with_id) != len(items):
+        first = next(i for i, item in enumerate(items) if "image_id" not in item)
+        raise DataError(f"{who}[{first}]", "lacks 'image_id' while other entries carry one (give all or none)")
+    out: dict[str, Mapping] = {}
+    for item in items:
         image_id = item["image_id"]
         if hasattr(image_id, "item"):  # torchvision datasets give a 0-d tensor
             image_id = image_id.item()
@@ -131,8 +151,11 @@ def normalize_targets(targets: Mapping | Sequence, num_classes: int | None = Non
 def normalize_predictions(
     predictions: Mapping | Sequence, targets: Mapping[str, Any], num_classes: int | None = None
 ) -> dict[str, dict]:
-    """Validate predictions against normalised ``targets``; images without a prediction get empty arrays."""
-    preds = _by_image(predictions, "predictions")
+    """Validate predictions against normalised ``targets``; images without a prediction get empty arrays.
+
+    A sequence of predictions without ``image_id`` is matched to ``targets`` by position.
+    """
+    preds = _by_image(predictions, "predictions", positional_ids=list(targets))
     out = {}
     for image_id, p in preds.items():
         if image_id not in targets:
@@ -296,8 +319,10 @@ def evaluate_detections(
 
     Args:
         predictions: ``{image_id: {"boxes" [N,4] xyxy, "scores" [N], "labels" [N] 1-based}}`` or a
-            sequence of such dicts carrying ``image_id``; tensors, arrays or lists.
-        targets: the same for ground truth (``boxes``, ``labels``, optional ``difficult``).
+            sequence of such dicts (torchvision's model outputs); tensors, arrays or lists. Dicts without
+            ``image_id`` are matched to ``targets`` by position (one per image, same order).
+        targets: the same for ground truth (``boxes``, ``labels``, optional ``difficult`` and
+            ``image_id``); a sequence without ``image_id`` numbers its images 0, 1, ...
         class_names: label k is ``class_names[k - 1]``.
         metrics: any of ``"voc07"``, ``"coco"``, ``"ece"``.
         iou_threshold: the VOC07 (and ECE) match threshold; COCO's AP50 is always at 0.5.
@@ -347,8 +372,6 @@ def evaluate_detections(
         result["ap50_coco_per_class"] = {class_names[k - 1]: v for k, v in coco["per_class"].items()}
         result["coco_max_detections"] = int(max_detections)
     if "ece" in metrics:
-        from drsf_kit.evaluation.calibration import check_probabilities, expected_calibration_error
-
         check_probabilities(preds)
         scores, correct = _scores_and_correct(preds, statuses)
         result["ece"] = expected_calibration_error(scores, correct, n_bins=ece_bins)
@@ -369,3 +392,32 @@ def _nanmean(values: Iterable[float]) -> float:
     """Mean over the values that are not NaN; NaN when there are none."""
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+def detection_ece(
+    predictions: Mapping | Sequence,
+    targets: Mapping | Sequence,
+    n_bins: int = 10,
+    iou: float = 0.5,
+    num_classes: int | None = None,
+) -> float:
+    """Expected calibration error of detections: confidence = score, correct = TP at ``iou``.
+
+    Args:
+        predictions: as for ``evaluate_detections`` (``boxes``, ``scores``, ``labels`` per image).
+        targets: ground truth per image (``boxes``, ``labels``, optional ``difficult``).
+        n_bins: number of equal-width confidence bins on [0, 1].
+        iou: the IoU a detection needs with a box of its class to count as correct.
+        num_classes: when given, labels outside 1..num_classes raise ``DataError``.
+    """
+    gts = normalize_targets(targets, num_classes)
+    preds = normalize_predictions(predictions, gts, num_classes)
+    check_probabilities(preds)
+    scores, correct = [], []
+    for image_id in gts:
+        status = match_detections(preds[image_id], gts[image_id], iou)
+        scores.append(preds[image_id]["scores"][status >= 0])
+        correct.append(status[status >= 0] == 1)
+    if not scores:
+        return float("nan")
+    return expected_calibration_error(np.concatenate(scores), np.concatenate(correct), n_bins)

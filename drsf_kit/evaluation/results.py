@@ -27,6 +27,8 @@ RESULTS_FILE = "results.jsonl"
 # Metric names as fixed in CONTRIBUTING.md.
 DETECTION_SUMMARY_METRICS = ("map50_voc07", "ap50_coco", "ap_coco", "ap75_coco", "ece")
 SEGMENTATION_SUMMARY_METRICS = ("miou", "pixel_acc")
+# The one number per task that summaries, `drsf eval` and the dashboard lead with.
+HEADLINE_METRIC = {"det": "map50_voc07", "seg": "miou"}
 # Summary metric -> its per-class companion.
 PER_CLASS_METRICS = {"map50_voc07": "ap50_voc07", "ap50_coco": "ap50_coco", "miou": "iou"}
 

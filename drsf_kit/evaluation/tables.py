@@ -41,7 +41,8 @@ METRIC_LABELS = {
 # The per-class table written beside a summary whose metric has no per-class rows of its own.
 PER_CLASS_FOR = {**PER_CLASS_METRICS, "ap_coco": "ap50_coco", "ap75_coco": "ap50_coco", "ece": "ap50_voc07",
                  "pixel_acc": "iou"}
-# The variants in the order of the paper's ablation (METHOD.md section 5); others follow alphabetically.
+# The variants in the order of the paper's ablation (docs/method.md, "Ablation variants"); others follow
+# alphabetically.
 ROW_ORDER = ("source_only", "naive_synth", "dfdr", "mdsf", "drsf")
 AGGREGATES = {"mean": np.mean, "median": np.median, "max": np.max, "min": np.min}
 TARGET_MEAN = "target_mean"
@@ -264,18 +265,45 @@ def _cell(value: float, std: float | None) -> str:
     return f"{100 * value:.1f} ± {100 * std:.1f}"
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None) -> str:
+    """The kit's one Markdown table writer: a header, a rule (``---`` or ``---:`` per ``align`` "l"/"r") and rows."""
+    align = align or ["l"] * len(header)
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    lines = ["| " + " | ".join(map(str, header)) + " |", rule]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _plain_cell(value, digits: int) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def frame_to_markdown(frame: pd.DataFrame, caption: str | None = None, digits: int = 4, index: bool = True) -> str:
+    """Any DataFrame as a Markdown table (floats to ``digits`` significant digits, missing values blank),
+    with the index as the first column unless ``index`` is False and ``caption`` on a line above."""
+    header = ([str(frame.index.name or "")] if index else []) + [str(c) for c in frame.columns]
+    rows = [([_plain_cell(key, digits)] if index else []) + [_plain_cell(v, digits) for v in values]
+            for key, values in zip(frame.index, frame.itertuples(index=False))]
+    head = f"{caption}\n\n" if caption else ""
+    return head + markdown_table(header, rows)
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """The table as Markdown with its caption line; values printed as percentages, one decimal."""
+    """A domain table as Markdown with its caption line; values printed as percentages, one decimal."""
     value_cols = table.attrs["value_columns"]
     index_names = [str(n) for n in table.index.names]
     header = index_names + [str(c) for c in value_cols] + [SEEDS]
-    lines = [f"Table: {table.attrs['caption']}", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * len(index_names) + ["---:"] * (len(value_cols) + 1)) + "|"]
+    rows = []
     for key, row in table.iterrows():
         keys = list(key) if isinstance(key, tuple) else [key]
         cells = [_cell(row[c], row.get(c + STD)) for c in value_cols]
-        lines.append("| " + " | ".join([str(k) for k in keys] + cells + [str(int(row[SEEDS]))]) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([str(k) for k in keys] + cells + [str(int(row[SEEDS]))])
+    body = markdown_table(header, rows, align=["l"] * len(index_names) + ["r"] * (len(value_cols) + 1))
+    return f"Table: {table.attrs['caption']}\n\n" + body
 
 
 def to_csv(table: pd.DataFrame) -> str:

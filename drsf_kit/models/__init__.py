@@ -10,6 +10,7 @@ See ``docs/method.md`` for the equations as implemented.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Optional
 
 from torch import nn
@@ -48,6 +49,7 @@ def build_model(
     min_size: Optional[int] = None,
     max_size: Optional[int] = None,
     frozen_bn: Optional[bool] = None,
+    domain_names: Optional[Sequence[str]] = None,
 ) -> nn.Module:
     """Build a detector or segmenter of ``profile`` with the blocks of ``variant``.
 
@@ -64,8 +66,11 @@ def build_model(
         mdsf_stage: "head" (default: every map the head reads) or a body stage.
         min_size, max_size: detection resize (defaults: mini 180/320, ResNet profiles 800/1333).
         frozen_bn: detection ResNet profiles: frozen BatchNorm (default: True iff pretrained_backbone).
+        domain_names: the name of each domain id, source first (default: ``model_domain_names()`` when
+            num_domains fits it, else the source alone or ``domain 0..K``).
     Returns:
-        The model; ``model.build_config`` holds the arguments that rebuild its architecture.
+        The model; ``model.build_config`` holds the arguments that rebuild its architecture and
+        ``model.domain_names`` names the domain discriminator's outputs.
     """
     task = normalize_task(task)
     if profile not in PROFILES[task]:
@@ -95,7 +100,23 @@ def build_model(
         num_classes=num_classes, pretrained_backbone=None, dfdr_stage=model.dfdr_stage,
         mdsf_stage=model.mdsf_stage, frozen_bn=frozen, **resize,
     )
+    model.domain_names = _domain_names(num_domains, domain_names)
     return model
+
+
+def _domain_names(num_domains: int, names: Optional[Sequence[str]]) -> tuple[str, ...]:
+    """One name per domain id; the kit's default order (data/classes.py) when none are given and it fits."""
+    from drsf_kit.data.classes import SOURCE_DOMAIN, model_domain_names
+
+    if names is not None:
+        names = tuple(str(n) for n in names)
+        if len(names) != num_domains:
+            raise ConfigError(f"domain_names has {len(names)} names for num_domains={num_domains}: {', '.join(names)}")
+        return names
+    default = model_domain_names()
+    if num_domains == len(default):
+        return default
+    return (SOURCE_DOMAIN,) if num_domains == 1 else tuple(f"domain {i}" for i in range(num_domains))
 
 
 __all__ = [

@@ -9,16 +9,15 @@ diffusion backend is built.
 from drsf_kit.synth.base import (
     DEFAULT_PROMPTS,
     DEFAULT_SYNTH_DOMAINS,
-    GENERATORS,
     GeneratedItem,
     Generator,
     SourceItem,
     SynthConfig,
-    build_generator,
     item_seed,
     load_prompts,
 )
 from drsf_kit.synth.consistency import layout_consistency
+from drsf_kit.synth.registry import GENERATORS, build_generator
 from drsf_kit.synth.runner import merge_shards, parse_shard, run_synth
 
 __all__ = [

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS, GENERATORS, SynthConfig
+from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS, SynthConfig
+from drsf_kit.synth.registry import GENERATORS
 from drsf_kit.synth.runner import merge_shards, parse_shard, run_synth
 
 

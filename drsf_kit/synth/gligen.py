@@ -1,6 +1,6 @@
 """gligen backend: box-grounded text-to-image (the open stand-in for the authors' InstanceDiffusion).
 
-Following the authors' recipe (METHOD.md section 6): the source is centre-cropped to a square (720x720
+Following the authors' recipe (docs/synth.md, "Diffusion backends"): the source is centre-cropped to a square (720x720
 of a 1280x720 DWD frame) and the twin is generated at ``--size`` (default 512). Source boxes are clipped
 to the crop, dropped when nothing is left inside, and given to GLIGEN normalised to [0, 1], each with
 the phrase "A {object} is {action} in a {weather} {scene} during {time}."; the domain prompt is the

@@ -20,8 +20,9 @@ import numpy as np
 
 from drsf_kit.data.manifest import MANIFEST_NAME, append_manifest_row, row_key, validate_row
 from drsf_kit.errors import ConfigError, DataError
-from drsf_kit.synth.base import GENERATORS, SourceItem, SynthConfig, build_generator, item_seed, output_name
+from drsf_kit.synth.base import SourceItem, SynthConfig, item_seed, output_name
 from drsf_kit.synth.consistency import layout_consistency
+from drsf_kit.synth.registry import GENERATORS, build_generator
 from drsf_kit.utils.io import atomic_save_image, atomic_write_json, read_jsonl, write_jsonl
 
 PART_PATTERN = re.compile(r"^manifest\.part-(\d+)-of-(\d+)\.jsonl$")

@@ -1,7 +1,7 @@
 """`drsf train` and `drsf eval`: thin calls into ``drsf_kit.train.fit`` and ``evaluate_run``.
 
-``add_parser`` registers ``train``; ``add_eval_parser`` registers ``eval`` (the top-level CLI reaches it
-through ``drsf_kit.evaluation.cli``).
+``add_parser`` registers ``train``; ``add_eval_parser`` registers ``eval`` (named in the top-level CLI's
+``COMMAND_MODULES``: scoring a run folder is the training package's business, not ``evaluation``'s).
 """
 
 from __future__ import annotations

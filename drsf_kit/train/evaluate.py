@@ -18,10 +18,12 @@ from tqdm.auto import tqdm
 from drsf_kit.config import RunConfig, config_from_dict
 from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.evaluation.results import HEADLINE_METRIC
 from drsf_kit.train.builders import build_model_for
 from drsf_kit.train.checkpoint import load_checkpoint, unwrap_model
 from drsf_kit.train.rundir import CONFIG, LAST, RESULTS, RunDir  # noqa: F401  (names kept for importers)
-SUMMARY_METRIC = {"det": "map50_voc07", "seg": "miou"}
+
+SUMMARY_METRIC = HEADLINE_METRIC  # defined once, in evaluation/results.py
 TABLE_METRICS = {"det": ("map50_voc07", "ap50_coco"), "seg": ("miou",)}
 
 

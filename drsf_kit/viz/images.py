@@ -12,21 +12,31 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from drsf_kit.analysis.explore import as_numpy, label_map, unwrap_prediction  # noqa: F401  (readings, re-exported)
 from drsf_kit.data.classes import CITYSCAPES_PALETTE, DOMAIN_COLORS, DOMAIN_SHORT, DWD_CLASSES, IGNORE_INDEX
 from drsf_kit.errors import ConfigError
 
 
 def to_numpy_image(image) -> np.ndarray:
-    """A ``[3,H,W]`` float tensor/array in [0,1] (or ``[H,W,3]`` uint8) as an ``[H,W,3]`` uint8 array."""
+    """Any image as an ``[H,W,3]`` uint8 array: the kit's one image converter.
+
+    Accepts a ``[3,H,W]`` / ``[1,3,H,W]`` tensor or array in [0,1], an ``[H,W,3]`` or ``[H,W]`` array (uint8, or
+    float in [0,1]; a float array with values above 1 is read as 0..255) and PIL images.
+    """
     arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
         arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 2:
+        arr = arr[..., None]
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
     if arr.dtype != np.uint8:
-        arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+        arr = arr.astype(np.float32)
+        if arr.size and float(np.nanmax(arr)) > 1.0 + 1e-6:  # a 0..255 float picture
+            arr = arr / 255.0
+        arr = (np.clip(np.nan_to_num(arr), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     return arr
 
 
@@ -125,31 +135,6 @@ def draw_boxes(image: np.ndarray, prediction: Mapping, score_threshold: float = 
     return np.asarray(pil)
 
 
-def unwrap_prediction(prediction):
-    """What a prediction holds: the box mapping of a detection, or the segmentation array.
-
-    Unwraps a one-element list and a ``mask`` / ``out`` / ``logits`` mapping; a mapping with none of
-    those keys (nor ``boxes``) is a ConfigError.
-    """
-    if isinstance(prediction, (list, tuple)) and len(prediction) == 1:
-        prediction = prediction[0]
-    if isinstance(prediction, Mapping):
-        if "boxes" in prediction:
-            return prediction
-        key = next((k for k in ("mask", "out", "logits") if k in prediction), None)
-        if key is None:
-            raise ConfigError(f"cannot draw a prediction with keys {sorted(prediction)}")
-        return prediction[key]
-    return prediction
-
-
-def label_map(segmentation) -> np.ndarray:
-    """Class ids from ``[H,W]`` labels, ``[C,H,W]`` or ``[1,C,H,W]`` logits (argmax over classes)."""
-    arr = as_numpy(segmentation)
-    arr = arr[0] if arr.ndim == 4 else arr
-    return arr.argmax(axis=0) if arr.ndim == 3 else arr
-
-
 def render_prediction(image: np.ndarray, prediction, score_threshold: float = 0.3) -> np.ndarray:
     """Boxes (a torchvision detection dict, or a one-element list of them) or a segmentation output
     (``[H,W]`` labels, ``[C,H,W]`` or ``[1,C,H,W]`` logits) drawn over ``image``."""
@@ -207,23 +192,46 @@ def probability_figure(probs: np.ndarray, names: Sequence[str], title: str = "di
     return fig
 
 
-def as_numpy(value) -> np.ndarray:
-    """A tensor (any device) or array-like as a NumPy array."""
-    return value.detach().float().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+def resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D map to ``size`` (H, W)."""
+    import torch
 
-
-def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:
-    """Colour a 2-D map (min-max scaled, resized to the image) and blend it over ``image`` by ``alpha``."""
-    import matplotlib
-
-    heat = np.asarray(heat, np.float32)
-    heat = heat.reshape(heat.shape[-2:]) if heat.ndim > 2 and np.prod(heat.shape[:-2]) == 1 else heat
+    heat = np.asarray(heat, dtype=np.float32)
     if heat.ndim != 2:
         raise ConfigError(f"expected a 2-D map, got shape {tuple(heat.shape)}")
-    low, high = float(np.nanmin(heat)), float(np.nanmax(heat))
-    scaled = np.nan_to_num((heat - low) / max(high - low, 1e-8))
-    colour = matplotlib.colormaps[cmap](resize_nearest(scaled, image.shape[:2]))[..., :3] * 255
-    return ((1 - alpha) * image + alpha * colour).astype(np.uint8)
+    if heat.shape == tuple(size):
+        return heat
+    t = torch.from_numpy(heat)[None, None]
+    return torch.nn.functional.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def alpha_map(heat: np.ndarray, alpha: float, vmin=None, vmax=None) -> np.ndarray:
+    """Per-pixel opacity growing with the value, so low values leave the image visible underneath."""
+    lo = float(np.nanmin(heat)) if vmin is None else vmin
+    hi = float(np.nanmax(heat)) if vmax is None else vmax
+    norm = np.clip((heat - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(heat)
+    return (alpha * np.sqrt(np.nan_to_num(norm))).astype(np.float32)
+
+
+def heatmap_overlay(image, heat, alpha: float = 0.75, cmap: str = "inferno", vmin: float | None = None,
+                    vmax: float | None = None) -> np.ndarray:
+    """The kit's one heat-map overlay: ``heat`` coloured and blended over ``image``, as ``[H,W,3]`` uint8.
+
+    The map is resized (bilinear) to the image and scaled by its min/max (or ``vmin``/``vmax``); the opacity
+    grows with the value up to ``alpha``, so where the map is at its minimum the image shows unchanged.
+    """
+    import matplotlib
+
+    img = to_numpy_image(image).astype(np.float32) / 255.0
+    heat = np.asarray(heat, np.float32)
+    heat = heat.reshape(heat.shape[-2:]) if heat.ndim > 2 and np.prod(heat.shape[:-2]) == 1 else heat
+    heat = resize_map(heat, img.shape[:2])
+    lo = float(np.nanmin(heat)) if vmin is None else vmin
+    hi = float(np.nanmax(heat)) if vmax is None else vmax
+    norm = np.clip((heat - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(heat)
+    colour = matplotlib.colormaps[cmap](np.nan_to_num(norm))[..., :3]
+    a = alpha_map(heat, alpha, lo, hi)[..., None]
+    return (np.clip((1 - a) * img + a * colour, 0, 1) * 255).round().astype(np.uint8)
 
 
 def histogram_image(values: np.ndarray, size: tuple[int, int], bins: int = 20, value_range=(0.0, 1.0)) -> np.ndarray:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from drsf_kit.data.classes import DOMAIN_COLORS
+from drsf_kit.errors import ConfigError
+from drsf_kit.viz.images import heatmap_overlay, to_numpy_image
 
 SYNTH_PREFIX = "synth:"
 _MARKERS = {"real": "o", "synthetic": "^"}
@@ -48,25 +50,6 @@ def _new_axes(ax, figsize):
         return ax.figure, ax
     fig, ax = plt.subplots(figsize=figsize, constrained_layout=True)
     return fig, ax
-
-
-def to_hwc(image) -> np.ndarray:
-    """An image as a float ``HxWx3`` array in [0, 1]: accepts ``[3,H,W]`` tensors, arrays or PIL images."""
-    if hasattr(image, "detach"):
-        image = image.detach().cpu().numpy()
-    arr = np.asarray(image)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
-        arr = np.transpose(arr, (1, 2, 0))
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    arr = arr.astype(np.float32)
-    if arr.max() > 1.0 + 1e-6:
-        arr = arr / 255.0
-    return np.clip(arr, 0.0, 1.0)
 
 
 def plot_embedding(emb, groups: Sequence[str], kinds: Sequence[str] | None = None, title: str | None = None,
@@ -170,7 +153,13 @@ def plot_gap_change(compare, metric: str = "mmd", labels: tuple[str, str] = ("be
 
 def plot_histograms(values_by_domain: Mapping[str, np.ndarray], xlabel: str, title: str | None = None,
                     bins: int = 30, value_range: tuple[float, float] | None = None, ax=None):
-    """Overlaid step histograms (density) of one value per domain, e.g. per-channel gates or entropies."""
+    """Overlaid step histograms (density) of one value per domain, e.g. per-channel gates or entropies.
+
+    Drawn with seaborn's ``histplot`` (each domain normalised on its own, so domains of different sizes
+    compare); real domains are solid, synthetic ones dashed, each in its domain colour.
+    """
+    import seaborn as sns
+
     fig, ax = _new_axes(ax, (7.0, 4.2))
     arrays = {k: np.asarray(v, dtype=float).ravel() for k, v in values_by_domain.items()}
     arrays = {k: v[np.isfinite(v)] for k, v in arrays.items() if v.size}
@@ -179,9 +168,9 @@ def plot_histograms(values_by_domain: Mapping[str, np.ndarray], xlabel: str, tit
         value_range = (float(allv.min()), float(allv.max()) + 1e-9)
     for name, vals in arrays.items():
         _, kind = split_group(name)
-        ax.hist(vals, bins=bins, range=value_range, density=True, histtype="step", linewidth=1.8,
-                linestyle="-" if kind == "real" else "--", color=domain_color(name),
-                label=f"{domain_label(name)} (mean {vals.mean():.3f})")
+        sns.histplot(x=vals, bins=bins, binrange=value_range, stat="density", element="step", fill=False, ax=ax,
+                     linewidth=1.8, linestyle="-" if kind == "real" else "--", color=domain_color(name),
+                     label=f"{domain_label(name)} (mean {vals.mean():.3f})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title or xlabel)
@@ -190,43 +179,28 @@ def plot_histograms(values_by_domain: Mapping[str, np.ndarray], xlabel: str, tit
     return fig
 
 
-def alpha_map(heat: np.ndarray, alpha: float, vmin=None, vmax=None) -> np.ndarray:
-    """Per-pixel opacity growing with the value, so low values leave the image visible underneath."""
+def _colorbar(fig, ax, heat, cmap: str, vmin, vmax, **kwargs):
+    """A colour bar for a map drawn as a blended picture (imshow of RGB carries no scale of its own)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     lo = float(np.nanmin(heat)) if vmin is None else vmin
     hi = float(np.nanmax(heat)) if vmax is None else vmax
-    norm = np.clip((heat - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(heat)
-    return (alpha * np.sqrt(np.nan_to_num(norm))).astype(np.float32)
+    return fig.colorbar(ScalarMappable(Normalize(lo, hi if hi > lo else lo + 1e-9), cmap), ax=ax, **kwargs)
 
 
 def plot_overlay(image, heat, alpha: float = 0.75, cmap: str = "inferno", title: str | None = None,
                  vmin: float | None = None, vmax: float | None = None, ax=None, colorbar: bool = True,
                  label: str = "value"):
-    """An image with a heat map blended over it (resized to the image when sizes differ); the opacity grows
-    with the value up to ``alpha``, so low values leave the image visible."""
-    img = to_hwc(image)
-    heat = resize_map(np.asarray(heat, dtype=np.float32), img.shape[:2])
+    """An image with a heat map blended over it (``viz.images.heatmap_overlay``), with a colour bar."""
     fig, ax = _new_axes(ax, (6.0, 3.6))
-    ax.imshow(img)
-    im = ax.imshow(heat, cmap=cmap, alpha=alpha_map(heat, alpha, vmin, vmax), vmin=vmin, vmax=vmax)
+    ax.imshow(heatmap_overlay(image, heat, alpha=alpha, cmap=cmap, vmin=vmin, vmax=vmax))
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
     if colorbar:
-        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label=label)
+        _colorbar(fig, ax, np.asarray(heat, np.float32), cmap, vmin, vmax, fraction=0.03, pad=0.02, label=label)
     return fig
-
-
-def resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a 2-D map to ``size`` (H, W)."""
-    import torch
-
-    heat = np.asarray(heat, dtype=np.float32)
-    if heat.ndim != 2:
-        raise ValueError(f"expected a 2-D map, got shape {heat.shape}")
-    if heat.shape == tuple(size):
-        return heat
-    t = torch.from_numpy(heat)[None, None]
-    return torch.nn.functional.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def plot_map_grid(images_by_column: Mapping[str, object], maps_by_row: Mapping[str, Mapping[str, np.ndarray]],
@@ -239,36 +213,65 @@ def plot_map_grid(images_by_column: Mapping[str, object], maps_by_row: Mapping[s
     cols = list(images_by_column)
     rows = list(maps_by_row)
     if not cols:
-        raise ValueError("plot_map_grid: no images to show")
+        raise ConfigError("plot_map_grid: no images to show")
     fig, axes = plt.subplots(1 + len(rows), len(cols), figsize=(2.9 * len(cols) + 0.8, 1.9 * (1 + len(rows)) + 0.5),
                              squeeze=False, constrained_layout=True)
     axes[0, 0].text(-0.04, 0.5, "image", transform=axes[0, 0].transAxes, rotation=90, ha="right", va="center",
                     fontsize=9)
     for j, col in enumerate(cols):
-        axes[0, j].imshow(to_hwc(images_by_column[col]))
+        axes[0, j].imshow(to_numpy_image(images_by_column[col]))
         axes[0, j].set_title(domain_label(col), fontsize=9, color=domain_color(col))
         axes[0, j].set_axis_off()
     for i, row in enumerate(rows, start=1):
         maps = {c: np.asarray(maps_by_row[row][c], dtype=np.float32) for c in cols if c in maps_by_row[row]}
         vmax = max((float(np.nanmax(m)) for m in maps.values()), default=1.0) if shared_scale else None
         vmin = min((float(np.nanmin(m)) for m in maps.values()), default=0.0) if shared_scale else None
-        im = None
         for j, col in enumerate(cols):
             ax = axes[i, j]
             ax.set_axis_off()
-            if col not in maps:
-                continue
-            img = to_hwc(images_by_column[col])
-            heat = resize_map(maps[col], img.shape[:2])
-            ax.imshow(img)
-            im = ax.imshow(heat, cmap=cmap, alpha=alpha_map(heat, alpha, vmin, vmax), vmin=vmin, vmax=vmax)
+            if col in maps:
+                ax.imshow(heatmap_overlay(images_by_column[col], maps[col], alpha=alpha, cmap=cmap, vmin=vmin, vmax=vmax))
         axes[i, 0].text(-0.04, 0.5, row, transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center",
                         fontsize=9)
-        if im is not None:
-            fig.colorbar(im, ax=list(axes[i, :]), fraction=0.02, pad=0.01)
+        if maps:
+            heat = np.concatenate([m.ravel() for m in maps.values()])
+            _colorbar(fig, list(axes[i, :]), heat, cmap, vmin, vmax, fraction=0.02, pad=0.01)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def attribution_grid(images_by_domain: Mapping[str, object], maps_by_method: Mapping[str, Mapping],
+                     title: str | None = None, shared_scale: bool = True):
+    """Side-by-side figure: one column per domain of a scene, one row per attribution method.
+
+    ``maps_by_method`` comes from ``drsf_kit.analysis.attribution.attribution_maps``; rows share one colour
+    scale across domains, so magnitudes compare.
+    """
+    return plot_map_grid(images_by_domain, maps_by_method, shared_scale=shared_scale,
+                         title=title or "Attribution across the domains of one scene")
+
+
+def gate_histograms(values_by_domain: Mapping[str, np.ndarray], what: str = "gate", per_channel: bool = True,
+                    bins: int = 30, title: str | None = None):
+    """Histogram per domain of DFDR gate (or entropy) values; ``per_channel`` averages over images first.
+
+    The values come from ``drsf_kit.analysis.entropy.channel_stats_by_domain``. Returns a Figure; domains
+    keep their colours, synthetic ones are dashed.
+    """
+    vals = {}
+    for d, v in values_by_domain.items():
+        if v is None:
+            continue
+        arr = np.asarray(v, dtype=float)
+        vals[d] = arr.reshape(-1, arr.shape[-1]).mean(0) if per_channel and arr.ndim > 1 else arr.ravel()
+    if not vals:
+        raise ConfigError(f"gate_histograms: no {what} values to plot (model without a DFDR block?)")
+    unit = "mean over images, one value per channel" if per_channel else "all images x channels"
+    label = {"gate": "DFDR gate a (1 = shared, 0 = private)", "entropy": "channel entropy (0 = peaked, 1 = flat)"}
+    rng = (0.0, 1.0) if what in ("gate", "entropy") else None
+    return plot_histograms(vals, xlabel=f"{label.get(what, what)} [{unit}]", bins=bins, value_range=rng,
+                           title=title or f"{what.capitalize()} distribution per domain")
 
 
 def save_figure(fig, path, dpi: int = 130, close: bool = True):

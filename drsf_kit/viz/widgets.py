@@ -14,11 +14,13 @@ from typing import Callable, Mapping, Sequence
 import ipywidgets as widgets
 import numpy as np
 
+from drsf_kit.analysis.explore import kit_twin_functions
 from drsf_kit.data.classes import DOMAIN_SHORT, SOURCE_DOMAIN
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.evaluation.results import HEADLINE_METRIC
 from drsf_kit.viz import dashboard, images
 
-DEFAULT_METRICS = {"det": "map50_voc07", "seg": "miou"}
+DEFAULT_METRICS = HEADLINE_METRIC  # the headline metric per task, defined in evaluation/results.py
 
 
 def css_classes(root: widgets.Widget, name: str, parts: Mapping[str, widgets.Widget]) -> None:
@@ -182,12 +184,13 @@ def _normalise_scenes(scenes) -> dict[str, dict]:
     return out
 
 
-def _default_domain_names(n: int) -> list[str]:
-    """Discriminator outputs are (source, pseudo-domains in config order); the defaults when they fit."""
-    from drsf_kit.data.classes import TARGET_DOMAINS
+def _numbered_domain_names(n: int) -> list[str]:
+    """Labels for discriminator outputs whose names nobody gave: ``domain 0..n-1``, never a guessed order.
 
-    default = [SOURCE_DOMAIN, *TARGET_DOMAINS]
-    return default if n == len(default) else [f"domain {i}" for i in range(n)]
+    The names belong to the model (``model.domain_names``, set by ``build_model`` from the run's config);
+    guessing them from a constant would silently swap pseudo-domains when a run lists them differently.
+    """
+    return [f"domain {i}" for i in range(n)]
 
 
 class MdsfExplorer(widgets.VBox):
@@ -308,7 +311,7 @@ class MdsfExplorer(widgets.VBox):
         else:
             self.domain_probs = np.asarray(images.as_numpy(out["domain_probs"]), np.float64).reshape(-1)
             n = len(self.domain_probs)
-            names = self.domain_names if len(self.domain_names) == n else _default_domain_names(n)
+            names = self.domain_names if len(self.domain_names) == n else _numbered_domain_names(n)
             self.probs_png = images.figure_png(images.probability_figure(self.domain_probs, names))
         self.prediction = out["prediction"]
         blend = (lam * image_a.astype(np.float32) + (1 - lam) * image_b.astype(np.float32)).astype(np.uint8)
@@ -435,11 +438,11 @@ def twin_explorer(scenes, entropy_fn: Callable | None = None, attribution_fn: Ca
         attribution_fn: ``(image, method, reference) -> 2-D map``; None hides the attribution row.
         methods: the attribution methods offered.
         model: a kit detector or segmenter: fills in whichever of the two functions is missing with
-            ``dashboard.kit_twin_functions`` (prediction entropy; GradCAM / integrated gradients of one
+            ``analysis.explore.kit_twin_functions`` (prediction entropy; GradCAM / integrated gradients of one
             target fixed on the source image).
     """
     if model is not None:
-        kit_entropy, kit_attribution, kit_methods = dashboard.kit_twin_functions(model)
+        kit_entropy, kit_attribution, kit_methods = kit_twin_functions(model)
         entropy_fn = entropy_fn or kit_entropy
         if attribution_fn is None:
             attribution_fn, methods = kit_attribution, methods or kit_methods

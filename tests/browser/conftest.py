@@ -2,9 +2,10 @@
 
 Every test starts its own server (Voilà or JupyterLab) on a free loopback port in a subprocess and
 stops it, with every process below it, when it ends; ``no_leftover_processes`` fails a test that
-leaves one behind. Tests skip with a one-line reason when Chromium or playwright is missing
-(``apt-get install -y chromium``; playwright is in the kit's ``[app]`` extra; never ``playwright
-install``). Screenshots of each state go to ``test-artifacts/browser/`` (printed at the end).
+leaves one behind. They run in the ``extra`` and ``all`` test tiers (``make test-all``) and there they
+fail, with a one-line reason, when Chromium or playwright is missing (``apt-get install -y chromium``;
+playwright is in the kit's ``[app]`` extra; never ``playwright install``): a missing browser must not
+turn the tier green. Screenshots of each state go to ``test-artifacts/browser/`` (printed at the end).
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ def _missing() -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(config, items):
-    reason = _missing()
-    if reason is None:
-        return
-    for item in items:
-        if "browser" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=reason))
+@pytest.fixture(autouse=True)
+def browser_available(request):
+    """Fail (not skip) a browser test when this machine cannot run it."""
+    if request.node.get_closest_marker("browser") is not None:
+        reason = _missing()
+        if reason is not None:
+            pytest.fail(reason, pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)
