@@ -15,6 +15,7 @@ consumed, so a run resumes on any number of processes. One process runs exactly 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -140,57 +141,64 @@ class StepResult:
     grad_norm: float
     stats: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    images: int = 0  # images in the step (sources and twins)
+    images_per_s: float = 0.0
+    gpu_mem_gb: float | None = None  # peak CUDA memory of the step; None off CUDA
 
 
 def _autocast(device: torch.device, amp: bool, amp_dtype: str):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if amp_dtype == "bf16" else torch.float16)
-    return torch.autocast(device.type, enabled=False)
+    from drsf_kit.train.precision import autocast, resolve_amp_dtype
+
+    return autocast(device, resolve_amp_dtype(amp, amp_dtype, device))
 
 
 def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step: int, progress: float,
                scheduler=None, scaler=None, generator: torch.Generator | None = None, grad_clip: float = 0.0,
-               amp: bool = False, amp_dtype: str = "bf16", nan_at_step: int = 0) -> StepResult:
+               amp: bool = False, amp_dtype: str = "auto", nan_at_step: int = 0, accumulate: int = 1) -> StepResult:
     """Forward, finiteness check, backward, clip, optimizer and scheduler step for one batch.
 
     Args:
         step: 1-based number of this step (named in a non-finite-loss error).
         progress: training progress in [0, 1] (drives MDSF's gradient-reversal ramp).
         nan_at_step: test hook; the first loss term becomes NaN at this step.
+        accumulate: run the batch as this many micro-batches (``drsf_kit.train.accumulation``), one
+            backward each, before the single optimizer step; the logged losses are their mean.
     Raises:
         NonFiniteLossError: naming the step and the first non-finite loss term; nothing is updated.
     """
-    t0 = time.perf_counter()
-    batch = batch.to(device)
-    with _autocast(device, amp, amp_dtype):
-        loss_dict = model(batch.images, batch.targets, domains=batch.domains, pairs=batch.pairs,
-                          progress=progress, generator=generator)
-    if nan_at_step and step == nan_at_step:
-        first = next(iter(loss_dict))
-        loss_dict = {**loss_dict, first: loss_dict[first] * float("nan")}
-    names = list(loss_dict)
-    values = torch.stack([loss_dict[k].detach().float().reshape(()) for k in names]).cpu()  # one sync
-    finite = torch.isfinite(values)
-    all_finite = bool(finite.all())
-    # every process must stop at the same step: one leaving alone would hang the others in DDP
-    if any_process(not all_finite) and all_finite:
-        exc = NonFiniteLossError(f"step {step}: a loss term is non-finite on another process")
-        exc.step, exc.term = step, None
-        raise exc
-    if not all_finite:
-        bad = names[int((~finite).nonzero()[0])]
-        exc = NonFiniteLossError(f"step {step}: loss term {bad!r} is {values[names.index(bad)].item()} "
-                                 f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(names, values.tolist()))}); "
-                                 "lower train.lr, raise train.warmup_steps or set train.grad_clip")
-        exc.step, exc.term = step, bad
-        raise exc
-    total = sum(loss_dict.values())
+    from drsf_kit.train.accumulation import split_batch
+    from drsf_kit.train.throughput import StepMeter
+
+    meter = StepMeter(device)
+    t0 = meter.start()
     optimizer.zero_grad(set_to_none=True)
+    pieces = split_batch(batch, accumulate)
+    summed = None
+    for k, piece in enumerate(pieces):
+        piece = piece.to(device)
+        # DDP: gradients are all-reduced once, on the last piece's backward
+        sync = contextlib.nullcontext() if k == len(pieces) - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with _autocast(device, amp, amp_dtype):
+                loss_dict = model(piece.images, piece.targets, domains=piece.domains, pairs=piece.pairs,
+                                  progress=progress, generator=generator)
+            if nan_at_step and step == nan_at_step:
+                first = next(iter(loss_dict))
+                loss_dict = {**loss_dict, first: loss_dict[first] * float("nan")}
+            names = list(loss_dict)
+            values = torch.stack([loss_dict[n].detach().float().reshape(()) for n in names]).cpu()  # one sync
+            _check_finite(step, names, values)
+            total = sum(loss_dict.values())
+            if len(pieces) > 1:
+                total = total / len(pieces)
+            if scaler is not None and scaler.is_enabled():
+                scaler.scale(total).backward()
+            else:
+                total.backward()
+        summed = values if summed is None else summed + values
+    values = summed / len(pieces) if len(pieces) > 1 else summed
     if scaler is not None and scaler.is_enabled():
-        scaler.scale(total).backward()
         scaler.unscale_(optimizer)
-    else:
-        total.backward()
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if grad_clip > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
@@ -205,8 +213,28 @@ def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step
     if scheduler is not None:
         scheduler.step()
     stats = dict(getattr(getattr(model, "module", model), "last_stats", {}) or {})
+    seconds = time.perf_counter() - t0
     return StepResult(step, dict(zip(names, values.tolist())), float(values.sum()), lr, grad_norm, stats,
-                      time.perf_counter() - t0)
+                      seconds, images=len(batch), images_per_s=meter.images_per_second(len(batch), seconds),
+                      gpu_mem_gb=meter.memory_gb())
+
+
+def _check_finite(step: int, names: list[str], values: torch.Tensor) -> None:
+    """Raise ``NonFiniteLossError`` on every process when any process has a non-finite loss term."""
+    finite = torch.isfinite(values)
+    all_finite = bool(finite.all())
+    # every process must stop at the same step: one leaving alone would hang the others in DDP
+    if any_process(not all_finite) and all_finite:
+        exc = NonFiniteLossError(f"step {step}: a loss term is non-finite on another process")
+        exc.step, exc.term = step, None
+        raise exc
+    if not all_finite:
+        bad = names[int((~finite).nonzero()[0])]
+        exc = NonFiniteLossError(f"step {step}: loss term {bad!r} is {values[names.index(bad)].item()} "
+                                 f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(names, values.tolist()))}); "
+                                 "lower train.lr, raise train.warmup_steps or set train.grad_clip")
+        exc.step, exc.term = step, bad
+        raise exc
 
 
 def train_one_epoch(model, loader: Iterable[TwinBatch], optimizer, device: torch.device, *, start_step: int = 0,
@@ -232,7 +260,8 @@ def train_one_epoch(model, loader: Iterable[TwinBatch], optimizer, device: torch
             step += 1
             result = train_step(model, batch, optimizer, device, step=step, progress=(step - 1) / max(1, total_steps),
                                 scheduler=scheduler, scaler=scaler, generator=generator, grad_clip=tcfg.grad_clip,
-                                amp=tcfg.amp, amp_dtype=tcfg.amp_dtype, nan_at_step=tcfg.debug_nan_at_step)
+                                amp=tcfg.amp, amp_dtype=tcfg.amp_dtype, nan_at_step=tcfg.debug_nan_at_step,
+                                accumulate=tcfg.accumulate)
             bar.update(1)
             bar.set_postfix({"loss": f"{result.loss:.3f}",
                              **{k.replace("loss_", ""): f"{v:.3f}" for k, v in result.losses.items()}}, refresh=False)
@@ -337,8 +366,13 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
     tcfg = dataclasses.replace(cfg.train, lr=effective_lr(cfg.train, ctx.world_size))
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg)
-    fp16 = cfg.train.amp and device.type == "cuda" and cfg.train.amp_dtype == "fp16"
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    from drsf_kit.train.precision import grad_scaler, resolve_amp_dtype
+    from drsf_kit.train.throughput import configure_backends, maybe_compile, prepare_model
+
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, cfg.train.amp_dtype, device)
+    scaler = grad_scaler(device, amp_dtype)  # enabled for fp16 only
+    configure_backends(cfg.train, device)
+    prepare_model(model, cfg.train, device)
     generator = torch.Generator().manual_seed(cfg.seed)  # MDSF's mixing draws, checkpointed with the rest
     start, consumed, rank_rng = 0, 0, None
     # rank 0 reads the checkpoint and hands it to the others: no shared folder needed for a resume
@@ -371,6 +405,13 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
                         generator=torch.Generator().manual_seed(cfg.seed))
     log = RunLogger(run_dir, cfg.train.tensorboard, enabled=main)
     if main and start == 0:
+        from drsf_kit.train.memory import estimate_memory, format_estimate
+
+        image_hw = tuple(train_set.source[0][0].shape[-2:]) if cfg.task == "seg" and not cfg.train.crop_size else None
+        estimate = estimate_memory(model, cfg, device, amp_dtype, image_hw)
+        if progress:
+            print(f"[train] {format_estimate(estimate)}")
+        log.row({"step": 0, "event": "memory_estimate", **estimate})
         log.row({"step": 0, "event": "start", "device": str(device), "world_size": ctx.world_size,
                  "global_batch_source": sampler.global_batch, "train_images": len(train_set),
                  "twin_coverage": train_set.coverage(), "trainable_params": sum(
@@ -394,10 +435,13 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
             mean = all_reduce_mean({"loss": r.loss, **r.losses, **{f"stats/{k}": v for k, v in r.stats.items()}})
             losses = {k: mean[k] for k in r.losses}
             stats = {k: v for k, v in mean.items() if k.startswith("stats/")}
+            # speed and memory are this process's own (images/s x processes = the run's throughput)
+            speed = {"images_per_s": round(r.images_per_s, 3), "gpu_mem_gb": r.gpu_mem_gb}
             log.row({"step": r.step, "loss": mean["loss"], **losses, "lr": r.lr, "grad_norm": r.grad_norm,
-                     "sec_per_step": r.seconds, **stats})
+                     "sec_per_step": r.seconds, **speed, **stats})
             log.scalars(r.step, {**{f"loss/{k}": v for k, v in losses.items()}, "loss/total": mean["loss"],
-                                 "lr": r.lr, "grad_norm": r.grad_norm, **stats})
+                                 "lr": r.lr, "grad_norm": r.grad_norm, "speed/images_per_s": r.images_per_s,
+                                 "speed/gpu_mem_gb": r.gpu_mem_gb, **stats})
         if t.checkpoint_every and r.step % t.checkpoint_every == 0 and r.step < t.max_steps:
             checkpoint(r.step)
         if t.eval_every and r.step % t.eval_every == 0 and r.step < t.max_steps:
@@ -410,6 +454,7 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
 
     t0 = time.perf_counter()
     ddp = wrap_model(model, ctx, cfg.train.find_unused_parameters)  # `model` stays the bare one
+    ddp = maybe_compile(ddp, cfg.train, device)  # train.compile on CUDA; checkpoints keep the bare names
     try:
         step = train_one_epoch(ddp, loader, optimizer, device, start_step=start, total_steps=cfg.train.max_steps,
                                scheduler=scheduler, scaler=scaler, generator=generator, tcfg=cfg.train,
