@@ -203,7 +203,8 @@ def test_fit_logs_speed_and_the_memory_estimate(tiny_weather, tmp_path):
         "train.max_steps=2", "train.log_every=1", "train.tensorboard=false", "eval.domains=[daytime_clear]",
         "eval.max_images=1", "device=cpu", f"output_dir={tmp_path}"])
     rows = [json.loads(line) for line in (fit(cfg, progress=False) / "metrics.jsonl").read_text().splitlines()]
-    estimate = next(r for r in rows if r.get("event") == "memory_estimate")
+    estimate = rows[0]["memory_estimate"]
+    assert rows[0]["event"] == "start"
     assert estimate["images_per_forward"] == 1 and estimate["image_hw"] == [180, 320] and estimate["activations_gib"] > 0
     steps = [r for r in rows if "images_per_s" in r]
     assert len(steps) == 2 and all(r["images_per_s"] > 0 and r["gpu_mem_gb"] is None for r in steps)

@@ -8,9 +8,11 @@ files), ``checkpoints/last.pt`` every ``train.checkpoint_every`` steps and at th
 ``results.jsonl`` (tidy rows from scoring the source test split and every target domain) and ``done``.
 
 Under torchrun (``drsf_kit.train.distributed``) every process trains on its own ``batch_source`` source
-images per step inside DistributedDataParallel; only rank 0 logs, checkpoints and evaluates while the
-others wait at a barrier, and the checkpoint holds the bare model and the number of global source images
-consumed, so a run resumes on any number of processes. One process runs exactly as without torchrun.
+images per step inside DistributedDataParallel and scores its share of the evaluation images
+(``drsf_kit.train.dist_eval``); only rank 0 logs, checkpoints and writes results, and the checkpoint
+holds the bare model and the number of global source images consumed, so a run resumes on any number
+of processes. ``train.accumulate``, ``train.amp_dtype`` and the throughput switches are described in
+``drsf_kit.train.accumulation``, ``precision`` and ``throughput``. One process runs exactly as without torchrun.
 """
 
 from __future__ import annotations
@@ -411,11 +413,10 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
         estimate = estimate_memory(model, cfg, device, amp_dtype, image_hw)
         if progress:
             print(f"[train] {format_estimate(estimate)}")
-        log.row({"step": 0, "event": "memory_estimate", **estimate})
         log.row({"step": 0, "event": "start", "device": str(device), "world_size": ctx.world_size,
                  "global_batch_source": sampler.global_batch, "train_images": len(train_set),
                  "twin_coverage": train_set.coverage(), "trainable_params": sum(
-                     p.numel() for p in model.parameters() if p.requires_grad)})
+                     p.numel() for p in model.parameters() if p.requires_grad), "memory_estimate": estimate})
     elif main:
         log.row({"step": start, "event": "resume"})
 
@@ -445,12 +446,13 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
         if t.checkpoint_every and r.step % t.checkpoint_every == 0 and r.step < t.max_steps:
             checkpoint(r.step)
         if t.eval_every and r.step % t.eval_every == 0 and r.step < t.max_steps:
+            # every process scores its share of the images; rank 0 gets the totals (train.dist_eval)
+            _, summary = evaluate_model(model, cfg, device=device, step=r.step, progress=False)
             if main:
-                _, summary = evaluate_model(model, cfg, device=device, step=r.step, progress=False)
                 log.row({"step": r.step, "event": "eval", "protocol": cfg.eval_protocol(), "eval": summary})
                 log.scalars(r.step, {f"eval/{d}/{m}": v for d, vals in summary.items() for m, v in vals.items()})
-                model.train()
-            barrier()  # the other processes wait for rank 0's evaluation
+            model.train()
+            barrier()
 
     t0 = time.perf_counter()
     ddp = wrap_model(model, ctx, cfg.train.find_unused_parameters)  # `model` stays the bare one
@@ -472,7 +474,9 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
     if main:
         finish_launch(run_dir, finished_step=step, train_seconds=round(time.perf_counter() - t0, 3),
                       replica_max_abs_diff=drift)
-        rows, summary = evaluate_model(model, cfg, device=device, step=step, progress=progress)
+    # every process scores its share of the images; rank 0 gets the rows (train.dist_eval)
+    rows, summary = evaluate_model(model, cfg, device=device, step=step, progress=progress)
+    if main:
         for row in rows:
             append_jsonl(run_dir / RESULTS, row)
         log.row({"step": step, "event": "eval", "protocol": cfg.eval_protocol(), "eval": summary})
@@ -482,5 +486,5 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
             print(f"[train] {cfg.name}: {step} steps; {cfg.eval_protocol()} protocol\n{format_summary(summary, cfg.task)}")
         atomic_write_text(run_dir / DONE, f"{step}\n")
     log.close()
-    barrier()  # the other processes wait for rank 0's evaluation
+    barrier()  # the other processes wait for rank 0's tables and done marker
     return run_dir
