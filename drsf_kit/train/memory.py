@@ -1,10 +1,10 @@
 """A training-memory estimate printed when a run starts: will this recipe fit the card?
 
 Weights, gradients and optimizer state are counted exactly. Activations (what autograd saves for the
-backward pass, the bulk at segmentation resolutions) are measured: one forward of a copy of the model
-on a small probe image under the run's autocast dtype, with a saved-tensor hook adding up the bytes of
-every non-parameter tensor it keeps; that figure per pixel is scaled to the crop and to the images of
-one forward (``batch_source / accumulate`` sources plus their twins). It ignores the allocator's slack
+backward pass, the bulk at segmentation resolutions) are measured: forwards of a copy of the model on
+two small probe images under the run's autocast dtype, with a saved-tensor hook adding up the bytes of
+every non-parameter tensor they keep; the per-pixel slope between the two is scaled to the crop and to
+the images of one forward (``batch_source / accumulate`` sources plus their twins), plus the fixed part. It ignores the allocator's slack
 and cuDNN workspaces, so leave 10-20% headroom. Detection is not probed: the detector resizes every
 image to ``model.min_size``, so a small probe says little and a full-size one is slow on a CPU.
 """
@@ -34,17 +34,12 @@ def state_bytes(model: torch.nn.Module, optimizer: str) -> dict[str, int]:
             "optimizer": grads * (2 if optimizer == "adamw" else 1)}
 
 
-def activation_bytes_per_pixel(model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
-                               probe_hw: tuple[int, int]) -> float:
-    """Bytes autograd saves per input pixel in one training forward of one image (seg models).
-
-    Runs on a deep copy, with the random state restored afterwards, so the run's model and random
-    numbers are untouched.
-    """
+def _saved_bytes(model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
+                 hw: tuple[int, int]) -> int:
+    """Bytes of the non-parameter tensors autograd saves in one training forward of one image of ``hw``."""
     from drsf_kit.train.precision import autocast
 
-    probe = copy.deepcopy(model).train()
-    param_storages = {p.untyped_storage().data_ptr() for p in probe.parameters()}
+    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -53,18 +48,37 @@ def activation_bytes_per_pixel(model: torch.nn.Module, device: torch.device, amp
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    h, w = probe_hw
+    h, w = hw
     g = torch.Generator().manual_seed(0)
     x = torch.rand(1, 3, h, w, generator=g).to(device)
     y = torch.zeros(1, h, w, dtype=torch.long, device=device)
     domains = torch.zeros(1, dtype=torch.long, device=device)
     pairs = torch.zeros(0, 2, dtype=torch.long, device=device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(device, amp_dtype):
+        model(x, y, domains=domains, pairs=pairs, progress=0.0, generator=torch.Generator().manual_seed(0))
+    return sum(saved.values())
+
+
+def activation_bytes(model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
+                     probe_hw: tuple[int, int]) -> tuple[float, float]:
+    """``(bytes per pixel, fixed bytes)`` autograd saves in a training forward (seg models).
+
+    Two probes, ``probe_hw`` and half its size: their difference gives the per-pixel cost without the
+    fixed part (under autocast, the half-precision copies of the weights; the pooled ASPP branch).
+    Runs on a deep copy with the random state restored afterwards, so the run is untouched.
+    """
+    probe = copy.deepcopy(model).train()
+    small = (max(8, probe_hw[0] // 2), max(8, probe_hw[1] // 2))
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with autocast(device, amp_dtype):
-            probe(x, y, domains=domains, pairs=pairs, progress=0.0, generator=torch.Generator().manual_seed(0))
+    with torch.random.fork_rng(devices=devices):
+        big_bytes = _saved_bytes(probe, device, amp_dtype, probe_hw)
+        small_bytes = _saved_bytes(probe, device, amp_dtype, small)
     del probe
-    return sum(saved.values()) / float(h * w)
+    pixels, small_pixels = probe_hw[0] * probe_hw[1], small[0] * small[1]
+    if pixels == small_pixels:  # a crop too small to halve: no slope, all of it counts per pixel
+        return big_bytes / float(pixels), 0.0
+    per_px = (big_bytes - small_bytes) / float(pixels - small_pixels)
+    return per_px, max(0.0, big_bytes - per_px * pixels)
 
 
 def estimate_memory(model: torch.nn.Module, cfg: RunConfig, device: torch.device, amp_dtype: torch.dtype | None,
@@ -88,12 +102,12 @@ def estimate_memory(model: torch.nn.Module, cfg: RunConfig, device: torch.device
         probe_hw = PROBE_CUDA if device.type == "cuda" else PROBE_CPU
         probe_hw = (min(probe_hw[0], hw[0]), min(probe_hw[1], hw[1]))
         try:
-            per_px = activation_bytes_per_pixel(model, device, amp_dtype, probe_hw)
+            per_px, fixed = activation_bytes(model, device, amp_dtype, probe_hw)
         except (RuntimeError, ValueError) as exc:  # an estimate must never stop a run
             out["activations_note"] = f"probe failed: {exc}"
         else:
-            out.update(activations_gib=round(per_px * hw[0] * hw[1] * images / GIB, 3),
-                       bytes_per_pixel=round(per_px, 1), probe_hw=list(probe_hw))
+            out.update(activations_gib=round((per_px * hw[0] * hw[1] * images + fixed) / GIB, 3),
+                       bytes_per_pixel=round(per_px, 1), fixed_gib=round(fixed / GIB, 3), probe_hw=list(probe_hw))
     out["total_gib"] = round(sum(state.values()) / GIB + (out["activations_gib"] or 0.0), 3)
     return out
 
