@@ -360,6 +360,17 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
     seed_everything(cfg.seed)
     train_set = build_train_set(cfg, progress=progress)
     model = build_model_for(cfg).to(device)
+    from drsf_kit.train.precision import grad_scaler, resolve_amp_dtype
+
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, cfg.train.amp_dtype, device)
+    estimate = None
+    if main and not (resume and ckpt_path.is_file()):  # before sync_bn: the probe must not wait for other ranks
+        from drsf_kit.train.memory import estimate_memory, format_estimate
+
+        image_hw = tuple(train_set.source[0][0].shape[-2:]) if cfg.task == "seg" and not cfg.train.crop_size else None
+        estimate = estimate_memory(model, cfg, device, amp_dtype, image_hw)
+        if progress:
+            print(f"[train] {format_estimate(estimate)}")
     if cfg.train.sync_bn and ctx.distributed:
         from drsf_kit.train.sync_bn import convert_sync_batchnorm
 
@@ -368,10 +379,8 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
     tcfg = dataclasses.replace(cfg.train, lr=effective_lr(cfg.train, ctx.world_size))
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg)
-    from drsf_kit.train.precision import grad_scaler, resolve_amp_dtype
     from drsf_kit.train.throughput import configure_backends, maybe_compile, prepare_model
 
-    amp_dtype = resolve_amp_dtype(cfg.train.amp, cfg.train.amp_dtype, device)
     scaler = grad_scaler(device, amp_dtype)  # enabled for fp16 only
     configure_backends(cfg.train, device)
     prepare_model(model, cfg.train, device)
@@ -407,12 +416,6 @@ def _fit(cfg: RunConfig, ctx, resume: bool, overwrite: bool, progress: bool) -> 
                         generator=torch.Generator().manual_seed(cfg.seed))
     log = RunLogger(run_dir, cfg.train.tensorboard, enabled=main)
     if main and start == 0:
-        from drsf_kit.train.memory import estimate_memory, format_estimate
-
-        image_hw = tuple(train_set.source[0][0].shape[-2:]) if cfg.task == "seg" and not cfg.train.crop_size else None
-        estimate = estimate_memory(model, cfg, device, amp_dtype, image_hw)
-        if progress:
-            print(f"[train] {format_estimate(estimate)}")
         log.row({"step": 0, "event": "start", "device": str(device), "world_size": ctx.world_size,
                  "global_batch_source": sampler.global_batch, "train_images": len(train_set),
                  "twin_coverage": train_set.coverage(), "trainable_params": sum(
