@@ -208,3 +208,16 @@ def test_fit_logs_speed_and_the_memory_estimate(tiny_weather, tmp_path):
     assert estimate["images_per_forward"] == 1 and estimate["image_hw"] == [180, 320] and estimate["activations_gib"] > 0
     steps = [r for r in rows if "images_per_s" in r]
     assert len(steps) == 2 and all(r["images_per_s"] > 0 and r["gpu_mem_gb"] is None for r in steps)
+
+
+def test_throughput_switches_leave_a_cpu_run_alone():
+    from drsf_kit.config import TrainConfig
+    from drsf_kit.train.throughput import maybe_compile, prepare_model
+
+    tcfg = TrainConfig(channels_last=True, compile=True)
+    model = nn.Conv2d(3, 4, 3)
+    assert prepare_model(model, tcfg, torch.device("cpu")) is model and model.weight.is_contiguous()
+    assert maybe_compile(model, tcfg, torch.device("cpu")) is model
+    if torch.cuda.is_available():
+        cuda_model = prepare_model(nn.Conv2d(3, 4, 3).cuda(), tcfg, torch.device("cuda"))
+        assert cuda_model.weight.is_contiguous(memory_format=torch.channels_last)

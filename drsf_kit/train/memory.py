@@ -98,7 +98,9 @@ def estimate_memory(model: torch.nn.Module, cfg: RunConfig, device: torch.device
     hw = tuple(cfg.train.crop_size) or image_hw
     out.update(dtype=describe(amp_dtype), images_per_forward=images, image_hw=list(hw) if hw else None,
                activations_gib=None)
-    if cfg.task == "seg" and hw:
+    if cfg.task == "det":
+        out["activations_note"] = "not probed for detection; benchmarks/gpu_step.py measures it on a GPU"
+    elif hw:
         probe_hw = PROBE_CUDA if device.type == "cuda" else PROBE_CPU
         probe_hw = (min(probe_hw[0], hw[0]), min(probe_hw[1], hw[1]))
         try:

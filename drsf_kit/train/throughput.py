@@ -44,11 +44,6 @@ def maybe_compile(module: torch.nn.Module, tcfg: TrainConfig, device: torch.devi
     return module
 
 
-def batch_images(batch) -> int:
-    """Images in a ``TwinBatch`` (sources and twins)."""
-    return len(batch)
-
-
 class StepMeter:
     """Wall time, images/s and peak GPU memory of one training step."""
 
