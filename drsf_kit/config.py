@@ -33,7 +33,7 @@ TASKS = ("det", "seg")
 DATA_FORMATS = ("dwd", "gtav")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle")
-AMP_DTYPES = ("bf16", "fp16")
+AMP_DTYPES = ("auto", "bf16", "fp16")
 LR_SCALINGS = ("none", "linear", "sqrt")
 
 
@@ -84,7 +84,11 @@ class TrainConfig:
     lr_gamma: float = 0.1  # factor applied at each milestone
     grad_clip: float = 10.0  # max gradient norm; 0 disables (DANN-style heads can spike early)
     amp: bool = True  # autocast + GradScaler on CUDA; ignored on CPU, where it only slows things down
-    amp_dtype: str = "bf16"  # bf16 (no scaler needed) | fp16 (with GradScaler)
+    amp_dtype: str = "auto"  # auto: bf16 where the GPU has it natively (sm80+), else fp16 | bf16 | fp16 (GradScaler)
+    accumulate: int = 1  # split each step's batch_source images into this many forward/backward passes (memory)
+    cudnn_benchmark: bool = True  # CUDA: let cuDNN pick the fastest kernels for the (fixed) crop size
+    channels_last: bool = False  # CUDA: NHWC memory layout (faster convolutions on tensor cores)
+    compile: bool = False  # wrap the training forward in torch.compile (first steps are slow while it compiles)
     hflip: float = 0.5  # probability of a horizontal flip (the same flip for an image and its twin)
     crop_min_scale: float = 1.0  # random crop of at least this side fraction, resized back; 1 disables
     crop_size: tuple[int, ...] = ()  # fixed (h, w) random crop kept at full resolution (seg); () = whole image
@@ -407,6 +411,9 @@ def validate_config(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} must be at least 1, got {value}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {cfg.train.lr}")
+    if cfg.train.accumulate < 1 or cfg.train.batch_source % cfg.train.accumulate:
+        raise ConfigError(f"train.accumulate must be at least 1 and divide train.batch_source "
+                          f"({cfg.train.batch_source}), got {cfg.train.accumulate}")
     if not 0.0 < cfg.train.crop_min_scale <= 1.0:
         raise ConfigError(f"train.crop_min_scale must be in (0, 1], got {cfg.train.crop_min_scale}")
     if cfg.train.crop_size and (len(cfg.train.crop_size) != 2 or min(cfg.train.crop_size) < 1):

@@ -39,7 +39,7 @@ def test_declared_dependencies_are_used():
     import re
 
     sources = "\n".join(p.read_text() for p in (ROOT / "drsf_kit").rglob("*.py"))
-    import_names = {"pillow": "PIL", "pyyaml": "yaml", "scikit-learn": "sklearn"}
+    import_names = {"pillow": "PIL", "pyyaml": "yaml", "scikit-learn": "sklearn", "opencv-python-headless": "cv2"}
     # used without an import of their own: servers and kernels the kit starts, and libraries that other
     # dependencies load at run time (diffusers' pipelines load transformers' text encoders; papermill
     # executes notebooks with nbclient and nbformat)

@@ -162,8 +162,11 @@ def test_condition_images():
     mask = np.full((8, 8), 255, np.uint8)
     mask[:4] = 10  # sky
     mask[4:, :4] = 13  # car
+    mask[4:, 4:6] = 0  # road
     rgb = palette_image(mask)
-    assert tuple(rgb[0, 0]) == (70, 130, 180) and tuple(rgb[7, 0]) == (0, 0, 142) and tuple(rgb[7, 7]) == (0, 0, 0)
+    # ADE20K colours (the seg ControlNet's training palette), not Cityscapes' (70,130,180) / (0,0,142) / (128,64,128)
+    assert tuple(rgb[0, 0]) == (6, 230, 230) and tuple(rgb[7, 0]) == (0, 102, 200)
+    assert tuple(rgb[7, 4]) == (140, 140, 140) and tuple(rgb[7, 7]) == (0, 0, 0)
     img = np.zeros((40, 40, 3), np.uint8)
     img[10:30, 10:30] = 255
     edges = canny_edges(img)
@@ -172,6 +175,81 @@ def test_condition_images():
     # thin edges along the square's border, nothing in its flat inside or far outside
     assert len(on) > 40 and edges[15:25, 15:25].max() == 0 and edges[:5, :5].max() == 0
     assert canny_edges(np.zeros((8, 8, 3), np.uint8)).max() == 0
+    # a step too faint for the thresholds 100/200 gives no edge; OpenCV's default L1 gradient of a
+    # 3x3 Sobel sees a 40-level step as 160, between the thresholds, and no strong edge to hang on
+    faint = np.zeros((20, 20, 3), np.uint8)
+    faint[:, 10:] = 40
+    assert canny_edges(faint).max() == 0 and canny_edges(faint * 3).max() == 255
+
+
+def test_cityscapes_to_ade20k_map():
+    from drsf_kit.data.classes import CITYSCAPES_CLASSES
+    from drsf_kit.synth.ade20k import ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_TO_ADE20K, ade20k_lut
+
+    assert len(ADE20K_CLASSES) == len(ADE20K_PALETTE) == 150
+    assert set(CITYSCAPES_TO_ADE20K) == set(CITYSCAPES_CLASSES)
+    lut = ade20k_lut()
+    expected = {"road": (140, 140, 140), "sidewalk": (235, 255, 7), "building": (180, 120, 120),
+                "vegetation": (4, 200, 3), "sky": (6, 230, 230), "person": (150, 5, 61), "rider": (150, 5, 61),
+                "car": (0, 102, 200), "terrain": (4, 250, 7), "traffic light": (41, 0, 255)}
+    for name, colour in expected.items():
+        assert tuple(lut[CITYSCAPES_CLASSES.index(name)]) == colour, name
+    # distinct Cityscapes classes stay distinct, except the two ADE20K has no class for
+    colours = {tuple(lut[i]) for i in range(len(CITYSCAPES_CLASSES))}
+    assert len(colours) == len(CITYSCAPES_CLASSES) - 2
+    assert tuple(lut[255]) == (0, 0, 0)
+
+
+def test_controlnet_backend_conditions_on_ade20k_masks_and_opencv_canny(dwd, weights):
+    import cv2
+
+    from drsf_kit.synth.ade20k import ade20k_image
+    from drsf_kit.synth.runner import load_source_item
+
+    ds = _source(dwd)
+    item = load_source_item(ds, ds.ids[0], with_mask=True)
+    for condition in ("seg", "edges"):
+        gen = build_generator(SynthConfig(data=str(dwd), backend="controlnet", model=str(weights["sd"]),
+                                          controlnet=str(weights["controlnet"]), condition=condition, steps=1,
+                                          size=64))
+        got = np.asarray(gen.condition_image(item, (64, 32)))
+        if condition == "seg":
+            want = ade20k_image(map_mask(item.mask, None, [64, 32]))
+        else:
+            rgb = np.asarray(item.image.convert("RGB").resize((64, 32), Image.BICUBIC))
+            want = np.repeat(cv2.Canny(rgb, 100, 200)[:, :, None], 3, axis=2)
+        assert got.shape == (32, 64, 3) and np.array_equal(got, want), condition
+        gen.close()
+
+
+def test_weight_fingerprint_reads_no_weight_bytes(tmp_path, monkeypatch):
+    import os
+
+    folder = tmp_path / "m"
+    (folder / "unet").mkdir(parents=True)
+    weight = folder / "unet" / "model.safetensors"
+    weight.write_bytes(b"a" * 64)
+    (folder / "model_index.json").write_text("{}")
+    first = weights_hash(folder)
+    stat = weight.stat()
+    weight.write_bytes(b"b" * 64)  # same size, same mtime: the fingerprint cannot tell (it never reads it)
+    os.utime(weight, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights_hash(folder) == first
+    os.utime(weight, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a new download has a new mtime
+    assert weights_hash(folder) != first
+    (folder / "model_index.json").write_text('{"a": 1}')  # configs are read (they are small)
+    changed = weights_hash(folder)
+    # a Hugging Face cache snapshot links to blobs named by their content hash: that hash is used
+    blob = tmp_path / "blobs" / ("0" * 64)
+    blob.parent.mkdir()
+    blob.write_bytes(b"c")
+    weight.unlink()
+    weight.symlink_to(blob)
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
+    assert weights_hash(folder) != changed
+    assert not any(p.endswith((".safetensors", "0" * 64)) for p in opened)
 
 
 def test_missing_weights_messages(dwd, weights, tmp_path, capsys):

@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -25,6 +24,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.models.backbones import StageBody, mini_detection_body, resnet_body
 from drsf_kit.models.base import DRSFModel, eval_mode
+from drsf_kit.models.box_coding import FP32AnchorGenerator, fp32_box_coder
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -88,7 +88,7 @@ class DRSFDetector(DRSFModel):
         sizes = settings["anchor_sizes"]
         if len(sizes) != len(levels) + 1:
             raise ConfigError(f"anchor_sizes needs one tuple per FPN level ({len(levels) + 1}), got {len(sizes)}")
-        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+        anchors = FP32AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
         self.rpn = RegionProposalNetwork(
             anchors, RPNHead(c, anchors.num_anchors_per_location()[0]),
             fg_iou_thresh=0.7, bg_iou_thresh=0.3,
@@ -106,6 +106,9 @@ class DRSFDetector(DRSFModel):
             batch_size_per_image=settings["box_batch_size_per_image"], positive_fraction=0.25,
             bbox_reg_weights=None, score_thresh=0.05, nms_thresh=0.5, detections_per_img=100,
         )
+        # anchors, proposals and detections stay in fp32 under autocast (see models.box_coding)
+        self.rpn.box_coder = fp32_box_coder(self.rpn.box_coder)
+        self.roi_heads.box_coder = fp32_box_coder(self.roi_heads.box_coder)
         self.num_classes = num_classes
 
     def head_inputs(self, collected):

@@ -23,6 +23,7 @@ from drsf_kit.models.base import DRSFModel, eval_mode
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SEGMENTATION_PROFILES = {"mini": None, "deeplabv3_r50": 50, "deeplabv3_r101": 101}
+POOLING_GROUPS = 32  # GroupNorm groups of the ASPP image-pooling branch (8 of its 256 channels each)
 
 
 class LightASPP(nn.Module):
@@ -65,13 +66,21 @@ class MiniDeepLabHead(nn.Module):
 
 
 class TorchvisionDeepLabHead(nn.Module):
-    """torchvision's DeepLabV3 head (ASPP rates 12/24/36) on the ``out`` map."""
+    """torchvision's DeepLabV3 head (ASPP rates 12/24/36) on the ``out`` map.
+
+    The image-pooling branch normalises with GroupNorm instead of torchvision's BatchNorm: after global
+    pooling each image gives one value per channel, so BatchNorm has nothing to average over at one
+    image per process (it raises "Expected more than 1 value per channel") and little at two.
+    """
 
     def __init__(self, in_channels: int, num_classes: int):
         super().__init__()
-        from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+        from torchvision.models.segmentation.deeplabv3 import ASPPPooling, DeepLabHead
 
         self.head = DeepLabHead(in_channels, num_classes)
+        pooling = self.head[0].convs[-1]
+        assert isinstance(pooling, ASPPPooling) and isinstance(pooling[2], nn.BatchNorm2d), "torchvision ASPP changed"
+        pooling[2] = nn.GroupNorm(POOLING_GROUPS, pooling[2].num_features)
 
     def forward(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits at the bottleneck's resolution."""

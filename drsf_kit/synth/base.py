@@ -69,7 +69,7 @@ class SynthConfig:
     shard: tuple[int, int] | None = None  # (I, N): process sorted ids with position % N == I
     size: int = 0  # gligen: square side (0 = 512); others: longer side (0 = source size)
     max_boxes: int = 15  # gligen skips images with more boxes inside the crop (the authors' 15)
-    condition: str = "seg"  # controlnet condition: seg (palette mask) | edges (Canny-like)
+    condition: str = "seg"  # controlnet condition: seg (ADE20K-palette mask) | edges (OpenCV Canny)
     jpeg_quality: int = 95  # quality of the saved JPEG twins
     progress: bool = True  # show a tqdm bar
 

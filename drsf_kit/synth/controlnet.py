@@ -1,9 +1,9 @@
 """controlnet backend: text-to-image conditioned on the source layout, so masks and boxes stay valid.
 
-``--condition seg`` renders the source segmentation mask in the Cityscapes palette (the input of
-seg ControlNets such as lllyasviel/sd-controlnet-seg; ignore pixels are black); ``--condition edges``
-computes Canny-like edges of the source image with numpy (Sobel, non-maximum suppression, double
-threshold with one hysteresis step). The twin covers the whole source (crop None) at the source size,
+``--condition seg`` renders the source segmentation mask in the ADE20K palette that seg ControlNets such
+as lllyasviel/sd-controlnet-seg were trained on (Cityscapes classes mapped to ADE20K ones, see
+``drsf_kit.synth.ade20k``; ignore pixels are black); ``--condition edges`` computes OpenCV Canny edges
+of the source image with the thresholds of the canny ControlNet's annotator (100, 200). The twin covers the whole source (crop None) at the source size,
 or ``--size`` on its longer side, rounded down to multiples of 8.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from drsf_kit.data.classes import CITYSCAPES_PALETTE
 from drsf_kit.data.manifest import map_mask
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.synth.ade20k import ade20k_image
 from drsf_kit.synth.base import GeneratedItem, SourceItem, SynthConfig
 from drsf_kit.synth.diffusion import (
     CONTROLNET_LAYOUT,
@@ -28,52 +28,30 @@ from drsf_kit.synth.geometry import fit_size
 CONDITIONS = ("seg", "edges")
 
 
+# The canny ControlNet's annotator (lllyasviel/ControlNet, annotator/canny + gradio_canny2image.py):
+# cv2.Canny on the RGB image with low/high thresholds 100 and 200 (its defaults; the model was trained so)
+CANNY_LOW, CANNY_HIGH = 100, 200
+
+
 def palette_image(mask: np.ndarray) -> np.ndarray:
-    """uint8 [H,W] train ids -> uint8 [H,W,3] Cityscapes colours (ids outside 0..18 are black)."""
-    lut = np.zeros((256, 3), np.uint8)
-    lut[: len(CITYSCAPES_PALETTE)] = np.asarray(CITYSCAPES_PALETTE, np.uint8)
-    return lut[np.asarray(mask, np.uint8)]
+    """uint8 [H,W] train ids -> uint8 [H,W,3] in the ADE20K colours seg ControlNets were trained on
+    (``drsf_kit.synth.ade20k``; ids outside 0..18, such as ignore 255, are black)."""
+    return ade20k_image(mask)
 
 
-def canny_edges(rgb: np.ndarray, low: float = 0.1, high: float = 0.2) -> np.ndarray:
-    """Canny-like edge map (uint8 [H,W], 0 or 255) of an RGB image, vectorised numpy.
+def canny_edges(rgb: np.ndarray, low: int = CANNY_LOW, high: int = CANNY_HIGH) -> np.ndarray:
+    """OpenCV Canny edge map (uint8 [H,W], 0 or 255) of an RGB image, as the canny ControlNet saw in training.
 
     Args:
         rgb: uint8 [H,W,3].
-        low: weak-edge threshold, as a fraction of the largest gradient magnitude.
-        high: strong-edge threshold, same unit.
+        low: hysteresis low threshold on the gradient magnitude (OpenCV units, 0..~1000).
+        high: hysteresis high threshold.
     """
-    gray = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    p = np.pad(gray, 1, mode="edge")  # 3x3 binomial smoothing against JPEG noise
-    gray = (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:] + 2 * p[1:-1, :-2] + 4 * p[1:-1, 1:-1]
-            + 2 * p[1:-1, 2:] + p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) / 16.0
-    p = np.pad(gray, 1, mode="edge")
-    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
-    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
-    mag = np.hypot(gx, gy)
-    if mag.max() <= 0:
-        return np.zeros(gray.shape, np.uint8)
-    mag /= mag.max()
-    # non-maximum suppression along the gradient direction quantised to 0/45/90/135 degrees
-    angle = (np.rad2deg(np.arctan2(gy, gx)) + 180.0) % 180.0
-    sector = ((angle + 22.5) // 45).astype(int) % 4
-    m = np.pad(mag, 1)
-    h, w = mag.shape
-    offsets = {0: (0, 1), 1: (1, 1), 2: (1, 0), 3: (1, -1)}
-    keep = np.zeros_like(mag, bool)
-    for s, (dy, dx) in offsets.items():
-        a = m[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-        b = m[1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
-        keep |= (sector == s) & (mag >= a) & (mag >= b)
-    thin = np.where(keep, mag, 0.0)
-    strong = thin >= high
-    weak = thin >= low
-    s = np.pad(strong, 1)
-    near_strong = np.zeros_like(strong)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            near_strong |= s[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-    return ((strong | (weak & near_strong)) * 255).astype(np.uint8)
+    try:
+        import cv2
+    except ImportError:
+        raise ConfigError("--condition edges needs OpenCV: pip install opencv-python-headless") from None
+    return cv2.Canny(np.ascontiguousarray(rgb, dtype=np.uint8), int(low), int(high))
 
 
 class ControlNetGenerator(DiffusionGenerator):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from drsf_kit.errors import ConfigError
 from drsf_kit.synth.base import Generator, SynthConfig, load_prompts
-from drsf_kit.utils.io import WEIGHT_PATTERNS, sha256_tree  # model_hash covers these files' names and contents
+from drsf_kit.utils.io import WEIGHT_PATTERNS, fingerprint_tree  # model_hash: weight names + sizes/mtimes or cache hashes
 
 # Repo ids tried in the local HF cache when --model / --controlnet are not given.
 DEFAULT_REPOS = {
@@ -77,8 +77,13 @@ def resolve_weights(spec: str | None, default_repo: str, what: str, required: st
 
 
 def weights_hash(*folders: Path) -> str:
-    """SHA-256 over the names and contents of the weight files of ``folders`` (in order)."""
-    return sha256_tree(*folders, patterns=WEIGHT_PATTERNS)
+    """The fingerprint of the weights of ``folders`` (in order), without reading the weight files.
+
+    A Stable Diffusion folder holds several GB (tens with every variant downloaded): hashing it all
+    before each run cost minutes. ``fingerprint_tree`` uses the content hashes the Hugging Face cache
+    already names its files by, else file sizes and modification times, plus the JSON configs.
+    """
+    return fingerprint_tree(*folders, patterns=WEIGHT_PATTERNS)
 
 
 def pipeline_class_name(folder: Path) -> str:

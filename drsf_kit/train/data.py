@@ -253,6 +253,19 @@ class TwinBatch:
                         for k, v in t.items()} for t in self.targets]
         return TwinBatch(images, targets, self.domains.to(device), self.pairs.to(device), self.source_ids)
 
+    def pin_memory(self) -> "TwinBatch":
+        """The batch in page-locked memory (``DataLoader(pin_memory=True)`` calls this on custom types),
+        so ``to(device, non_blocking=True)`` really overlaps the copy with compute."""
+        def pin(v):
+            return v.pin_memory() if isinstance(v, torch.Tensor) else v
+
+        if isinstance(self.images, torch.Tensor):
+            images, targets = pin(self.images), pin(self.targets)
+        else:
+            images = [pin(im) for im in self.images]
+            targets = [{k: pin(v) for k, v in t.items()} for t in self.targets]
+        return TwinBatch(images, targets, pin(self.domains), pin(self.pairs), self.source_ids)
+
 
 def _det_target(target: dict) -> dict:
     return {"boxes": target["boxes"].reshape(-1, 4).float(), "labels": target["labels"].long()}

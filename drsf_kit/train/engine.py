@@ -10,13 +10,16 @@ test split and every target domain) and ``done``. A resume continues from the ne
 drops the metrics rows after it, so the files end up as an uninterrupted run's.
 
 Under torchrun (``drsf_kit.train.distributed``) every process trains on its own ``batch_source`` source
-images per step inside DistributedDataParallel; only rank 0 logs, checkpoints and evaluates while the
-others wait at a barrier, and the checkpoint holds the bare model and the number of global source images
-consumed, so a run resumes on any number of processes. One process runs exactly as without torchrun.
+images per step inside DistributedDataParallel and scores its share of the evaluation images
+(``drsf_kit.train.dist_eval``); only rank 0 logs, checkpoints and writes results, and the checkpoint
+holds the bare model and the number of global source images consumed, so a run resumes on any number
+of processes. ``train.accumulate``, ``train.amp_dtype`` and the throughput switches are described in
+``drsf_kit.train.accumulation``, ``precision`` and ``throughput``. One process runs exactly as without torchrun.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -53,6 +56,9 @@ from drsf_kit.train.distributed import (
 )
 from drsf_kit.train.evaluate import evaluate_model, format_summary, write_run_tables
 from drsf_kit.train.rundir import DONE, METRICS, RunDir, RunLock, finite_state, config_hash  # noqa: F401
+from drsf_kit.train.memory import estimate_memory, format_estimate
+from drsf_kit.train.precision import grad_scaler, resolve_amp_dtype
+from drsf_kit.train.throughput import configure_backends, maybe_compile, prepare_model
 from drsf_kit.utils.runtime import seed_everything
 
 
@@ -124,57 +130,64 @@ class StepResult:
     grad_norm: float
     stats: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    images: int = 0  # images in the step (sources and twins)
+    images_per_s: float = 0.0
+    gpu_mem_gb: float | None = None  # peak CUDA memory of the step; None off CUDA
 
 
 def _autocast(device: torch.device, amp: bool, amp_dtype: str):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if amp_dtype == "bf16" else torch.float16)
-    return torch.autocast(device.type, enabled=False)
+    from drsf_kit.train.precision import autocast, resolve_amp_dtype
+
+    return autocast(device, resolve_amp_dtype(amp, amp_dtype, device))
 
 
 def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step: int, progress: float,
                scheduler=None, scaler=None, generator: torch.Generator | None = None, grad_clip: float = 0.0,
-               amp: bool = False, amp_dtype: str = "bf16", nan_at_step: int = 0) -> StepResult:
+               amp: bool = False, amp_dtype: str = "auto", nan_at_step: int = 0, accumulate: int = 1) -> StepResult:
     """Forward, finiteness check, backward, clip, optimizer and scheduler step for one batch.
 
     Args:
         step: 1-based number of this step (named in a non-finite-loss error).
         progress: training progress in [0, 1] (drives MDSF's gradient-reversal ramp).
         nan_at_step: test hook; the first loss term becomes NaN at this step.
+        accumulate: run the batch as this many micro-batches (``drsf_kit.train.accumulation``), one
+            backward each, before the single optimizer step; the logged losses are their mean.
     Raises:
         NonFiniteLossError: naming the step and the first non-finite loss term; nothing is updated.
     """
-    t0 = time.perf_counter()
-    batch = batch.to(device)
-    with _autocast(device, amp, amp_dtype):
-        loss_dict = model(batch.images, batch.targets, domains=batch.domains, pairs=batch.pairs,
-                          progress=progress, generator=generator)
-    if nan_at_step and step == nan_at_step:
-        first = next(iter(loss_dict))
-        loss_dict = {**loss_dict, first: loss_dict[first] * float("nan")}
-    names = list(loss_dict)
-    values = torch.stack([loss_dict[k].detach().float().reshape(()) for k in names]).cpu()  # one sync
-    finite = torch.isfinite(values)
-    all_finite = bool(finite.all())
-    # every process must stop at the same step: one leaving alone would hang the others in DDP
-    if any_process(not all_finite) and all_finite:
-        exc = NonFiniteLossError(f"step {step}: a loss term is non-finite on another process")
-        exc.step, exc.term = step, None
-        raise exc
-    if not all_finite:
-        bad = names[int((~finite).nonzero()[0])]
-        exc = NonFiniteLossError(f"step {step}: loss term {bad!r} is {values[names.index(bad)].item()} "
-                                 f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(names, values.tolist()))}); "
-                                 "lower train.lr, raise train.warmup_steps or set train.grad_clip")
-        exc.step, exc.term = step, bad
-        raise exc
-    total = sum(loss_dict.values())
+    from drsf_kit.train.accumulation import split_batch
+    from drsf_kit.train.throughput import StepMeter
+
+    meter = StepMeter(device)
+    t0 = meter.start()
     optimizer.zero_grad(set_to_none=True)
+    pieces = split_batch(batch, accumulate)
+    summed = None
+    for k, piece in enumerate(pieces):
+        piece = piece.to(device)
+        # DDP: gradients are all-reduced once, on the last piece's backward
+        sync = contextlib.nullcontext() if k == len(pieces) - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with _autocast(device, amp, amp_dtype):
+                loss_dict = model(piece.images, piece.targets, domains=piece.domains, pairs=piece.pairs,
+                                  progress=progress, generator=generator)
+            if nan_at_step and step == nan_at_step:
+                first = next(iter(loss_dict))
+                loss_dict = {**loss_dict, first: loss_dict[first] * float("nan")}
+            names = list(loss_dict)
+            values = torch.stack([loss_dict[n].detach().float().reshape(()) for n in names]).cpu()  # one sync
+            _check_finite(step, names, values)
+            total = sum(loss_dict.values())
+            if len(pieces) > 1:
+                total = total / len(pieces)
+            if scaler is not None and scaler.is_enabled():
+                scaler.scale(total).backward()
+            else:
+                total.backward()
+        summed = values if summed is None else summed + values
+    values = summed / len(pieces) if len(pieces) > 1 else summed
     if scaler is not None and scaler.is_enabled():
-        scaler.scale(total).backward()
         scaler.unscale_(optimizer)
-    else:
-        total.backward()
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if grad_clip > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
@@ -189,8 +202,28 @@ def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step
     if scheduler is not None:
         scheduler.step()
     stats = dict(getattr(getattr(model, "module", model), "last_stats", {}) or {})
+    seconds = time.perf_counter() - t0
     return StepResult(step, dict(zip(names, values.tolist())), float(values.sum()), lr, grad_norm, stats,
-                      time.perf_counter() - t0)
+                      seconds, images=len(batch), images_per_s=meter.images_per_second(len(batch), seconds),
+                      gpu_mem_gb=meter.memory_gb())
+
+
+def _check_finite(step: int, names: list[str], values: torch.Tensor) -> None:
+    """Raise ``NonFiniteLossError`` on every process when any process has a non-finite loss term."""
+    finite = torch.isfinite(values)
+    all_finite = bool(finite.all())
+    # every process must stop at the same step: one leaving alone would hang the others in DDP
+    if any_process(not all_finite) and all_finite:
+        exc = NonFiniteLossError(f"step {step}: a loss term is non-finite on another process")
+        exc.step, exc.term = step, None
+        raise exc
+    if not all_finite:
+        bad = names[int((~finite).nonzero()[0])]
+        exc = NonFiniteLossError(f"step {step}: loss term {bad!r} is {values[names.index(bad)].item()} "
+                                 f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(names, values.tolist()))}); "
+                                 "lower train.lr, raise train.warmup_steps or set train.grad_clip")
+        exc.step, exc.term = step, bad
+        raise exc
 
 
 def train_one_epoch(model, loader: Iterable[TwinBatch], optimizer, device: torch.device, *, start_step: int = 0,
@@ -216,7 +249,8 @@ def train_one_epoch(model, loader: Iterable[TwinBatch], optimizer, device: torch
             step += 1
             result = train_step(model, batch, optimizer, device, step=step, progress=(step - 1) / max(1, total_steps),
                                 scheduler=scheduler, scaler=scaler, generator=generator, grad_clip=tcfg.grad_clip,
-                                amp=tcfg.amp, amp_dtype=tcfg.amp_dtype, nan_at_step=tcfg.debug_nan_at_step)
+                                amp=tcfg.amp, amp_dtype=tcfg.amp_dtype, nan_at_step=tcfg.debug_nan_at_step,
+                                accumulate=tcfg.accumulate)
             bar.update(1)
             bar.set_postfix({"loss": f"{result.loss:.3f}",
                              **{k.replace("loss_", ""): f"{v:.3f}" for k, v in result.losses.items()}}, refresh=False)
@@ -370,6 +404,13 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
     seed_everything(cfg.seed)
     train_set = build_train_set(cfg, progress=progress)
     model = build_model_for(cfg).to(device)
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, cfg.train.amp_dtype, device)
+    estimate = None
+    if main and ckpt is None:  # a fresh run only; before sync_bn: the probe must not wait for other ranks
+        image_hw = tuple(train_set.source[0][0].shape[-2:]) if cfg.task == "seg" and not cfg.train.crop_size else None
+        estimate = estimate_memory(model, cfg, device, amp_dtype, image_hw)
+        if progress:
+            print(f"[train] {format_estimate(estimate)}")
     if cfg.train.sync_bn and ctx.distributed:
         from drsf_kit.train.sync_bn import convert_sync_batchnorm
 
@@ -378,8 +419,9 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
     tcfg = dataclasses.replace(cfg.train, lr=effective_lr(cfg.train, ctx.world_size))
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg)
-    fp16 = cfg.train.amp and device.type == "cuda" and cfg.train.amp_dtype == "fp16"
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    scaler = grad_scaler(device, amp_dtype)  # enabled for fp16 only
+    configure_backends(cfg.train, device)
+    prepare_model(model, cfg.train, device)
     generator = torch.Generator().manual_seed(cfg.seed)  # MDSF's mixing draws, checkpointed with the rest
     start, consumed, rank_rng = 0, 0, None
     if ckpt is not None:  # read by rank 0 in open_run: no shared folder needed for a resume
@@ -411,7 +453,7 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
         log.row({"step": 0, "event": "start", "device": str(device), "world_size": ctx.world_size,
                  "global_batch_source": sampler.global_batch, "train_images": len(train_set),
                  "twin_coverage": train_set.coverage(), "trainable_params": sum(
-                     p.numel() for p in model.parameters() if p.requires_grad)})
+                     p.numel() for p in model.parameters() if p.requires_grad), "memory_estimate": estimate})
     # a resume is recorded in run.json's launches, not here: metrics.jsonl stays an uninterrupted run's
 
     def checkpoint(step: int) -> None:
@@ -435,23 +477,28 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
             mean = all_reduce_mean({"loss": r.loss, **r.losses, **{f"stats/{k}": v for k, v in r.stats.items()}})
             losses = {k: mean[k] for k in r.losses}
             stats = {k: v for k, v in mean.items() if k.startswith("stats/")}
+            # speed and memory are this process's own (images/s x processes = the run's throughput)
+            speed = {"images_per_s": round(r.images_per_s, 3), "gpu_mem_gb": r.gpu_mem_gb}
             log.row({"step": r.step, "loss": mean["loss"], **losses, "lr": r.lr, "grad_norm": r.grad_norm,
-                     "sec_per_step": r.seconds, **stats})
+                     "sec_per_step": r.seconds, **speed, **stats})
             log.scalars(r.step, {**{f"loss/{k}": v for k, v in losses.items()}, "loss/total": mean["loss"],
-                                 "lr": r.lr, "grad_norm": r.grad_norm, **stats})
+                                 "lr": r.lr, "grad_norm": r.grad_norm, "speed/images_per_s": r.images_per_s,
+                                 "speed/gpu_mem_gb": r.gpu_mem_gb, **stats})
         if t.eval_every and r.step % t.eval_every == 0 and r.step < t.max_steps:
+            # every process scores its share of the images; rank 0 gets the totals (train.dist_eval)
+            _, summary = evaluate_model(model, cfg, device=device, step=r.step, progress=False)
             if main:
-                _, summary = evaluate_model(model, cfg, device=device, step=r.step, progress=False)
                 log.row({"step": r.step, "event": "eval", "protocol": cfg.eval_protocol(), "eval": summary})
                 log.scalars(r.step, {f"eval/{d}/{m}": v for d, vals in summary.items() for m, v in vals.items()})
-                model.train()
-            barrier()  # the other processes wait for rank 0's evaluation
+            model.train()
+            barrier()
         # after this step's rows: a resume from it finds them all and replays none
         if t.checkpoint_every and r.step % t.checkpoint_every == 0 and r.step < t.max_steps:
             checkpoint(r.step)
 
     t0 = time.perf_counter()
     ddp = wrap_model(model, ctx, cfg.train.find_unused_parameters)  # `model` stays the bare one
+    ddp = maybe_compile(ddp, cfg.train, device)  # train.compile on CUDA; checkpoints keep the bare names
     try:
         step = train_one_epoch(ddp, loader, optimizer, device, start_step=start, total_steps=cfg.train.max_steps,
                                scheduler=scheduler, scaler=scaler, generator=generator, tcfg=cfg.train,
@@ -469,7 +516,9 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
     if main:
         finish_launch(run_dir, finished_step=step, train_seconds=round(time.perf_counter() - t0, 3),
                       replica_max_abs_diff=drift)
-        rows, summary = evaluate_model(model, cfg, device=device, step=step, progress=progress)
+    # every process scores its share of the images; rank 0 gets the rows (train.dist_eval)
+    rows, summary = evaluate_model(model, cfg, device=device, step=step, progress=progress)
+    if main:
         run.write_results(rows)  # keyed: an evaluation replayed after a kill replaces its rows
         log.row({"step": step, "event": "eval", "protocol": cfg.eval_protocol(), "eval": summary})
         log.scalars(step, {f"eval/{d}/{m}": v for d, vals in summary.items() for m, v in vals.items()})
@@ -478,5 +527,5 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
             print(f"[train] {cfg.name}: {step} steps; {cfg.eval_protocol()} protocol\n{format_summary(summary, cfg.task)}")
         run.mark_done(step)
     log.close()
-    barrier()  # the other processes wait for rank 0's evaluation
+    barrier()  # the other processes wait for rank 0's tables and done marker
     return run_dir

@@ -43,10 +43,13 @@ def _list_collate(items):
 
 
 def _loader(dataset, cfg: RunConfig, max_images: int) -> DataLoader:
+    from drsf_kit.train.dist_eval import shard_batches
+
     if max_images and len(dataset) > max_images:
         dataset = Subset(dataset, range(max_images))  # the first N, so repeated looks score the same images
+    # under torchrun this process's share of the single-process batches (all of them alone);
     # an own generator: scoring in the middle of a run must not draw from the training RNG
-    return DataLoader(dataset, batch_size=max(1, cfg.eval.batch_size), shuffle=False,
+    return DataLoader(dataset, batch_sampler=shard_batches(len(dataset), cfg.eval.batch_size),
                       num_workers=cfg.data.num_workers, collate_fn=_list_collate, generator=torch.Generator())
 
 
@@ -58,42 +61,66 @@ def _dataset_ids(dataset) -> list[str]:
 
 @torch.no_grad()
 def score_detection(model, loader: DataLoader, device, desc: str = "eval", progress: bool = True,
-                    score_threshold: float = 0.0) -> dict:
-    """Run a detector over ``loader`` and return ``evaluate_detections`` (VOC07, COCO, ECE)."""
-    from drsf_kit.evaluation.detection import evaluate_detections
+                    score_threshold: float = 0.0, amp_dtype: torch.dtype | None = None) -> dict | None:
+    """Run a detector over ``loader`` and return ``evaluate_detections`` (VOC07, COCO, ECE).
 
-    preds, targets = {}, {}
-    ids = iter(_dataset_ids(loader.dataset))
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images = [im.to(device) for im, _ in batch]
-        outputs = model(images)
-        for (_, target), out in zip(batch, outputs):
-            image_id = str(target.get("image_id", next(ids))) if isinstance(target, dict) else next(ids)
+    Under torchrun every process runs its share of the batches and rank 0 scores them all (the other
+    processes return None); ``amp_dtype`` is the autocast dtype (None: fp32).
+    """
+    from drsf_kit.evaluation.detection import evaluate_detections
+    from drsf_kit.train.dist_eval import gather_in_order
+    from drsf_kit.train.precision import autocast
+
+    ids = _dataset_ids(loader.dataset)
+    local = []
+    for index, batch in tqdm(zip(loader.batch_sampler, loader), total=len(loader), desc=desc, disable=not progress,
+                             leave=False):
+        images = [im.to(device, non_blocking=True) for im, _ in batch]
+        with autocast(device, amp_dtype):
+            outputs = model(images)
+        for i, (_, target), out in zip(index, batch, outputs):
+            image_id = str(target.get("image_id", ids[i])) if isinstance(target, dict) else ids[i]
             keep = out["scores"] >= score_threshold
-            preds[image_id] = {k: out[k][keep].float().cpu() for k in ("boxes", "scores", "labels")}
-            targets[image_id] = {k: target[k] for k in ("boxes", "labels", "difficult") if k in target}
+            pred = {k: out[k][keep].float().cpu() for k in ("boxes", "scores", "labels")}
+            local.append((i, (image_id, pred, {k: target[k] for k in ("boxes", "labels", "difficult") if k in target})))
+    merged = gather_in_order(local)
+    if merged is None:
+        return None
+    preds = {image_id: pred for image_id, pred, _ in merged}
+    targets = {image_id: target for image_id, _, target in merged}
     return evaluate_detections(preds, targets, DWD_CLASSES, metrics=("voc07", "coco", "ece"))
 
 
 @torch.no_grad()
-def score_segmentation(model, loader: DataLoader, device, desc: str = "eval", progress: bool = True) -> dict:
-    """Run a segmenter over ``loader`` and return ``SegmentationMeter.compute()`` (mIoU, pixel accuracy)."""
+def score_segmentation(model, loader: DataLoader, device, desc: str = "eval", progress: bool = True,
+                       amp_dtype: torch.dtype | None = None) -> dict | None:
+    """Run a segmenter over ``loader`` and return ``SegmentationMeter.compute()`` (mIoU, pixel accuracy).
+
+    The argmax runs on the device (only labels travel to the CPU, not full-resolution logits); under
+    torchrun the processes' confusion matrices are summed and rank 0 returns the result (others None).
+    """
     from drsf_kit.evaluation.segmentation import SegmentationMeter
+    from drsf_kit.train.dist_eval import sum_confusion
+    from drsf_kit.train.distributed import is_main_process
+    from drsf_kit.train.precision import autocast
 
     meter = SegmentationMeter(class_names=CITYSCAPES_CLASSES)
-    ids = iter(_dataset_ids(loader.dataset))
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        names = [next(ids) for _ in batch]
+    ids = _dataset_ids(loader.dataset)
+    for index, batch in tqdm(zip(loader.batch_sampler, loader), total=len(loader), desc=desc, disable=not progress,
+                             leave=False):
+        names = [ids[i] for i in index]
         same = len({tuple(im.shape) for im, _ in batch}) == 1
         groups = [batch] if same else [[item] for item in batch]  # stack only images of one size
         start = 0
         for group in groups:
-            images = torch.stack([im for im, _ in group]).to(device)
+            images = torch.stack([im for im, _ in group]).to(device, non_blocking=True)
             masks = torch.stack([m for _, m in group])
-            logits = model(images).float().cpu()
-            meter.update(logits, masks, image_ids=names[start : start + len(group)])
+            with autocast(device, amp_dtype):
+                labels = model(images).argmax(dim=1)
+            meter.update(labels.cpu(), masks, image_ids=names[start : start + len(group)])
             start += len(group)
-    return meter.compute()
+    sum_confusion(meter)
+    return meter.compute() if is_main_process() else None
 
 
 def evaluate_model(model, cfg: RunConfig, domains: Sequence[str] | None = None, protocol: str | None = None,
@@ -103,7 +130,8 @@ def evaluate_model(model, cfg: RunConfig, domains: Sequence[str] | None = None, 
 
     Returns:
         ``(rows, summary)``: the CONTRIBUTING.md rows of every domain, and ``{domain: {metric: value}}``
-        with the summary metrics (for logs and TensorBoard).
+        with the summary metrics (for logs and TensorBoard). Under torchrun every process must call it
+        (each scores its share, ``drsf_kit.train.dist_eval``); rank 0 gets the rows, the others ``([], {})``.
     """
     from drsf_kit.data.dwd import PROTOCOLS
     from drsf_kit.evaluation.results import detection_rows, segmentation_rows
@@ -114,7 +142,10 @@ def evaluate_model(model, cfg: RunConfig, domains: Sequence[str] | None = None, 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown evaluation protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     max_images = cfg.eval.max_images if max_images is None else max_images
-    device = device or next(unwrap_model(model).parameters()).device
+    from drsf_kit.train.precision import resolve_amp_dtype
+
+    device = torch.device(device) if device is not None else next(unwrap_model(model).parameters()).device
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, cfg.train.amp_dtype, device)
     was_training = model.training
     model.eval()
     rows, summary = [], {}
@@ -129,11 +160,15 @@ def evaluate_model(model, cfg: RunConfig, domains: Sequence[str] | None = None, 
             common = dict(variant=cfg.variant, seed=cfg.seed, domain=domain, split=split, protocol=protocol,
                           step=step, run=cfg.name)
             if cfg.task == "det":
-                result = score_detection(model, loader, device, desc, progress, cfg.eval.score_threshold)
+                result = score_detection(model, loader, device, desc, progress, cfg.eval.score_threshold, amp_dtype)
+                if result is None:  # torchrun: rank 0 holds the gathered result
+                    continue
                 rows += detection_rows(result, task="det", **common)
                 summary[domain] = {m: result.get(m) for m in ("map50_voc07", "ap50_coco", "ece")}
             else:
-                result = score_segmentation(model, loader, device, desc, progress)
+                result = score_segmentation(model, loader, device, desc, progress, amp_dtype)
+                if result is None:
+                    continue
                 rows += segmentation_rows(result, task="seg", **common)
                 summary[domain] = {m: result.get(m) for m in ("miou", "pixel_acc")}
     finally:

@@ -53,9 +53,10 @@ IDENTITY_EXCLUDED = frozenset({
 RESUMABLE = IDENTITY_EXCLUDED | {
     "train.max_steps", "train.eval_every", "train.debug_nan_at_step", "train.batch_source", "train.lr_scaling",
     "train.reference_batch", "train.sync_bn", "train.find_unused_parameters", "train.amp", "train.amp_dtype",
+    "train.accumulate", "train.cudnn_benchmark", "train.channels_last", "train.compile",
 }
 # row fields that change from one identical run to the next (wall-clock), left out of row keys
-TIMING_FIELDS = frozenset({"time", "sec_per_step", "seconds"})
+TIMING_FIELDS = frozenset({"time", "sec_per_step", "seconds", "images_per_s", "gpu_mem_gb"})
 
 
 # ------------------------------------------------------------------------------------------- identity

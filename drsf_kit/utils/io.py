@@ -155,3 +155,31 @@ def sha256_tree(*folders: str | os.PathLike, patterns: tuple[str, ...] = WEIGHT_
             h.update(str(p.relative_to(folder)).encode())
             h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+def _file_token(path: Path) -> str:
+    """What identifies one weight file without reading it: the content hash a Hugging Face cache names
+    its blob after (snapshot files are links to ``blobs/<sha256>``), else its size and mtime."""
+    if path.is_symlink():
+        target = os.path.basename(os.readlink(path))
+        if len(target) == 64 and all(c in "0123456789abcdef" for c in target):
+            return f"sha256:{target}"
+    stat = path.stat()
+    return f"size:{stat.st_size}:mtime:{stat.st_mtime_ns}"
+
+
+def fingerprint_tree(*folders: str | os.PathLike, patterns: tuple[str, ...] = WEIGHT_PATTERNS) -> str:
+    """SHA-256 identifying the weights under ``folders`` without reading weight bytes.
+
+    Each weight file contributes its relative name and ``_file_token`` (cache content hash, or size and
+    mtime); each small ``*.json`` config contributes its contents. Copying a folder elsewhere keeps the
+    fingerprint only for cache snapshots; ``sha256_tree`` reads every byte when that matters.
+    """
+    h = hashlib.sha256()
+    for folder in map(Path, folders):
+        files = sorted({p for pat in patterns for p in folder.rglob(pat) if p.is_file()})
+        for p in files:
+            h.update(f"{p.relative_to(folder)}={_file_token(p)};".encode())
+        for p in sorted(q for q in folder.rglob("*.json") if q.is_file()):
+            h.update(f"{p.relative_to(folder)}={sha256_file(p)};".encode())
+    return h.hexdigest()
