@@ -32,6 +32,8 @@ ENTROPY_MODES = ("spatial", "zscore", "domain_posterior")
 REASSEMBLY_MODES = ("residual", "swap")
 METHODS = ("v2", "v1")
 SPLITS = ("topk", "soft")
+# v2 gate slope at init: a fully decided score (0 or 1) gives a gate of sigmoid(+-4) = 0.98 / 0.02
+GATE_SLOPE_INIT = 8.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class DFDRHparams:
     reassembly: str = "residual"
     # Weight of L_align (v1: pooled shared vectors of twins agree; v2: whole shared maps agree).
     w_align: float = 0.5
-    # Weight of the gate-collapse guard (mean(a) - rho)^2.
+    # Weight of the gate regulariser: v1 / split "soft": the collapse guard (mean(a) - rho)^2; v2 "topk":
+    # the commitment of the soft gate to the hard split (binary cross-entropy).
     w_collapse: float = 1.0
     # Weight of L_rea (domain must be readable from the private part).
     w_rea: float = 0.1
@@ -189,10 +192,16 @@ class DFDR(nn.Module):
         self.num_domains = num_domains
         hidden = max(channels // self.hparams.reduction, 4)
         self.v2 = self.hparams.method == "v2"
-        # v1: SE-style gate on [GAP(F); 1 - H]. v2: the gate reads only the scale-free score 1 - H (GAP is
-        # scale-dependent, and the v1 gate learned to ignore H next to it).
-        self.gate_fc1 = nn.Linear((1 if self.v2 else 2) * channels, hidden)
-        self.gate_fc2 = nn.Linear(hidden, channels)
+        if self.v2:
+            # v2: a per-channel monotone gate on the scale-free sharedness score s in [0, 1]:
+            # logit_c = w_c (s_c - 1/2) + b_c, w_c > 0. The v1 SE-MLP learned to ignore its entropy input
+            # next to GAP (which is scale-dependent); here the score decides unless b_c overrules it.
+            self.gate_log_w = nn.Parameter(torch.full((channels,), math.log(GATE_SLOPE_INIT)))
+            self.gate_bias = nn.Parameter(torch.zeros(channels))
+        else:
+            # v1: SE-style gate on [GAP(F); 1 - H]
+            self.gate_fc1 = nn.Linear(2 * channels, hidden)
+            self.gate_fc2 = nn.Linear(hidden, channels)
         # gamma = sigmoid(gamma_logit) keeps it in (0, 1) without clamping dead gradients.
         g = self.hparams.gamma_init
         self.gamma_logit = nn.Parameter(torch.full((channels,), math.log(g / (1.0 - g))))
@@ -236,8 +245,10 @@ class DFDR(nn.Module):
             ent = zscore_entropy(f, self.hparams.tau)
         else:
             ent = channel_entropy(f, self.hparams.tau)
-        z = (1.0 - ent).to(self.gate_fc1.weight.dtype)
-        logits = self.gate_fc2(F.relu(self.gate_fc1(z))).float()
+        # sharedness: a channel that cannot tell the domains apart (high posterior entropy) is shared; in
+        # the spatial modes a concentrated, object-like channel (low entropy) is
+        share = ent.float() if self.posterior is not None else 1.0 - ent.float()
+        logits = self.gate_log_w.exp().float() * (share - 0.5) + self.gate_bias.float()
         soft = torch.sigmoid(logits)
         if self.hparams.split == "topk":
             # Hard 0/1 split of the k best-scored channels; the straight-through term passes the soft
@@ -349,6 +360,13 @@ def _dfdr_losses_v2(out: DFDROutput, domains: torch.Tensor, pairs: torch.Tensor 
     }
     if hp.split == "soft":
         losses["loss_collapse"] = hp.w_collapse * (out.gate[:n].float().mean() - hp.rho) ** 2
+    else:
+        # commitment of the soft gate to the hard split it produced: L_rea alone pushes every gate down
+        # (more private signal always helps a domain classifier) and L_align only pushes domain-laden
+        # channels down, so without this nothing holds the shared channels' soft gates up
+        soft = out.gate_soft[:n].float().clamp(1e-6, 1 - 1e-6)
+        hard = (out.gate[:n].detach() > 0.5).float()
+        losses["loss_commit"] = hp.w_collapse * F.binary_cross_entropy(soft, hard)
     if out.posterior_logits is not None:
         post = out.posterior_logits[:n]
         c, k = post.shape[1], post.shape[2]

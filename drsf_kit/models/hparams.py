@@ -41,6 +41,7 @@ HPARAM_RANGES: dict[str, tuple] = {
     "adv_warmup": ("uniform", 0.1, 0.4),
     "disc_lr_mult": ("log_uniform", 1.0, 30.0),
     "disc_labels": ("choice", ["balanced", "binary"]),
+    "disc_arch": ("choice", ["stats", "conv"]),
     "w_cons": ("log_uniform", 0.1, 10.0),
     "tau": ("log_uniform", 0.25, 4.0),
     "entropy_mode": ("choice", ["zscore", "domain_posterior"]),

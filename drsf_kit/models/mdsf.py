@@ -25,6 +25,7 @@ from drsf_kit.errors import ConfigError
 DISC_INPUT_NORMS = ("rms", "none")
 METHODS = ("v2", "v1")
 DISC_LABELS = ("balanced", "binary")
+DISC_ARCHS = ("stats", "conv")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class MDSFHparams:
     adv_warmup: float = 0.2
     # v2: learning-rate multiplier of the discriminator, so it can keep up with the moving features.
     disc_lr_mult: float = 10.0
+    # v2: "stats" (an MLP on each channel's mean and log-std: style is channel statistics, and it learns in
+    # a few steps) or "conv" (v1's 3x3 conv -> 1x1 conv, with a leaky ReLU).
+    disc_arch: str = "stats"
     # v2: "balanced" (K+1 domains, each weighted by its inverse batch frequency) or "binary"
     # (source vs synthetic, both halves weighted equally).
     disc_labels: str = "balanced"
@@ -72,6 +76,8 @@ class MDSFHparams:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ConfigError(f"MDSF method {self.method!r} is unknown; valid: {', '.join(METHODS)}")
+        if self.disc_arch not in DISC_ARCHS:
+            raise ConfigError(f"MDSF disc_arch {self.disc_arch!r} is unknown; valid: {', '.join(DISC_ARCHS)}")
         if self.disc_labels not in DISC_LABELS:
             raise ConfigError(f"MDSF disc_labels {self.disc_labels!r} is unknown; valid: {', '.join(DISC_LABELS)}")
         if int(self.twins_per_source) < 1:
@@ -229,6 +235,27 @@ class DomainDiscriminator(nn.Module):
         return self.classifier(h).float().mean(dim=(2, 3))
 
 
+class StatsDiscriminator(nn.Module):
+    """MLP on per-channel (mean, log std) of the RMS-normalised map: ``[N, C, H, W] -> [N, K+1]``.
+
+    Domain shifts of the pseudo-domains are mostly style, i.e. channel statistics; reading them directly
+    lets the discriminator learn the domains in a few steps, and reversing its gradient asks the
+    backbone to align exactly those statistics.
+    """
+
+    def __init__(self, in_channels: int, num_domains: int, hidden: int = 32):
+        super().__init__()
+        self.input_norm = "rms"
+        self.fc1 = nn.Linear(2 * in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, num_domains)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Domain logits ``[N, K+1]`` (float32)."""
+        z = rms_normalize(x).float().flatten(2)
+        stats = torch.cat([z.mean(dim=-1), 0.5 * torch.log(z.var(dim=-1, unbiased=False) + 1e-5)], dim=1)
+        return self.fc2(F.leaky_relu(self.fc1(stats.to(self.fc1.weight.dtype)), 0.2)).float()
+
+
 class MixInfo(NamedTuple):
     """Which rows were mixed, with what, and their soft labels."""
 
@@ -248,8 +275,11 @@ class MDSF(nn.Module):
         self.hparams = hparams or MDSFHparams()
         self.num_domains = num_domains
         self.v2 = self.hparams.method == "v2"
-        self.discriminator = DomainDiscriminator(channels, num_domains, self.hparams.disc_hidden,
-                                                 self.hparams.disc_input_norm, leaky=0.2 if self.v2 else 0.0)
+        if self.v2 and self.hparams.disc_arch == "stats":
+            self.discriminator = StatsDiscriminator(channels, num_domains, self.hparams.disc_hidden)
+        else:
+            self.discriminator = DomainDiscriminator(channels, num_domains, self.hparams.disc_hidden,
+                                                     self.hparams.disc_input_norm, leaky=0.2 if self.v2 else 0.0)
         # v2 health: running (exponential mean) balanced accuracy of the discriminator on each batch
         # before it learns from it, and the chance level it must beat.
         self.running_acc: Optional[float] = None
