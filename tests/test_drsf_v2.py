@@ -144,7 +144,7 @@ def test_gates_saturate_on_channels_that_differ_in_domain_content():
     # whose gradient averages to zero)
     opt = torch.optim.SGD(block.parameters(), lr=0.5, momentum=0.9)
     g = torch.Generator().manual_seed(1)
-    for _ in range(120):
+    for _ in range(80):
         content = torch.randn(n_src, c, 6, 6, generator=g)
         style = torch.tensor([0.0, 2.0, -2.0])  # channels 8..15 carry a per-domain offset and scale
         batch, domains = [], []
@@ -163,7 +163,7 @@ def test_gates_saturate_on_channels_that_differ_in_domain_content():
     soft = block(f).gate_soft.detach()
     assert soft[:, :8].min() > 0.9 and soft[:, 8:].max() < 0.1  # saturated, on the right channels
     out = block(f)
-    assert torch.equal(out.gate[:, :8], torch.ones(3 * n_src, 8))  # the hard split keeps content channels
+    assert torch.allclose(out.gate[:, :8], torch.ones(3 * n_src, 8))  # the hard split keeps content channels
     assert torch.allclose(out.shared[:, 8:], torch.zeros_like(out.shared[:, 8:]))
 
 

@@ -256,8 +256,12 @@ class DRSFModel(nn.Module):
 
     def _apply_mdsf_v2(self, maps, disc_key, aux, domains, pairs, progress, generator):
         hp = self.mdsf.hparams
+        body_rows = sum(p.a.numel() for _, p in aux.fused)
         if self.mdsf_stage == HEAD and hp.fuse_head:
             maps = type(maps)(self._add_fused(dict(maps), aux, domains, pairs, generator).items())
+        # what the fused samples cost: rows through the body after fuse_stage, and rows through the head only
+        aux.stats["fused_rows_body"] = float(body_rows)
+        aux.stats["fused_rows_head"] = float(sum(p.a.numel() for _, p in aux.fused) - body_rows)
         z = maps[disc_key]
         n = domains.shape[0]
         fused_rows = [torch.arange(s, s + p.a.numel(), device=z.device) for s, p in aux.fused if s + p.a.numel() <= z.shape[0]]
