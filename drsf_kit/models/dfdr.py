@@ -1,5 +1,12 @@
 """DFDR: entropy-guided channel decoupling and reassembly (the first DRSF block), in one file.
 
+Two designs, chosen by ``DFDRHparams.method``. **v2** (default): a scale-free per-channel score
+(domain-posterior entropy, or the spatial entropy of z-scored maps) drives a per-channel monotone gate;
+the top ``rho * C`` channels are shared, the rest private (hard 0/1 split, straight-through gradient);
+``L_align`` makes the twins' whole shared maps agree position by position (source held fixed);
+``L_rea`` reads the domain off the private part of a *detached* map, so it trains the gate and the
+domain head but never the backbone below. **v1** (``method="v1"``), the first reading, is below:
+
 Input ``F`` is a feature map ``[N, C, H, W]`` holding every domain of the batch (source and its
 pseudo-domain twins). The block:
 
@@ -265,10 +272,13 @@ class DFDR(nn.Module):
         features = shared + gamma * private
         # The private branch's domain loss trains the gate and the domain head, never the backbone below:
         # the map is detached (the gate is not) and divided by its RMS so the head reads style, not scale.
-        fd = f.detach().float()
-        scale = fd.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-6).rsqrt()
-        priv_in = ((1.0 - a.float())[:, :, None, None] * fd * scale).mean(dim=(2, 3))
-        private_logits = self.domain_head(priv_in.to(self.domain_head.weight.dtype)).float()
+        # Only training reads it: inference pays for the score, the split and gamma, nothing more.
+        private_logits = None
+        if self.training:
+            fd = f.detach().float()
+            scale = fd.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-6).rsqrt()
+            priv_in = ((1.0 - a.float())[:, :, None, None] * fd * scale).mean(dim=(2, 3))
+            private_logits = self.domain_head(priv_in.to(self.domain_head.weight.dtype)).float()
         return DFDROutput(features, shared, private, a.float(), ent, private_logits, posterior_logits, soft)
 
     def swap(self, out: DFDROutput, pairs: torch.Tensor) -> torch.Tensor:
