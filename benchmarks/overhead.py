@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=default_num_threads())
     parser.add_argument("--json", action="store_true", help="print only the JSON")
     parser.add_argument("--method", default="v2", choices=["v2", "v1"], help="the DRSF design to measure")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "overhead.json"), help="JSON report path")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=PATH")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -144,7 +145,7 @@ def main() -> None:
     # the headline numbers asked for: the detection task's (segmentation's are beside them)
     main_task = args.tasks[0]
     report.update({k: report[main_task][k] for k in GOALS})
-    atomic_write_json(ROOT / "benchmarks" / "results" / "overhead.json", report)
+    atomic_write_json(Path(args.out), report)
     print(json.dumps(report, indent=2))
 
 
