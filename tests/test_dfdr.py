@@ -100,7 +100,7 @@ def test_align_loss_by_hand():
 
 def test_align_loss_trains_the_gate():
     torch.manual_seed(0)
-    block = DFDR(16, num_domains=2)
+    block = DFDR(16, num_domains=2, hparams=DFDRHparams(**V1))
     f = torch.randn(2, 16, 5, 5)
     terms = align_loss(block(f), torch.tensor([[0, 1]]))
     (terms.align + terms.collapse).backward()
