@@ -151,8 +151,8 @@ def test_blocks_receive_gradients_and_mixing_is_seeded():
         sum(out.values()).backward()
         losses.append({k: v.item() for k, v in out.items()})
     assert losses[0] == losses[1]
-    assert model.dfdr.gate_fc1.weight.grad.abs().sum() > 0
-    assert model.mdsf.discriminator.conv.weight.grad.abs().sum() > 0
+    assert model.dfdr.gate_bias.grad.abs().sum() > 0  # v2 gate
+    assert model.mdsf.discriminator.fc1.weight.grad.abs().sum() > 0  # v2 stats discriminator
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
@@ -235,7 +235,7 @@ def test_torchvision_profiles_build_with_explicit_sizes():
         out = small([torch.rand(3, 64, 96)])
     assert set(out[0]) == {"boxes", "scores", "labels"}
     seg = build_model("seg", "deeplabv3_r50", "drsf", 5)
-    assert seg.mdsf.discriminator.conv.in_channels == 2048 and seg.num_classes == 19
+    assert seg.mdsf.discriminator.fc1.in_features == 2 * 2048 and seg.num_classes == 19
 
 
 def test_local_backbone_weights(tmp_path):

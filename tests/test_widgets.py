@@ -74,7 +74,7 @@ def test_variants_for_blocks():
     assert dashboard.variants_for_blocks(True, True) == ["drsf"]
     assert dashboard.variants_for_blocks(True, False) == ["dfdr"]
     assert dashboard.variants_for_blocks(False, True) == ["mdsf"]
-    assert sorted(dashboard.variants_for_blocks(False, False)) == ["naive_synth", "source_only"]
+    assert sorted(dashboard.variants_for_blocks(False, False)) == ["naive_consistency", "naive_synth", "source_only"]
     assert dashboard.variants_for_blocks(False, False, available=["source_only", "drsf"]) == ["source_only"]
 
 
