@@ -21,6 +21,9 @@ from drsf_kit.models.dfdr import (
     swap_reassembly,
 )
 
+# The first reading (method v1): these tests pin its gate, split and losses; tests/test_drsf_v2.py covers v2.
+V1 = dict(method="v1", entropy_mode="spatial", split="soft", w_align=1.0)
+
 
 def test_uniform_map_has_entropy_one_and_spike_zero():
     f = torch.zeros(2, 3, 8, 8)
@@ -49,7 +52,7 @@ def test_entropy_between_extremes_and_temperature():
 
 def test_gate_in_open_interval_and_parts_sum_to_input():
     torch.manual_seed(0)
-    block = DFDR(32, num_domains=3)
+    block = DFDR(32, num_domains=3, hparams=DFDRHparams(**V1))
     f = torch.randn(4, 32, 6, 10) * 3
     out = block(f)
     assert isinstance(out, DFDROutput)
@@ -97,7 +100,7 @@ def test_align_loss_by_hand():
 
 def test_align_loss_trains_the_gate():
     torch.manual_seed(0)
-    block = DFDR(16, num_domains=2)
+    block = DFDR(16, num_domains=2, hparams=DFDRHparams(**V1))
     f = torch.randn(2, 16, 5, 5)
     terms = align_loss(block(f), torch.tensor([[0, 1]]))
     (terms.align + terms.collapse).backward()
@@ -139,7 +142,7 @@ def test_swap_reassembly():
 
 def test_domain_posterior_mode():
     torch.manual_seed(0)
-    hp = DFDRHparams(entropy_mode="domain_posterior")
+    hp = DFDRHparams(**{**V1, "entropy_mode": "domain_posterior"})
     block = DFDR(8, num_domains=3, hparams=hp)
     domains = torch.tensor([0, 1, 2, 0])
     out = block(torch.randn(4, 8, 5, 5))
@@ -151,12 +154,12 @@ def test_domain_posterior_mode():
     losses = dfdr_losses(out, domains, torch.tensor([[0, 1]]), hp)
     assert set(losses) == {"loss_align", "loss_collapse", "loss_rea", "loss_posterior"}
     with pytest.raises(ConfigError):
-        posterior_loss(DFDR(8, 3)(torch.randn(2, 8, 3, 3)), torch.tensor([0, 1]))
+        posterior_loss(DFDR(8, 3, DFDRHparams(**V1))(torch.randn(2, 8, 3, 3)), torch.tensor([0, 1]))
 
 
 def test_weighted_losses_use_hparams():
     torch.manual_seed(0)
-    hp = DFDRHparams(w_align=2.0, w_collapse=3.0, w_rea=0.5)
+    hp = DFDRHparams(**{**V1, "w_align": 2.0, "w_collapse": 3.0, "w_rea": 0.5})
     out = DFDR(8, 2, hp)(torch.randn(2, 8, 3, 3))
     pairs, domains = torch.tensor([[0, 1]]), torch.tensor([0, 1])
     losses = dfdr_losses(out, domains, pairs, hp)
@@ -168,7 +171,8 @@ def test_weighted_losses_use_hparams():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(entropy_mode="nope"), dict(reassembly="mix"), dict(tau=0.0), dict(gamma_init=1.0), dict(rho=0.0)],
+    [dict(entropy_mode="nope"), dict(reassembly="mix"), dict(tau=0.0), dict(gamma_init=1.0), dict(rho=0.0),
+     dict(method="v3"), dict(split="half"), dict(method="v1", entropy_mode="zscore")],
 )
 def test_bad_hparams_raise(kwargs):
     with pytest.raises(ConfigError):

@@ -166,7 +166,7 @@ def test_fuse_mixes_about_p_mix_of_pairs():
 
 def test_adversarial_loss_soft_ce_and_reversed_feature_gradient():
     torch.manual_seed(0)
-    mdsf = MDSF(6, num_domains=3)
+    mdsf = MDSF(6, num_domains=3, hparams=MDSFHparams(method="v1"))  # v1: the conv discriminator
     unmixed = torch.randn(3, 6, 4, 4, requires_grad=True)
     mixed = torch.randn(1, 6, 4, 4, requires_grad=True)
     domains = torch.tensor([0, 1, 2])

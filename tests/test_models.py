@@ -56,7 +56,8 @@ def test_get_variant_lists_valid_names():
         get_variant("nope")
     for name in VARIANTS:
         assert name in str(err.value)
-    assert set(VARIANTS) == {"source_only", "naive_synth", "dfdr", "mdsf", "drsf"}
+    assert set(VARIANTS) == {"source_only", "naive_synth", "dfdr", "mdsf", "drsf", "naive_consistency"}
+    assert get_variant("naive_consistency").use_consistency and not get_variant("naive_consistency").use_mdsf
     assert not get_variant("source_only").use_synth and get_variant("naive_synth").use_synth
     assert get_variant("drsf").use_dfdr and get_variant("drsf").use_mdsf
     assert get_variant("dfdr").use_dfdr and not get_variant("dfdr").use_mdsf
@@ -64,8 +65,12 @@ def test_get_variant_lists_valid_names():
 
 def test_default_hparams_and_ranges():
     assert default_hparams("source_only", "det") == {} == default_hparams("naive_synth", "seg")
+    v1 = default_hparams("drsf", "det", method="v1")  # the first reading's defaults, as shipped
+    assert (v1["w_align"], v1["w_rea"], v1["w_adv"], v1["alpha"], v1["p_mix"], v1["gamma_init"]) == (1.0, 0.1, 0.1, 0.4, 0.5, 0.1)
+    assert resolve_hparams("drsf", "det", {"method": "v1"}) == v1
     hp = default_hparams("drsf", "det")
-    assert (hp["w_align"], hp["w_rea"], hp["w_adv"], hp["alpha"], hp["p_mix"], hp["gamma_init"]) == (1.0, 0.1, 0.1, 0.4, 0.5, 0.1)
+    assert hp["method"] == "v2" and hp["alpha"] >= 1.0 and hp["twins_per_source"] >= 2
+    assert default_hparams("naive_consistency", "det") == {"w_cons": 1.0}
     assert "alpha" not in default_hparams("dfdr", "det") and "tau" not in default_hparams("mdsf", "seg")
     assert set(HPARAM_RANGES) >= set(hp)
     drawn = random_hparams("drsf", "seg", seed=1)
@@ -86,12 +91,14 @@ def test_every_variant_trains_and_evaluates(task, variant):
     spec = VARIANTS[variant]
     losses = _train_steps(model, task)
     expected = set(DET_KEYS if task == "det" else {"loss_task"})
-    if spec.use_dfdr:
-        expected |= {"loss_align", "loss_collapse", "loss_rea"}
-        assert {"gate_mean", "gate_std", "entropy_mean", "gamma_mean"} <= set(model.last_stats)
+    if spec.use_dfdr:  # v2 defaults: top-k split (no collapse guard), domain-posterior score
+        expected |= {"loss_align", "loss_rea", "loss_posterior", "loss_commit"}
+        assert {"gate_mean", "gate_saturation", "entropy_spread", "gamma_mean"} <= set(model.last_stats)
     if spec.use_mdsf:
         expected |= {"loss_adv"}
-        assert {"disc_acc", "grl_coeff", "mix_fraction"} <= set(model.last_stats)
+        assert {"disc_acc", "disc_prior", "disc_bal_acc_running", "grl_coeff", "fused_fraction"} <= set(model.last_stats)
+    if spec.use_consistency:
+        expected |= {"loss_cons"}
     assert set(losses) == expected
     for key, value in losses.items():
         assert value.dim() == 0 and value.dtype == torch.float32 and math.isfinite(value.item()), key
@@ -120,12 +127,17 @@ def test_drsf_parameter_overhead_at_most_two_percent(task):
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
-def test_swap_posterior_and_body_stage_mdsf(task):
-    hp = {"reassembly": "swap", "entropy_mode": "domain_posterior", "p_mix": 1.0}
+@pytest.mark.parametrize("method", ["v1", "v2"])
+def test_swap_posterior_and_body_stage_mdsf(task, method):
+    hp = {"reassembly": "swap", "entropy_mode": "domain_posterior", "p_mix": 1.0, "method": method}
     model = _mini(task, "drsf", hparams=hp, mdsf_stage="layer3", dfdr_stage="layer1")
     losses = _train_steps(model, task, steps=1)
     assert "loss_posterior" in losses and all(math.isfinite(v.item()) for v in losses.values())
-    assert model.last_stats["mix_fraction"] == 1.0 and 0 < model.last_stats["lambda_mean"] < 1
+    if method == "v1":
+        assert model.last_stats["mix_fraction"] == 1.0
+    else:  # one fused sample per source added at layer1 (4 real rows + 2 fused); none after the head
+        assert model.last_stats["fused_fraction"] == pytest.approx(2 / 6)
+    assert 0 < model.last_stats["lambda_mean"] < 1
     assert model.dfdr.channels == model.body.channels["layer1"]
 
 
@@ -139,8 +151,8 @@ def test_blocks_receive_gradients_and_mixing_is_seeded():
         sum(out.values()).backward()
         losses.append({k: v.item() for k, v in out.items()})
     assert losses[0] == losses[1]
-    assert model.dfdr.gate_fc1.weight.grad.abs().sum() > 0
-    assert model.mdsf.discriminator.conv.weight.grad.abs().sum() > 0
+    assert model.dfdr.gate_bias.grad.abs().sum() > 0  # v2 gate
+    assert model.mdsf.discriminator.fc1.weight.grad.abs().sum() > 0  # v2 stats discriminator
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
@@ -223,7 +235,7 @@ def test_torchvision_profiles_build_with_explicit_sizes():
         out = small([torch.rand(3, 64, 96)])
     assert set(out[0]) == {"boxes", "scores", "labels"}
     seg = build_model("seg", "deeplabv3_r50", "drsf", 5)
-    assert seg.mdsf.discriminator.conv.in_channels == 2048 and seg.num_classes == 19
+    assert seg.mdsf.discriminator.fc1.in_features == 2 * 2048 and seg.num_classes == 19
 
 
 def test_local_backbone_weights(tmp_path):

@@ -75,7 +75,7 @@ def test_variants_for_blocks():
     assert dashboard.variants_for_blocks(True, True) == ["drsf"]
     assert dashboard.variants_for_blocks(True, False) == ["dfdr"]
     assert dashboard.variants_for_blocks(False, True) == ["mdsf"]
-    assert sorted(dashboard.variants_for_blocks(False, False)) == ["naive_synth", "source_only"]
+    assert sorted(dashboard.variants_for_blocks(False, False)) == ["naive_consistency", "naive_synth", "source_only"]
     assert dashboard.variants_for_blocks(False, False, available=["source_only", "drsf"]) == ["source_only"]
 
 
@@ -349,7 +349,7 @@ def test_discriminator_outputs_are_labelled_with_the_runs_own_domain_order():
         model = build_model_for(cfg, load_pretrained=False).eval()
         assert model.domain_names == (SOURCE_DOMAIN, *order)
         with torch.no_grad():  # the discriminator now always answers id 1 + order.index("night_sunny")
-            clf = model.mdsf.discriminator.classifier
+            clf = [m for m in model.mdsf.discriminator.modules() if isinstance(m, torch.nn.Linear)][-1]  # output layer
             clf.weight.zero_()
             clf.bias.zero_()
             clf.bias[1 + list(order).index("night_sunny")] = 50.0

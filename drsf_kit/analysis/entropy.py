@@ -62,7 +62,9 @@ def channel_stats_by_domain(model: torch.nn.Module, images_by_domain: Mapping[st
                         use_dfdr, ent, gates = False, [], []
                         break
                     ent.append(res.entropy.float().cpu().numpy())
-                    gates.append(res.gate.float().cpu().numpy())
+                    # DFDR v2 splits hard (0/1); its soft gate is what shows how decided a channel is
+                    gate = res.gate_soft if getattr(res, "gate_soft", None) is not None else res.gate
+                    gates.append(gate.float().cpu().numpy())
             finally:
                 model.train(was_training)
         if not use_dfdr:

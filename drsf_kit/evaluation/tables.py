@@ -43,7 +43,7 @@ PER_CLASS_FOR = {**PER_CLASS_METRICS, "ap_coco": "ap50_coco", "ap75_coco": "ap50
                  "pixel_acc": "iou"}
 # The variants in the order of the paper's ablation (docs/method.md, "Ablation variants"); others follow
 # alphabetically.
-ROW_ORDER = ("source_only", "naive_synth", "dfdr", "mdsf", "drsf")
+ROW_ORDER = ("source_only", "naive_synth", "naive_consistency", "dfdr", "mdsf", "drsf")
 AGGREGATES = {"mean": np.mean, "median": np.median, "max": np.max, "min": np.min}
 TARGET_MEAN = "target_mean"
 SEEDS = "seeds"

@@ -21,6 +21,7 @@ from drsf_kit.models.backbones import StageBody
 from drsf_kit.models.dfdr import DFDR, DFDROutput, dfdr_losses, dfdr_stats
 from drsf_kit.models.hparams import resolve_hparams, split_hparams
 from drsf_kit.models.mdsf import MDSF, grl_coefficient, mix_features
+from drsf_kit.models.mdsf_v2 import adversarial_loss_v2, append_fused, discriminator_verdict, fusion_plan, reversal_weight
 from drsf_kit.models.variants import get_variant
 
 HEAD = "head"
@@ -36,6 +37,11 @@ class StepAux:
     swap_src: Optional[torch.Tensor] = None  # source rows of the swap-reassembled extra samples
     dfdr_out: Optional[DFDROutput] = None
     mdsf_map: Optional[torch.Tensor] = None  # discriminator input at the MDSF stage (after mixing)
+    # rows appended to the batch (swap samples, MDSF v2 fused samples), in the order appended: the source
+    # row whose labels each one takes
+    extra_src: list = field(default_factory=list)
+    # MDSF v2: (first appended row, FusionPlan) of every block of fused rows
+    fused: list = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -89,6 +95,9 @@ class DRSFModel(nn.Module):
         self.dfdr = DFDR(body.channels[self.dfdr_stage], num_domains, dfdr_hp) if self.spec.use_dfdr else None
         mdsf_channels = head_channels[self.disc_key] if self.mdsf_stage == HEAD else body.channels[self.mdsf_stage]
         self.mdsf = MDSF(mdsf_channels, num_domains, mdsf_hp) if self.spec.use_mdsf else None
+        fuse = self._v2_fuse_stage
+        if fuse not in (None, "none") and fuse not in names:
+            raise ConfigError(f"fuse_stage {fuse!r} is not a stage of this backbone; valid: none, {', '.join(names)}")
         self.head_channels = dict(head_channels)
         self.last_stats: dict[str, float] = {}
         self.build_config: dict[str, Any] = {}  # filled by build_model: rebuilds this architecture
@@ -143,6 +152,10 @@ class DRSFModel(nn.Module):
         for name, stage in self.body.stages.items():
             x = stage(x)
             self._tap(taps, name, x)
+            if train and self._v2_fuse_stage == name:
+                state = self._add_fused({**collected, _X: x}, aux, domains, pairs, generator)
+                x = state.pop(_X)
+                collected = state
             if self.dfdr is not None and name == self.dfdr_stage:
                 x, collected = self._apply_dfdr(x, collected, aux, train, domains, pairs, taps)
             if name == self.mdsf_stage:
@@ -156,6 +169,8 @@ class DRSFModel(nn.Module):
         maps = self.head_inputs(collected)
         if self.mdsf_stage == HEAD:
             maps = self._apply_mdsf(maps, self.disc_key, aux, train, domains, pairs, progress, generator, mix_lam)
+        if train and self.spec.use_consistency:
+            aux.losses["loss_cons"] = self.hparams["w_cons"] * consistency_loss(maps, pairs)
         for key, value in maps.items():
             self._tap(taps, f"{HEAD}.{key}", value)
         return maps, aux
@@ -183,6 +198,7 @@ class DRSFModel(nn.Module):
             x = torch.cat([x, extra], dim=0)
             collected = {k: torch.cat([v, v[src]], dim=0) for k, v in collected.items()}
             aux.swap_src = src
+            aux.extra_src.append(src)
         return x, collected
 
     def _apply_mdsf(self, maps, disc_key, aux, train, domains, pairs, progress, generator, mix_lam):
@@ -194,6 +210,8 @@ class DRSFModel(nn.Module):
         if not train or self.mdsf is None:
             aux.mdsf_map = maps[disc_key]
             return maps
+        if self.mdsf.v2:
+            return self._apply_mdsf_v2(maps, disc_key, aux, domains, pairs, progress, generator)
         n = domains.shape[0]  # swap extras (rows >= n) are neither mixed nor judged by the discriminator
         unmixed = maps[disc_key][:n]
         new_maps, info = self.mdsf.fuse(dict(maps), domains, pairs, generator)
@@ -211,6 +229,66 @@ class DRSFModel(nn.Module):
                 aux.stats["lambda_mean"] = float(info.lam.mean())
         aux.mdsf_map = new_maps[disc_key]
         return new_maps
+
+    # --- MDSF v2: fused samples added to the batch, the adversary's warm-up ------------------------------
+    @property
+    def _v2_fuse_stage(self) -> Optional[str]:
+        if self.mdsf is None or not self.mdsf.v2:
+            return None
+        return self.mdsf.hparams.fuse_stage
+
+    @property
+    def twins_per_source(self) -> int:
+        """Twins per source image the sampler must draw (several pseudo-domains for MDSF v2)."""
+        if self.mdsf is not None and self.mdsf.v2:
+            return int(self.mdsf.hparams.twins_per_source)
+        return 1
+
+    def _add_fused(self, maps, aux, domains, pairs, generator):
+        """Append fused rows (one plan for every map of ``maps``) and record their source rows."""
+        plan = fusion_plan(self.mdsf, domains, pairs, generator)
+        if plan.a.numel() == 0:
+            return dict(maps)
+        start = next(iter(maps.values())).shape[0]
+        aux.fused.append((start, plan))
+        aux.extra_src.append(plan.src)
+        return append_fused(maps, plan)
+
+    def _apply_mdsf_v2(self, maps, disc_key, aux, domains, pairs, progress, generator):
+        hp = self.mdsf.hparams
+        body_rows = sum(p.a.numel() for _, p in aux.fused)
+        if self.mdsf_stage == HEAD and hp.fuse_head:
+            maps = type(maps)(self._add_fused(dict(maps), aux, domains, pairs, generator).items())
+        # what the fused samples cost: rows through the body after fuse_stage, and rows through the head only
+        aux.stats["fused_rows_body"] = float(body_rows)
+        aux.stats["fused_rows_head"] = float(sum(p.a.numel() for _, p in aux.fused) - body_rows)
+        z = maps[disc_key]
+        n = domains.shape[0]
+        fused_rows = [torch.arange(s, s + p.a.numel(), device=z.device) for s, p in aux.fused if s + p.a.numel() <= z.shape[0]]
+        fused_plans = [p for s, p in aux.fused if s + p.a.numel() <= z.shape[0]]
+        fused = z[torch.cat(fused_rows)] if fused_rows else None
+        soft = torch.cat([p.soft_labels for p in fused_plans]) if fused_plans else None
+        coeff = reversal_weight(progress, hp)
+        loss, health = adversarial_loss_v2(self.mdsf, z[:n], domains, fused, soft, coeff)
+        aux.losses["loss_adv"] = hp.w_adv * loss
+        aux.stats.update(health)
+        if fused_plans:
+            aux.stats["lambda_mean"] = float(torch.cat([p.lam for p in fused_plans]).mean())
+        aux.mdsf_map = z
+        return maps
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Parameter name -> learning-rate multiplier for parameters that need their own (v2 discriminator)."""
+        if self.mdsf is None or not self.mdsf.v2 or self.mdsf.hparams.disc_lr_mult == 1.0:
+            return {}
+        mult = float(self.mdsf.hparams.disc_lr_mult)
+        return {f"mdsf.discriminator.{k}": mult for k, _ in self.mdsf.discriminator.named_parameters()}
+
+    def health_summary(self) -> Optional[dict]:
+        """End-of-run health of the blocks (v2 discriminator vs its prior); None when nothing to report."""
+        if self.mdsf is None or not self.mdsf.v2:
+            return None
+        return discriminator_verdict(self.mdsf)
 
     # --- analysis interface (shared) -------------------------------------------------------------------
     def stage_names(self) -> list[str]:
@@ -262,3 +340,20 @@ class DRSFModel(nn.Module):
     def trainable_parameter_count(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def consistency_loss(maps, pairs: torch.Tensor) -> torch.Tensor:
+    """``naive_consistency``: each twin's head maps pulled to its source's (stop-gradient on the source).
+
+    Mean over maps and pairs of ``mean((f(twin) - sg f(source))^2) / mean(sg f(source)^2)``: a paired
+    loss with no decoupling and no adversary, the baseline DRSF must beat to show its blocks matter.
+    """
+    values = list(maps.values())
+    if pairs is None or pairs.numel() == 0:
+        return sum(v.float().sum() for v in values) * 0.0
+    terms = []
+    for z in values:
+        src = z[pairs[:, 0]].float().detach()
+        diff = (z[pairs[:, 1]].float() - src).pow(2).flatten(1).mean(dim=1)
+        terms.append((diff / src.pow(2).flatten(1).mean(dim=1).add(1e-6)).mean())
+    return torch.stack(terms).mean()

@@ -163,8 +163,9 @@ class DRSFDetector(DRSFModel):
         maps, aux = self._features(image_list.tensors, train=True, domains=domains, pairs=pairs,
                                    progress=progress, generator=generator)
         sizes = list(image_list.image_sizes)
-        if aux.swap_src is not None:
-            src = aux.swap_src.tolist()
+        if aux.extra_src:
+            # appended rows (swap samples, fused samples) train with their source's labels
+            src = torch.cat(aux.extra_src).tolist()
             targets = targets + [targets[i] for i in src]
             sizes = sizes + [sizes[i] for i in src]
         batch = ImageList(image_list.tensors, sizes)

@@ -1,5 +1,12 @@
 """DFDR: entropy-guided channel decoupling and reassembly (the first DRSF block), in one file.
 
+Two designs, chosen by ``DFDRHparams.method``. **v2** (default): a scale-free per-channel score
+(domain-posterior entropy, or the spatial entropy of z-scored maps) drives a per-channel monotone gate;
+the top ``rho * C`` channels are shared, the rest private (hard 0/1 split, straight-through gradient);
+``L_align`` makes the twins' whole shared maps agree position by position (source held fixed);
+``L_rea`` reads the domain off the private part of a *detached* map, so it trains the gate and the
+domain head but never the backbone below. **v1** (``method="v1"``), the first reading, is below:
+
 Input ``F`` is a feature map ``[N, C, H, W]`` holding every domain of the batch (source and its
 pseudo-domain twins). The block:
 
@@ -28,34 +35,55 @@ from torch import nn
 
 from drsf_kit.errors import ConfigError
 
-ENTROPY_MODES = ("spatial", "domain_posterior")
+ENTROPY_MODES = ("spatial", "zscore", "domain_posterior")
 REASSEMBLY_MODES = ("residual", "swap")
+METHODS = ("v2", "v1")
+SPLITS = ("topk", "soft")
+# v2 gate slope at init: a fully decided score (0 or 1) gives a gate of sigmoid(+-4) = 0.98 / 0.02
+GATE_SLOPE_INIT = 8.0
 
 
 @dataclass(frozen=True)
 class DFDRHparams:
-    """Hyperparameters of the DFDR block and its losses (defaults: ``drsf_kit.models.hparams``)."""
+    """Hyperparameters of the DFDR block and its losses (defaults: ``drsf_kit.models.hparams``).
 
+    The field defaults are the v2 design; ``drsf_kit.models.hparams.V1_DEFAULTS`` holds the first
+    reading's values, selected with ``method="v1"``.
+    """
+
+    # "v2": scale-free score, top-k split, invariance on the whole shared map, detached private loss;
+    # "v1": the first reading (SE-style gate on [GAP; 1 - H], soft split, pooled alignment), for ablations.
+    method: str = "v2"
     # Softmax temperature of the spatial entropy; 1.0 scores raw activations as they are.
     tau: float = 1.0
-    # "spatial" (our reading) or "domain_posterior" (channels that identify the domain are private).
-    entropy_mode: str = "spatial"
+    # "spatial" (v1: entropy of raw activations), "zscore" (entropy of each channel's z-scored map, blind
+    # to its scale) or "domain_posterior" (a channel whose statistics identify the domain scores low).
+    entropy_mode: str = "domain_posterior"
     # SE reduction of the gate MLP; 16 as in squeeze-and-excitation keeps the block tiny.
     reduction: int = 16
     # Initial share of the private part kept in the output: small, so DFDR starts near "shared only".
     gamma_init: float = 0.1
-    # Target mean gate for the collapse guard: half the energy shared keeps both parts alive.
+    # v1: target mean gate of the collapse guard; v2 (topk): the share of channels kept as shared.
     rho: float = 0.5
+    # v2: "topk" (hard 0/1 split of the rho*C best-scored channels, straight-through gradient) or "soft".
+    split: str = "topk"
     # "residual": F_sha + gamma*F_pri for every sample; "swap" also adds source-shared + twin-private samples.
     reassembly: str = "residual"
-    # Weight of L_align (twins' shared parts agree).
-    w_align: float = 1.0
-    # Weight of the gate-collapse guard (mean(a) - rho)^2.
+    # Weight of L_align (v1: pooled shared vectors of twins agree; v2: whole shared maps agree).
+    w_align: float = 0.5
+    # Weight of the gate regulariser: v1 / split "soft": the collapse guard (mean(a) - rho)^2; v2 "topk":
+    # the commitment of the soft gate to the hard split (binary cross-entropy).
     w_collapse: float = 1.0
     # Weight of L_rea (domain must be readable from the private part).
     w_rea: float = 0.1
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"DFDR method {self.method!r} is unknown; valid: {', '.join(METHODS)}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"DFDR split {self.split!r} is unknown; valid: {', '.join(SPLITS)}")
+        if self.method == "v1" and self.entropy_mode == "zscore":
+            raise ConfigError("DFDR entropy_mode 'zscore' belongs to method v2")
         if self.entropy_mode not in ENTROPY_MODES:
             raise ConfigError(f"DFDR entropy_mode {self.entropy_mode!r} is unknown; valid: {', '.join(ENTROPY_MODES)}")
         if self.reassembly not in REASSEMBLY_MODES:
@@ -85,6 +113,7 @@ class DFDROutput(NamedTuple):
     entropy: torch.Tensor  # H, [N, C] in [0, 1]
     private_logits: Optional[torch.Tensor] = None  # domain classifier on GAP(F_pri), [N, K+1] float32
     posterior_logits: Optional[torch.Tensor] = None  # per-channel domain posterior, [N, C, K+1] (domain_posterior mode)
+    gate_soft: Optional[torch.Tensor] = None  # v2: sigmoid of the gate logits before the hard split, [N, C]
 
 
 class AlignTerms(NamedTuple):
@@ -110,6 +139,20 @@ def channel_entropy(f: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     logp = F.log_softmax(logits, dim=-1)
     ent = -(logp.exp() * logp).sum(dim=-1) / math.log(h * w)
     return ent.clamp(0.0, 1.0)
+
+
+def zscore_entropy(f: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """``channel_entropy`` of each channel's map z-scored over its positions: blind to the channel's scale.
+
+    Raw activations give nearly constant entropies (their softmax is flat); z-scoring first lets a
+    spatially concentrated channel score low whatever its magnitude.
+    """
+    if f.dim() != 4:
+        raise ConfigError(f"zscore_entropy expects [N, C, H, W], got shape {tuple(f.shape)}")
+    x = f.float()
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True, unbiased=False) if x.shape[2] * x.shape[3] > 1 else torch.ones_like(mean)
+    return channel_entropy((x - mean) / (std + 1e-5), tau)
 
 
 def channel_statistics(f: torch.Tensor) -> torch.Tensor:
@@ -155,9 +198,17 @@ class DFDR(nn.Module):
         self.channels = channels
         self.num_domains = num_domains
         hidden = max(channels // self.hparams.reduction, 4)
-        # SE-style gate on [GAP(F); 1 - H]: the entropy tells the gate which channels are object-like.
-        self.gate_fc1 = nn.Linear(2 * channels, hidden)
-        self.gate_fc2 = nn.Linear(hidden, channels)
+        self.v2 = self.hparams.method == "v2"
+        if self.v2:
+            # v2: a per-channel monotone gate on the scale-free sharedness score s in [0, 1]:
+            # logit_c = w_c (s_c - 1/2) + b_c, w_c > 0. The v1 SE-MLP learned to ignore its entropy input
+            # next to GAP (which is scale-dependent); here the score decides unless b_c overrules it.
+            self.gate_log_w = nn.Parameter(torch.full((channels,), math.log(GATE_SLOPE_INIT)))
+            self.gate_bias = nn.Parameter(torch.zeros(channels))
+        else:
+            # v1: SE-style gate on [GAP(F); 1 - H]
+            self.gate_fc1 = nn.Linear(2 * channels, hidden)
+            self.gate_fc2 = nn.Linear(hidden, channels)
         # gamma = sigmoid(gamma_logit) keeps it in (0, 1) without clamping dead gradients.
         g = self.hparams.gamma_init
         self.gamma_logit = nn.Parameter(torch.full((channels,), math.log(g / (1.0 - g))))
@@ -175,6 +226,8 @@ class DFDR(nn.Module):
         """Decouple ``f`` into shared and private parts and reassemble them."""
         if f.dim() != 4 or f.shape[1] != self.channels:
             raise ConfigError(f"DFDR was built for {self.channels} channels, got a map of shape {tuple(f.shape)}")
+        if self.v2:
+            return self._forward_v2(f)
         posterior_logits = None
         if self.posterior is not None:
             posterior_logits, ent = self.posterior(f)
@@ -190,6 +243,43 @@ class DFDR(nn.Module):
         features = shared + gamma * private
         private_logits = self.domain_head(private.float().mean(dim=(2, 3)).to(self.domain_head.weight.dtype)).float()
         return DFDROutput(features, shared, private, a.float(), ent, private_logits, posterior_logits)
+
+    def _forward_v2(self, f: torch.Tensor) -> DFDROutput:
+        posterior_logits = None
+        if self.posterior is not None:
+            posterior_logits, ent = self.posterior(f)
+        elif self.hparams.entropy_mode == "zscore":
+            ent = zscore_entropy(f, self.hparams.tau)
+        else:
+            ent = channel_entropy(f, self.hparams.tau)
+        # sharedness: a channel that cannot tell the domains apart (high posterior entropy) is shared; in
+        # the spatial modes a concentrated, object-like channel (low entropy) is
+        share = ent.float() if self.posterior is not None else 1.0 - ent.float()
+        logits = self.gate_log_w.exp().float() * (share - 0.5) + self.gate_bias.float()
+        soft = torch.sigmoid(logits)
+        if self.hparams.split == "topk":
+            # Hard 0/1 split of the k best-scored channels; the straight-through term passes the soft
+            # gate's gradient, so the losses below still train the score and the gate.
+            k = min(max(1, round(self.hparams.rho * self.channels)), self.channels)
+            hard = torch.zeros_like(soft).scatter_(1, logits.topk(k, dim=1).indices, 1.0)
+            a = hard + soft - soft.detach()
+        else:
+            a = soft
+        a4 = a.to(f.dtype)[:, :, None, None]
+        shared = a4 * f
+        private = f - shared
+        gamma = self.gamma.to(f.dtype)[None, :, None, None]
+        features = shared + gamma * private
+        # The private branch's domain loss trains the gate and the domain head, never the backbone below:
+        # the map is detached (the gate is not) and divided by its RMS so the head reads style, not scale.
+        # Only training reads it: inference pays for the score, the split and gamma, nothing more.
+        private_logits = None
+        if self.training:
+            fd = f.detach().float()
+            scale = fd.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-6).rsqrt()
+            priv_in = ((1.0 - a.float())[:, :, None, None] * fd * scale).mean(dim=(2, 3))
+            private_logits = self.domain_head(priv_in.to(self.domain_head.weight.dtype)).float()
+        return DFDROutput(features, shared, private, a.float(), ent, private_logits, posterior_logits, soft)
 
     def swap(self, out: DFDROutput, pairs: torch.Tensor) -> torch.Tensor:
         """Swap reassembly for twin pairs: ``F_sha(source_i) + gamma * F_pri(twin_i)``, ``[P, C, H, W]``.
@@ -254,8 +344,51 @@ def posterior_loss(out: DFDROutput, domains: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out.posterior_logits.reshape(n * c, k), domains.repeat_interleave(c))
 
 
+def invariance_loss(out: DFDROutput, pairs: torch.Tensor | None) -> torch.Tensor:
+    """v2 L_align: twins' whole shared maps agree position by position, the source's map held fixed.
+
+    Mean over twin pairs of ``mean((F_sha(P, i) - sg F_sha(S, i))^2) / mean(sg F_sha(S, i)^2)``: twins
+    share content and geometry, so their shared channels must match everywhere, not only on average;
+    the source is the anchor (stop-gradient) and the ratio makes the loss blind to the map's scale.
+    """
+    pairs = _check_pairs(pairs, out.shared.shape[0]).to(out.shared.device)
+    if pairs.shape[0] == 0:
+        return out.shared.float().sum() * 0.0
+    src = out.shared[pairs[:, 0]].float().detach()
+    twin = out.shared[pairs[:, 1]].float()
+    num = (twin - src).pow(2).flatten(1).mean(dim=1)
+    den = src.pow(2).flatten(1).mean(dim=1).add(1e-6)
+    return (num / den).mean()
+
+
+def _dfdr_losses_v2(out: DFDROutput, domains: torch.Tensor, pairs: torch.Tensor | None, hp: DFDRHparams) -> dict:
+    n = int(domains.shape[0])  # rows past n (fused or swapped samples) have no one-hot domain
+    losses = {
+        "loss_align": hp.w_align * invariance_loss(out, pairs),
+        "loss_rea": hp.w_rea * F.cross_entropy(out.private_logits[:n].float(),
+                                               domains.long().to(out.private_logits.device)),
+    }
+    if hp.split == "soft":
+        losses["loss_collapse"] = hp.w_collapse * (out.gate[:n].float().mean() - hp.rho) ** 2
+    else:
+        # commitment of the soft gate to the hard split it produced: L_rea alone pushes every gate down
+        # (more private signal always helps a domain classifier) and L_align only pushes domain-laden
+        # channels down, so without this nothing holds the shared channels' soft gates up
+        soft = out.gate_soft[:n].float().clamp(1e-6, 1 - 1e-6)
+        hard = (out.gate[:n].detach() > 0.5).float()
+        losses["loss_commit"] = hp.w_collapse * F.binary_cross_entropy(soft, hard)
+    if out.posterior_logits is not None:
+        post = out.posterior_logits[:n]
+        c, k = post.shape[1], post.shape[2]
+        losses["loss_posterior"] = hp.w_rea * F.cross_entropy(
+            post.reshape(n * c, k), domains.long().to(post.device).repeat_interleave(c))
+    return losses
+
+
 def dfdr_losses(out: DFDROutput, domains: torch.Tensor, pairs: torch.Tensor | None, hp: DFDRHparams) -> dict:
     """The weighted DFDR loss terms a model adds to its loss dict."""
+    if hp.method == "v2":
+        return _dfdr_losses_v2(out, domains, pairs, hp)
     terms = align_loss(out, pairs, hp.rho)
     losses = {
         "loss_align": hp.w_align * terms.align,
@@ -268,8 +401,20 @@ def dfdr_losses(out: DFDROutput, domains: torch.Tensor, pairs: torch.Tensor | No
 
 
 def dfdr_stats(out: DFDROutput, module: DFDR) -> dict[str, float]:
-    """Floats for the training log: gate mean/std, entropy mean, gamma mean."""
+    """Floats for the training log: gate mean/std, entropy mean, gamma mean (v2: also saturation, spread)."""
     with torch.no_grad():
+        if out.gate_soft is not None:
+            soft = out.gate_soft.float()
+            return {
+                "gate_mean": float(soft.mean()),
+                "gate_std": float(soft.std()) if soft.numel() > 1 else 0.0,
+                # share of soft gates beyond 0.1 / 0.9: near 0 means the gate does not decide anything
+                "gate_saturation": float(((soft < 0.1) | (soft > 0.9)).float().mean()),
+                "entropy_mean": float(out.entropy.mean()),
+                # spread of the score across channels: a constant score carries no information to the gate
+                "entropy_spread": float(out.entropy.float().std(dim=1).mean()) if out.entropy.shape[1] > 1 else 0.0,
+                "gamma_mean": float(module.gamma.mean()),
+            }
         return {
             "gate_mean": float(out.gate.mean()),
             "gate_std": float(out.gate.std()) if out.gate.numel() > 1 else 0.0,

@@ -1,8 +1,11 @@
 """DRSF hyperparameters: the one place for their defaults, next to their search ranges.
 
 Keys are the field names of ``DFDRHparams`` and ``MDSFHparams``; a variant owns the keys of the
-blocks it uses (``source_only`` and ``naive_synth`` have none). Every default marked "our reading"
-in ``docs/method.md`` is set here.
+blocks it uses (``source_only`` and ``naive_synth`` have none; ``naive_consistency`` owns ``w_cons``).
+Every default marked "our reading" in ``docs/method.md`` is set here.
+
+``method`` selects the design: ``v2`` (default) or ``v1``, the first reading, whose defaults are
+``V1_DEFAULTS``. A v1 model ignores the v2-only keys (it carries them with their v2 defaults).
 """
 
 from __future__ import annotations
@@ -19,10 +22,29 @@ from drsf_kit.models.variants import get_variant
 
 TASKS = {"det": "det", "detection": "det", "seg": "seg", "segmentation": "seg"}
 
-# Search ranges: ("log_uniform", lo, hi), ("uniform", lo, hi) or ("choice", [options]).
+# The first reading's defaults (``method: v1``), exactly the values its code shipped with.
+V1_DEFAULTS: dict[str, Any] = {
+    "entropy_mode": "spatial", "split": "soft", "w_align": 1.0, "alpha": 0.4, "p_mix": 0.5, "eta_max": 1.0, "w_adv": 0.1,
+    "twins_per_source": 1, "fuse_stage": "none", "fuse_head": False, "adv_warmup": 0.0, "disc_lr_mult": 1.0,
+}
+# naive_consistency's one key: weight of the paired twin-consistency loss.
+CONSISTENCY_DEFAULTS: dict[str, Any] = {"w_cons": 1.0}
+
+# Search ranges: ("log_uniform", lo, hi), ("uniform", lo, hi) or ("choice", [options]). Ranges of the
+# v2 design (a search of method v1 fixes "method" to v1 and draws the same keys).
 HPARAM_RANGES: dict[str, tuple] = {
+    "method": ("choice", ["v2"]),
+    "split": ("choice", ["topk", "soft"]),
+    "twins_per_source": ("choice", [2, 3]),
+    "fuse_stage": ("choice", ["layer1", "layer2", "none"]),
+    "fuse_head": ("choice", [True, False]),
+    "adv_warmup": ("uniform", 0.1, 0.4),
+    "disc_lr_mult": ("log_uniform", 1.0, 30.0),
+    "disc_labels": ("choice", ["balanced", "binary"]),
+    "disc_arch": ("choice", ["stats", "conv"]),
+    "w_cons": ("log_uniform", 0.1, 10.0),
     "tau": ("log_uniform", 0.25, 4.0),
-    "entropy_mode": ("choice", ["spatial", "domain_posterior"]),
+    "entropy_mode": ("choice", ["zscore", "domain_posterior"]),
     "reduction": ("choice", [8, 16]),
     "gamma_init": ("uniform", 0.05, 0.5),
     "rho": ("uniform", 0.3, 0.7),
@@ -30,11 +52,11 @@ HPARAM_RANGES: dict[str, tuple] = {
     "w_align": ("log_uniform", 0.1, 10.0),
     "w_collapse": ("log_uniform", 0.1, 10.0),
     "w_rea": ("log_uniform", 0.01, 1.0),
-    "alpha": ("log_uniform", 0.1, 2.0),
-    "p_mix": ("uniform", 0.25, 0.75),
-    "eta_max": ("log_uniform", 0.1, 1.0),
+    "alpha": ("uniform", 1.0, 4.0),
+    "p_mix": ("uniform", 0.25, 1.0),
+    "eta_max": ("log_uniform", 0.01, 0.3),
     "disc_hidden": ("choice", [8, 16, 32]),
-    "w_adv": ("log_uniform", 0.01, 1.0),
+    "w_adv": ("log_uniform", 0.1, 3.0),
     "disc_input_norm": ("choice", ["rms", "none"]),
 }
 
@@ -47,9 +69,18 @@ def normalize_task(task: str) -> str:
         raise ConfigError(f"unknown task {task!r}; valid tasks: det, seg") from None
 
 
-def _task_defaults(task: str) -> dict[str, Any]:
+METHODS = ("v2", "v1")
+
+
+def _task_defaults(task: str, method: str = "v2") -> dict[str, Any]:
+    if method not in METHODS:
+        raise ConfigError(f"hparam method {method!r} is unknown; valid: {', '.join(METHODS)}")
     defaults = {f.name: f.default for f in fields(DFDRHparams)}
     defaults.update({f.name: f.default for f in fields(MDSFHparams)})
+    defaults.update(CONSISTENCY_DEFAULTS)
+    defaults["method"] = method
+    if method == "v1":
+        defaults.update(V1_DEFAULTS)
     if task == "seg":
         # The mini segmenter has ~1 M parameters and a 160-channel bottleneck: an 8-wide discriminator
         # keeps MDSF under 2% of the model (16 would cost ~2.7%).
@@ -64,21 +95,28 @@ def hparam_keys(variant: str) -> tuple[str, ...]:
     if spec.use_dfdr:
         keys += DFDRHparams.field_names()
     if spec.use_mdsf:
-        keys += MDSFHparams.field_names()
+        keys += tuple(k for k in MDSFHparams.field_names() if k not in keys)  # "method" is shared
+    if spec.use_consistency:
+        keys += tuple(CONSISTENCY_DEFAULTS)
     return keys
 
 
-def default_hparams(variant: str, task: str) -> dict[str, Any]:
-    """Default hyperparameters of ``variant`` for ``task`` (a new dict; empty for block-free variants)."""
+def default_hparams(variant: str, task: str, method: str = "v2") -> dict[str, Any]:
+    """Default hyperparameters of ``variant`` for ``task`` (a new dict; empty for block-free variants).
+
+    ``method="v1"`` gives the first reading's defaults (``V1_DEFAULTS``).
+    """
     task = normalize_task(task)
-    defaults = _task_defaults(task)
+    defaults = _task_defaults(task, method)
     return {k: defaults[k] for k in hparam_keys(variant)}
 
 
 def resolve_hparams(variant: str, task: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Defaults of (variant, task) updated with ``overrides``; a key the variant does not use is an error."""
-    hp = default_hparams(variant, task)
-    for key, value in dict(overrides or {}).items():
+    overrides = dict(overrides or {})
+    method = overrides.get("method", "v2")
+    hp = default_hparams(variant, task, method if "method" in hparam_keys(variant) else "v2")
+    for key, value in overrides.items():
         if key not in hp:
             valid = ", ".join(hp) or "none (this variant has no DRSF blocks)"
             raise ConfigError(f"hparam {key!r} does not apply to variant {variant!r}; valid keys: {valid}")
@@ -90,16 +128,21 @@ def split_hparams(hp: Mapping[str, Any]) -> tuple[Optional[DFDRHparams], Optiona
     """Build the block dataclasses from a flat hparam dict (None for a block whose keys are absent)."""
     dfdr_keys = [k for k in DFDRHparams.field_names() if k in hp]
     mdsf_keys = [k for k in MDSFHparams.field_names() if k in hp]
-    dfdr = DFDRHparams(**{k: hp[k] for k in dfdr_keys}) if dfdr_keys else None
-    mdsf = MDSFHparams(**{k: hp[k] for k in mdsf_keys}) if mdsf_keys else None
+    dfdr = DFDRHparams(**{k: hp[k] for k in dfdr_keys}) if any(k != "method" for k in dfdr_keys) else None
+    mdsf = MDSFHparams(**{k: hp[k] for k in mdsf_keys}) if any(k != "method" for k in mdsf_keys) else None
     return dfdr, mdsf
 
 
-def random_hparams(variant: str, task: str, seed: int) -> dict[str, Any]:
-    """One draw from ``HPARAM_RANGES`` for the keys of ``variant`` (seeded; for sweeps)."""
+def random_hparams(variant: str, task: str, seed: int, keys: Optional[list[str]] = None) -> dict[str, Any]:
+    """One draw from ``HPARAM_RANGES`` for the keys of ``variant`` (seeded; for sweeps).
+
+    ``keys`` limits the draw to those keys (e.g. one block's); the others keep their defaults.
+    """
     rng = random.Random(seed)
     hp = default_hparams(variant, task)
     for key in hp:
+        if keys is not None and key not in keys:
+            continue
         kind, *args = HPARAM_RANGES[key]
         if kind == "choice":
             hp[key] = rng.choice(args[0])

@@ -23,28 +23,69 @@ from torch import nn
 from drsf_kit.errors import ConfigError
 
 DISC_INPUT_NORMS = ("rms", "none")
+METHODS = ("v2", "v1")
+DISC_LABELS = ("balanced", "binary")
+DISC_ARCHS = ("stats", "conv")
 
 
 @dataclass(frozen=True)
 class MDSFHparams:
-    """Hyperparameters of MDSF and its adversarial loss (defaults: ``drsf_kit.models.hparams``)."""
+    """Hyperparameters of MDSF and its adversarial loss (defaults: ``drsf_kit.models.hparams``).
 
-    # Beta(alpha, alpha) concentration; 0.4 favours mixes near either end, as in mixup-style fusion.
-    alpha: float = 0.4
-    # Probability that a twin's features are replaced by the mix (the rest keep teaching pure domains).
+    The field defaults are the v2 design; ``drsf_kit.models.hparams.V1_DEFAULTS`` holds the first
+    reading's values, selected with ``method="v1"``.
+    """
+
+    # "v2": fused samples added to the batch from twins of several pseudo-domains, at a shallow stage and
+    # after the backbone; a class-balanced discriminator that learns before the reversal switches on.
+    # "v1": the first reading (in-place mixing after the backbone, DANN ramp), for ablations.
+    method: str = "v2"
+    # Beta(alpha, alpha) concentration. v1: 0.4 (mixes near either end); v2: 2.0 (mixes in between, an
+    # intermediate domain rather than a slightly perturbed twin).
+    alpha: float = 2.0
+    # v1: probability a twin is replaced by a mix; v2: probability each source adds a fused sample (per stage).
     p_mix: float = 0.5
-    # Final gradient-reversal strength; the DANN ramp takes it there from 0 over training.
-    eta_max: float = 1.0
+    # v1: final strength of the DANN ramp; v2: the constant reversal weight used after adv_warmup.
+    eta_max: float = 0.05
     # Hidden width of the discriminator's 3x3 conv: small keeps the block under 2% of the model.
     disc_hidden: int = 32
-    # Weight of L_adv.
-    w_adv: float = 0.1
+    # Weight of L_adv. v1: 0.1; v2: 1.0, so the discriminator learns at full strength (what reaches the
+    # backbone is scaled by eta_max separately).
+    w_adv: float = 1.0
     # "rms": the discriminator reads each map divided by its root-mean-square, so the reversed gradient
     # cannot win the game by inflating feature magnitudes (unnormalised FPN maps did, and L_adv blew up);
     # "none": the raw maps, as in plain DANN.
     disc_input_norm: str = "rms"
+    # v2: twins per source image, each from a different pseudo-domain (the sampler draws them).
+    twins_per_source: int = 2
+    # v2: body stage where fused samples are added (style lives in layer1-layer2); "none" disables it.
+    fuse_stage: str = "layer1"
+    # v2: also add fused samples of the maps the head reads (after the backbone).
+    fuse_head: bool = True
+    # v2: share of training (progress) during which the discriminator learns with no reversal at all.
+    adv_warmup: float = 0.2
+    # v2: learning-rate multiplier of the discriminator, so it can keep up with the moving features.
+    disc_lr_mult: float = 10.0
+    # v2: "stats" (an MLP on each channel's mean and log-std: style is channel statistics, and it learns in
+    # a few steps) or "conv" (v1's 3x3 conv -> 1x1 conv, with a leaky ReLU).
+    disc_arch: str = "stats"
+    # v2: "balanced" (K+1 domains, each weighted by its inverse batch frequency) or "binary"
+    # (source vs synthetic, both halves weighted equally).
+    disc_labels: str = "balanced"
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"MDSF method {self.method!r} is unknown; valid: {', '.join(METHODS)}")
+        if self.disc_arch not in DISC_ARCHS:
+            raise ConfigError(f"MDSF disc_arch {self.disc_arch!r} is unknown; valid: {', '.join(DISC_ARCHS)}")
+        if self.disc_labels not in DISC_LABELS:
+            raise ConfigError(f"MDSF disc_labels {self.disc_labels!r} is unknown; valid: {', '.join(DISC_LABELS)}")
+        if int(self.twins_per_source) < 1:
+            raise ConfigError(f"MDSF twins_per_source must be >= 1, got {self.twins_per_source}")
+        if not 0.0 <= self.adv_warmup <= 1.0:
+            raise ConfigError(f"MDSF adv_warmup must lie in [0, 1], got {self.adv_warmup}")
+        if self.disc_lr_mult <= 0:
+            raise ConfigError(f"MDSF disc_lr_mult must be > 0, got {self.disc_lr_mult}")
         if self.alpha <= 0:
             raise ConfigError(f"MDSF alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.p_mix <= 1.0:
@@ -174,11 +215,14 @@ class DomainDiscriminator(nn.Module):
     With ``input_norm="rms"`` each input map is first divided by its root-mean-square (see MDSFHparams).
     """
 
-    def __init__(self, in_channels: int, num_domains: int, hidden: int = 32, input_norm: str = "rms"):
+    def __init__(self, in_channels: int, num_domains: int, hidden: int = 32, input_norm: str = "rms",
+                 leaky: float = 0.0):
         super().__init__()
         if input_norm not in DISC_INPUT_NORMS:
             raise ConfigError(f"input_norm {input_norm!r} is unknown; valid: {', '.join(DISC_INPUT_NORMS)}")
         self.input_norm = input_norm
+        # > 0: leaky ReLU (v2); plain ReLU left about half the v1 discriminator's hidden units dead
+        self.leaky = float(leaky)
         self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
         self.classifier = nn.Conv2d(hidden, num_domains, 1)
 
@@ -186,7 +230,30 @@ class DomainDiscriminator(nn.Module):
         """Domain logits ``[N, K+1]`` (float32) for a map ``[N, C, H, W]``."""
         if self.input_norm == "rms":
             x = rms_normalize(x)
-        return self.classifier(F.relu(self.conv(x))).float().mean(dim=(2, 3))
+        h = self.conv(x)
+        h = F.leaky_relu(h, self.leaky) if self.leaky > 0 else F.relu(h)
+        return self.classifier(h).float().mean(dim=(2, 3))
+
+
+class StatsDiscriminator(nn.Module):
+    """MLP on per-channel (mean, log std) of the RMS-normalised map: ``[N, C, H, W] -> [N, K+1]``.
+
+    Domain shifts of the pseudo-domains are mostly style, i.e. channel statistics; reading them directly
+    lets the discriminator learn the domains in a few steps, and reversing its gradient asks the
+    backbone to align exactly those statistics.
+    """
+
+    def __init__(self, in_channels: int, num_domains: int, hidden: int = 32):
+        super().__init__()
+        self.input_norm = "rms"
+        self.fc1 = nn.Linear(2 * in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, num_domains)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Domain logits ``[N, K+1]`` (float32)."""
+        z = rms_normalize(x).float().flatten(2)
+        stats = torch.cat([z.mean(dim=-1), 0.5 * torch.log(z.var(dim=-1, unbiased=False) + 1e-5)], dim=1)
+        return self.fc2(F.leaky_relu(self.fc1(stats.to(self.fc1.weight.dtype)), 0.2)).float()
 
 
 class MixInfo(NamedTuple):
@@ -207,8 +274,28 @@ class MDSF(nn.Module):
             raise ConfigError(f"MDSF needs at least 2 domains (source + one pseudo-domain), got num_domains={num_domains}")
         self.hparams = hparams or MDSFHparams()
         self.num_domains = num_domains
-        self.discriminator = DomainDiscriminator(channels, num_domains, self.hparams.disc_hidden,
-                                                 self.hparams.disc_input_norm)
+        self.v2 = self.hparams.method == "v2"
+        if self.v2 and self.hparams.disc_arch == "stats":
+            self.discriminator = StatsDiscriminator(channels, num_domains, self.hparams.disc_hidden)
+        else:
+            self.discriminator = DomainDiscriminator(channels, num_domains, self.hparams.disc_hidden,
+                                                     self.hparams.disc_input_norm, leaky=0.2 if self.v2 else 0.0)
+        # v2 health: running (exponential mean) balanced accuracy of the discriminator on each batch
+        # before it learns from it, and the chance level it must beat.
+        self.running_acc: Optional[float] = None
+        self.running_chance: Optional[float] = None
+
+    # The running health numbers travel in the state dict, so a resumed run logs what an uninterrupted one
+    # would; a state dict saved before they existed loads with them unset.
+    def get_extra_state(self) -> dict:
+        return {"running_acc": self.running_acc, "running_chance": self.running_chance}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.running_acc, self.running_chance = state.get("running_acc"), state.get("running_chance")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "_extra_state", {})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def fuse(
         self,

@@ -133,8 +133,9 @@ class DRSFSegmenter(DRSFModel):
         domains, pairs = self._check_batch(n, domains, pairs, x.device)
         maps, aux = self._features(x, train=True, domains=domains, pairs=pairs, progress=progress, generator=generator)
         targets = targets.long()
-        if aux.swap_src is not None:
-            targets = torch.cat([targets, targets[aux.swap_src]], dim=0)
+        if aux.extra_src:
+            # appended rows (swap samples, fused samples) train with their source's masks
+            targets = torch.cat([targets, targets[torch.cat(aux.extra_src)]], dim=0)
         logits = self._logits(maps, size)
         losses = {"loss_task": F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)}
         losses.update(aux.losses)

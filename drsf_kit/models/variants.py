@@ -19,6 +19,8 @@ class VariantSpec:
     use_mdsf: bool
     # One line for tables and help texts.
     description: str
+    # Add a paired twin-consistency loss on the head's maps (stop-gradient on the source).
+    use_consistency: bool = False
 
 
 VARIANTS: dict[str, VariantSpec] = {
@@ -27,6 +29,9 @@ VARIANTS: dict[str, VariantSpec] = {
     "dfdr": VariantSpec(True, True, False, "source + twins with DFDR (entropy-guided decoupling and reassembly)"),
     "mdsf": VariantSpec(True, False, True, "source + twins with MDSF (soft fusion + adversarial discriminator)"),
     "drsf": VariantSpec(True, True, True, "source + twins with both DFDR and MDSF (full DRSF)"),
+    # Control for DRSF: any paired loss on twins, without decoupling or fusion.
+    "naive_consistency": VariantSpec(True, False, False, "source + twins with a paired twin-consistency loss "
+                                     "(twin maps pulled to the source's), no DRSF blocks", use_consistency=True),
 }
 
 

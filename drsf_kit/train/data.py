@@ -33,6 +33,8 @@ class TwinItem(NamedTuple):
     domain: int  # twin's domain id 1..K (0 when there is no twin)
     flip: bool  # horizontal flip, the same for both
     draws: tuple[float, float, float]  # uniform draws placing the crop (scale, x, y), the same for both
+    # further (twin, domain) pairs from other pseudo-domains, for variants that fuse several per source
+    extra: tuple[tuple[int, int], ...] = ()
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -56,7 +58,8 @@ class TwinBatchSampler:
     """
 
     def __init__(self, twin_table: Sequence[dict[int, list[int]]], batch_source: int, seed: int,
-                 start: int = 0, stop: int | None = None, use_twins: bool = True, hflip: float = 0.5):
+                 start: int = 0, stop: int | None = None, use_twins: bool = True, hflip: float = 0.5,
+                 twins_per_source: int = 1):
         if not twin_table:
             raise ConfigError("the source training set is empty: nothing to sample batches from")
         self.table = [{d: list(v) for d, v in sorted(t.items()) if v} for t in twin_table]
@@ -65,6 +68,10 @@ class TwinBatchSampler:
         self.start, self.stop = int(start), stop
         self.use_twins, self.hflip = use_twins, float(hflip)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # > 1: each source also gets twins of further, distinct pseudo-domains (MDSF v2 fuses them). The
+        # extra draws come from a stream of their own, so the first twin is drawn as with one per source.
+        self.twins_per_source = max(1, int(twins_per_source))
+        self._extra_cache: dict[int, torch.Tensor] = {}
 
     def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if epoch not in self._cache:
@@ -87,7 +94,25 @@ class TwinBatchSampler:
             domain = domains[min(int(u[0] * len(domains)), len(domains) - 1)]
             copies = candidates[domain]
             twin = copies[min(int(u[1] * len(copies)), len(copies) - 1)]
-        return TwinItem(src, twin, domain if twin >= 0 else 0, u[2] < self.hflip, (u[3], u[4], u[5]))
+        extra = self._extra_twins(epoch, pos, candidates, domain) if twin >= 0 and self.twins_per_source > 1 else ()
+        return TwinItem(src, twin, domain if twin >= 0 else 0, u[2] < self.hflip, (u[3], u[4], u[5]), extra)
+
+    def _extra_twins(self, epoch: int, pos: int, candidates: dict[int, list[int]], first: int) -> tuple:
+        """Twins of up to ``twins_per_source - 1`` further pseudo-domains, drawn without replacement."""
+        if epoch not in self._extra_cache:
+            g = _epoch_generator(self.seed + 104_729, epoch)
+            self._extra_cache = {epoch: torch.rand(self.n, 2 * (self.twins_per_source - 1), generator=g,
+                                                   dtype=torch.float64)}
+        u = self._extra_cache[epoch][pos].tolist()
+        left = [d for d in sorted(candidates) if d != first]
+        out = []
+        for j in range(self.twins_per_source - 1):
+            if not left:
+                break
+            d = left.pop(min(int(u[2 * j] * len(left)), len(left) - 1))
+            copies = candidates[d]
+            out.append((copies[min(int(u[2 * j + 1] * len(copies)), len(copies) - 1)], d))
+        return tuple(out)
 
     def batch(self, b: int) -> list[TwinItem]:
         """Batch ``b``: items ``b * B`` to ``b * B + B - 1`` of the stream."""
@@ -225,7 +250,27 @@ class TwinTrainSet(Dataset):
         if item.twin >= 0:
             twin_image, twin_target = apply_geometry(twin_image, twin_target, self.task, item.flip, box, resize)
             out["twin"] = (twin_image, twin_target)
+        if item.extra:
+            out["extra_twins"] = self._extra_twins(item, twin_hw, box, resize)
         out["source"] = apply_geometry(image, target, self.task, item.flip, box, resize)
+        return out
+
+
+    def _extra_twins(self, item: TwinItem, frame_hw: tuple, box, resize: bool) -> list:
+        """(domain, (image, target)) of the further twins that share the first twin's frame.
+
+        A further twin cut from another crop of the source would not align with it pixel by pixel, so
+        it is left out rather than resampled.
+        """
+        first_crop = self.paired.rows[item.twin].get("crop")
+        out = []
+        for twin, domain in item.extra:
+            image, target = self.paired[twin]
+            if self.paired.rows[twin].get("crop") != first_crop or tuple(image.shape[-2:]) != frame_hw:
+                continue
+            if self.task == "seg":
+                target = self._seg_target(target)
+            out.append((domain, apply_geometry(image, target, self.task, item.flip, box, resize)))
         return out
 
 
@@ -280,6 +325,8 @@ class TwinCollate:
     def __call__(self, items: list[dict]) -> TwinBatch:
         sources = [it["source"] for it in items]
         twins = [(i, it["twin"], it["domain"]) for i, it in enumerate(items) if it["twin"] is not None]
+        # further twins (several pseudo-domains per source) follow the first ones; none for one-twin variants
+        twins += [(i, t, d) for i, it in enumerate(items) for d, t in it.get("extra_twins", ())]
         images = [s[0] for s in sources] + [t[1][0] for t in twins]
         targets = [s[1] for s in sources] + [t[1][1] for t in twins]
         domains = torch.tensor([0] * len(sources) + [t[2] for t in twins], dtype=torch.long)

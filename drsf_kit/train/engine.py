@@ -66,10 +66,16 @@ from drsf_kit.utils.runtime import seed_everything
 def build_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD or AdamW; biases and normalisation weights get no weight decay (it only shrinks their scale)."""
     decay, no_decay = [], []
+    # parameters with a learning-rate multiplier of their own (the MDSF v2 discriminator) get extra groups
+    mults = getattr(model, "lr_multipliers", dict)()
+    own: dict[float, list] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and name in mults:
+            own.setdefault(mults[name], []).append(p)
+        elif p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups += [{"params": ps, "weight_decay": tcfg.weight_decay, "lr": tcfg.lr * m, "lr_mult": m} for m, ps in own.items()]
     if tcfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum)
     return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.momentum, 0.999))
@@ -107,9 +113,9 @@ def _follow_current_schedule(scheduler, tcfg: TrainConfig, step: int) -> None:
     """After a resume, the schedule of the *current* config applies (e.g. a longer max_steps)."""
     factor = LRFactor(tcfg)
     scheduler.lr_lambdas = [factor for _ in scheduler.optimizer.param_groups]
-    scheduler.base_lrs = [tcfg.lr for _ in scheduler.optimizer.param_groups]
+    scheduler.base_lrs = [tcfg.lr * g.get("lr_mult", 1.0) for g in scheduler.optimizer.param_groups]
     for group in scheduler.optimizer.param_groups:
-        group["lr"] = tcfg.lr * factor(step)
+        group["lr"] = tcfg.lr * group.get("lr_mult", 1.0) * factor(step)
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
@@ -439,7 +445,7 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
         record = {**launch_record(ctx, cfg, tcfg.lr, start, consumed, use_twins), "config_hash": config_hash(config_to_dict(cfg))}
         write_launch(run_dir, record, resume=ckpt is not None)
     stream = TwinBatchSampler(train_set.twin_table, cfg.train.batch_source, cfg.seed, use_twins=use_twins,
-                              hflip=cfg.train.hflip)
+                              hflip=cfg.train.hflip, twins_per_source=getattr(model, "twins_per_source", 1))
     # this process's slice of every global batch, from the next unseen source image of the stream
     sampler = TwinDistributedSampler(stream, cfg.train.batch_source, rank=ctx.rank, world_size=ctx.world_size,
                                      start=consumed, steps=max(0, cfg.train.max_steps - start))
@@ -523,6 +529,11 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
         log.row({"step": step, "event": "eval", "protocol": cfg.eval_protocol(), "eval": summary})
         log.scalars(step, {f"eval/{d}/{m}": v for d, vals in summary.items() for m, v in vals.items()})
         write_run_tables(run_dir, cfg.task, cfg.eval_protocol(), cfg.data.source_domain)
+        health = model.health_summary() if hasattr(model, "health_summary") else None
+        if health is not None:  # e.g. a discriminator that stayed at the prior says so here
+            log.row({"step": step, "event": "health", **health})
+            if progress:
+                print(f"[train] {cfg.name}: {health['text']}")
         if progress:
             print(f"[train] {cfg.name}: {step} steps; {cfg.eval_protocol()} protocol\n{format_summary(summary, cfg.task)}")
         run.mark_done(step)

@@ -25,7 +25,7 @@ SUMMARY_COLUMNS = ["variant", "domain", "mean", "std", "n_seeds"]
 
 def variants_for_blocks(dfdr: bool, mdsf: bool, available: Iterable[str] | None = None) -> list[str]:
     """Variants whose blocks match the toggles (both -> drsf, DFDR only -> dfdr, MDSF only -> mdsf,
-    neither -> naive_synth and source_only), restricted to ``available`` when given."""
+    neither -> naive_synth, naive_consistency and source_only), restricted to ``available`` when given."""
     chosen = [v for v, blocks in VARIANT_BLOCKS.items() if blocks == (bool(dfdr), bool(mdsf))]
     if available is not None:
         available = set(available)

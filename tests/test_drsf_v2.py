@@ -1,0 +1,244 @@
+"""DRSF v2 (the default design) and the pinned first reading (``method: v1``).
+
+v2: the adversary learns the domains on the kit's mini data (reversal off), DFDR's gates saturate on
+channels that differ in domain content, fused samples are added with their source's labels, the sampler
+gives several pseudo-domains per source, naive_consistency stops the source's gradient.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from drsf_kit.config import load_config
+from drsf_kit.models import build_model
+from drsf_kit.models.base import consistency_loss
+from drsf_kit.models.dfdr import DFDR, DFDRHparams, dfdr_losses
+from drsf_kit.models.hparams import resolve_hparams, split_hparams
+from drsf_kit.models.mdsf import MDSF, MDSFHparams
+from drsf_kit.models.mdsf_v2 import append_fused, discriminator_verdict, fusion_plan, reversal_weight
+from drsf_kit.train.data import TwinBatchSampler, TwinCollate, TwinItem, build_train_set
+from drsf_kit.train.engine import build_optimizer, train_step
+
+V1 = {"method": "v1"}
+
+
+# ------------------------------------------------------------------------------------------- v1 pinned
+# The numbers below were produced by the kit's code at commit 45b661b (before v2 existed, when this
+# reading was the only one) by running exactly the computations of these tests; `method: v1` must keep
+# reproducing them.
+V1_DRSF_LOSSES_45B661B = {
+    "det": {"loss_adv": 0.10679, "loss_align": 0.000131, "loss_box_reg": 0.00207, "loss_classifier": 2.109452,
+            "loss_collapse": 0.0, "loss_objectness": 0.69383, "loss_rea": 0.111446, "loss_rpn_box_reg": 0.004628},
+    "seg": {"loss_adv": 0.108302, "loss_align": 0.00225, "loss_collapse": 0.0, "loss_rea": 0.11057,
+            "loss_task": 2.996565},
+}
+V1_BLOCKS_45B661B = dict(features_sum=3.05471, gate_mean=0.494304, entropy_mean=0.891959, loss_align=0.007,
+                         loss_collapse=3.2e-05, loss_rea=0.115245, mix_rows=[3], mix_lam=0.751122,
+                         mixed_sum=15.40281, adv_loss=1.08425, adv_logits_sum=-1.516998)
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_v1_model_losses_match_the_first_reading(task):
+    torch.manual_seed(0)
+    model = build_model(task, "mini", "drsf", num_domains=3, hparams=V1)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    if task == "det":
+        images = [torch.rand(3, 90, 160, generator=g) for _ in range(4)]
+        box = {"boxes": torch.tensor([[10., 10., 60., 50.], [80., 20., 120., 80.]]), "labels": torch.tensor([1, 3])}
+        targets = [dict(box) for _ in range(4)]
+    else:
+        images = torch.rand(4, 3, 64, 64, generator=g)
+        targets = torch.randint(0, 19, (4, 64, 64), generator=g)
+    torch.manual_seed(1)
+    out = model(images, targets, domains=torch.tensor([0, 0, 1, 2]), pairs=torch.tensor([[0, 2], [1, 3]]),
+                progress=0.4, generator=torch.Generator().manual_seed(3))
+    got = {k: round(float(v.detach()), 6) for k, v in out.items()}
+    assert got == pytest.approx(V1_DRSF_LOSSES_45B661B[task], abs=2e-6)
+
+
+def test_v1_block_outputs_match_the_first_reading():
+    dfdr_hp, mdsf_hp = split_hparams(resolve_hparams("drsf", "det", V1))
+    torch.manual_seed(0)
+    block = DFDR(16, 3, dfdr_hp)
+    f = torch.randn(4, 16, 8, 8, generator=torch.Generator().manual_seed(5))
+    out = block(f)
+    domains, pairs = torch.tensor([0, 0, 1, 2]), torch.tensor([[0, 2], [1, 3]])
+    losses = dfdr_losses(out, domains, pairs, block.hparams)
+    exp = V1_BLOCKS_45B661B
+    assert float(out.features.sum()) == pytest.approx(exp["features_sum"], abs=1e-4)
+    assert float(out.gate.mean()) == pytest.approx(exp["gate_mean"], abs=1e-6)
+    assert float(out.entropy.mean()) == pytest.approx(exp["entropy_mean"], abs=1e-6)
+    assert {k: round(float(v), 6) for k, v in losses.items()} == pytest.approx(
+        {k: exp[k] for k in ("loss_align", "loss_collapse", "loss_rea")}, abs=2e-6)
+    torch.manual_seed(0)
+    mdsf = MDSF(16, 3, mdsf_hp)
+    new, info = mdsf.fuse({"a": f, "b": f * 2}, domains, pairs, torch.Generator().manual_seed(1))
+    assert info.rows.tolist() == exp["mix_rows"] and float(info.lam[0]) == pytest.approx(exp["mix_lam"], abs=1e-6)
+    assert float(new["a"].sum()) == pytest.approx(exp["mixed_sum"], abs=1e-4)
+    loss, logits = mdsf.adversarial_loss(f, domains, new["a"][info.rows], info.soft_labels, 0.5)
+    assert float(loss) == pytest.approx(exp["adv_loss"], abs=2e-6)
+    assert float(logits.sum()) == pytest.approx(exp["adv_logits_sum"], abs=2e-6)
+
+
+# ------------------------------------------------------------------------------------------- sampler
+def test_sampler_draws_distinct_pseudo_domains_and_keeps_the_one_twin_stream():
+    table = [{1: [10 * i], 2: [10 * i + 1], 3: [10 * i + 2]} for i in range(6)]
+    one = TwinBatchSampler(table, 2, seed=3)
+    two = TwinBatchSampler(table, 2, seed=3, twins_per_source=3)
+    for k in range(18):
+        a, b = one.item(k), two.item(k)
+        assert a.extra == () and a[:5] == b[:5]  # the first twin is drawn exactly as before
+        domains = [b.domain] + [d for _, d in b.extra]
+        assert len(b.extra) == 2 and sorted(domains) == [1, 2, 3]
+        assert all(t == table[b.source][d][0] for t, d in b.extra)
+
+
+# ------------------------------------------------------------------------------------------- fusion
+def test_fused_samples_are_added_with_their_source_labels():
+    mdsf = MDSF(4, 3, MDSFHparams(p_mix=1.0))
+    # two sources, each with twins of pseudo-domains 1 and 2 (the sampler's layout: sources, then twins)
+    domains = torch.tensor([0, 0, 1, 1, 2, 2])
+    pairs = torch.tensor([[0, 2], [1, 3], [0, 4], [1, 5]])
+    plan = fusion_plan(mdsf, domains, pairs, torch.Generator().manual_seed(0))
+    assert plan.src.tolist() == [0, 1] and plan.a.tolist() == [2, 3] and plan.b.tolist() == [4, 5]
+    assert torch.allclose(plan.soft_labels[:, 1], plan.lam) and torch.allclose(plan.soft_labels.sum(1), torch.ones(2))
+    z = torch.randn(6, 4, 3, 3)
+    out = append_fused({"m": z}, plan)["m"]
+    assert out.shape[0] == 8 and torch.equal(out[:6], z)  # added, not substituted
+    lam = plan.lam[:, None, None, None]
+    assert torch.allclose(out[6:], lam * z[[2, 3]] + (1 - lam) * z[[4, 5]])
+    # in a segmenter the fused rows are trained with their source's masks
+    torch.manual_seed(0)
+    model = build_model("seg", "mini", "mdsf", 3, hparams={"p_mix": 1.0, "fuse_stage": "layer1", "fuse_head": True})
+    model.train()
+    images = torch.rand(6, 3, 32, 32)
+    masks = torch.stack([torch.full((32, 32), i, dtype=torch.long) for i in (4, 7, 4, 7, 4, 7)])
+    seen = {}
+    model.head.register_forward_hook(lambda m, i, o: seen.update(rows=o.shape[0]))  # returns None: output kept
+    captured = {}
+    real_ce = torch.nn.functional.cross_entropy
+
+    def ce(logits, target, **kw):
+        captured["target"] = target
+        return real_ce(logits, target, **kw)
+
+    torch.nn.functional.cross_entropy, saved = ce, torch.nn.functional.cross_entropy
+    try:
+        model(images, masks, domains=domains, pairs=pairs, generator=torch.Generator().manual_seed(0))
+    finally:
+        torch.nn.functional.cross_entropy = saved
+    assert seen["rows"] == 6 + 2 + 2  # 2 fused at layer1, 2 more after the backbone
+    labels = captured["target"][:, 0, 0].tolist()
+    assert labels == [4, 7, 4, 7, 4, 7, 4, 7, 4, 7]
+    assert model.last_stats["fused_fraction"] == pytest.approx(4 / 10)
+
+
+# ------------------------------------------------------------------------------------------- DFDR v2
+def test_gates_saturate_on_channels_that_differ_in_domain_content():
+    torch.manual_seed(0)
+    c, n_src = 16, 6
+    block = DFDR(c, 3, DFDRHparams(rho=0.5))
+    # SGD as in the kit's recipes (Adam's per-parameter steps random-walk the posterior on channels
+    # whose gradient averages to zero)
+    opt = torch.optim.SGD(block.parameters(), lr=0.5, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(80):
+        content = torch.randn(n_src, c, 6, 6, generator=g)
+        style = torch.tensor([0.0, 2.0, -2.0])  # channels 8..15 carry a per-domain offset and scale
+        batch, domains = [], []
+        for d in range(3):
+            x = content.clone()
+            x[:, 8:] = x[:, 8:] * (1 + style[d].abs()) + 3 * style[d]
+            batch.append(x)
+            domains += [d] * n_src
+        f = torch.cat(batch)
+        pairs = torch.tensor([[i, n_src * d + i] for d in (1, 2) for i in range(n_src)])
+        out = block(f)
+        loss = sum(dfdr_losses(out, torch.tensor(domains), pairs, block.hparams).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    soft = block(f).gate_soft.detach()
+    assert soft[:, :8].min() > 0.9 and soft[:, 8:].max() < 0.1  # saturated, on the right channels
+    out = block(f)
+    assert torch.allclose(out.gate[:, :8], torch.ones(3 * n_src, 8))  # the hard split keeps content channels
+    assert torch.allclose(out.shared[:, 8:], torch.zeros_like(out.shared[:, 8:]))
+
+
+def test_private_domain_loss_does_not_reach_the_backbone():
+    block = DFDR(8, 3)
+    f = torch.randn(4, 8, 5, 5, requires_grad=True)
+    out = block(f)
+    losses = dfdr_losses(out, torch.tensor([0, 1, 2, 0]), torch.tensor([[0, 1]]), block.hparams)
+    (grad,) = torch.autograd.grad(losses["loss_rea"], f, allow_unused=True)
+    assert grad is None or torch.all(grad == 0)
+    gate_grads = torch.autograd.grad(losses["loss_rea"], [block.gate_bias, block.domain_head.weight])
+    assert all(gr.abs().sum() > 0 for gr in gate_grads)
+
+
+# ------------------------------------------------------------------------------------------- adversary
+def test_reversal_is_off_during_warmup_then_constant():
+    hp = MDSFHparams(adv_warmup=0.2, eta_max=0.05)
+    assert reversal_weight(0.1, hp) == 0.0 and reversal_weight(0.2, hp) == reversal_weight(0.9, hp) == 0.05
+
+
+def test_discriminator_learns_the_domains_with_reversal_off(tiny_weather, synth_root, tmp_path):
+    cfg = load_config(None, [f"data.root={tiny_weather}", f"data.synth_root={synth_root}", "task=seg",
+                             "variant=mdsf", "train.crop_size=[64,64]", "train.warmup_steps=0"])
+    train_set = build_train_set(cfg)
+    torch.manual_seed(0)
+    model = build_model("seg", "mini", "mdsf", 1 + len(cfg.data.synth_domains), hparams={"eta_max": 0.0})
+    optimizer = build_optimizer(model, cfg.train)
+    assert any(g.get("lr_mult") == 10.0 for g in optimizer.param_groups)
+    n_train = 12  # sources 12..15 and their twins are held out
+    sampler = TwinBatchSampler(train_set.twin_table[:n_train], 2, seed=0, twins_per_source=model.twins_per_source)
+    collate = TwinCollate("seg")
+    batches = [collate([train_set[it] for it in sampler.batch(b)]) for b in range(6)]  # one pass, reused
+    gen = torch.Generator().manual_seed(0)
+    for step in range(24):
+        train_step(model, batches[step % 6], optimizer, torch.device("cpu"), step=step + 1, progress=step / 24,
+                   generator=gen)
+    images, domains = [], []
+    for s in range(n_train, len(train_set.twin_table)):
+        images.append(train_set[TwinItem(s, -1, 0, False, (0.5, 0.5, 0.5))]["source"][0])
+        domains.append(0)
+        for d, copies in sorted(train_set.twin_table[s].items()):
+            images.append(train_set[TwinItem(s, copies[0], d, False, (0.5, 0.5, 0.5))]["twin"][0])
+            domains.append(d)
+    domains = torch.tensor(domains)
+    with torch.no_grad():
+        pred = model.domain_probs(torch.stack(images)).argmax(1)
+    accuracy = float((pred == domains).float().mean())
+    prior = float(torch.bincount(domains).max()) / len(domains)
+    assert accuracy >= prior + 0.2, (accuracy, prior, pred.tolist())
+    verdict = discriminator_verdict(model.mdsf)
+    assert verdict is not None and "text" in verdict
+
+
+def test_a_discriminator_at_the_prior_says_so():
+    mdsf = MDSF(4, 3)
+    assert discriminator_verdict(mdsf) is None
+    mdsf.running_acc, mdsf.running_chance = 0.26, 0.25
+    verdict = discriminator_verdict(mdsf)
+    assert verdict["at_prior"] and "AT THE PRIOR" in verdict["text"]
+    mdsf.running_acc = 0.7
+    assert not discriminator_verdict(mdsf)["at_prior"]
+
+
+def test_optimizer_groups_of_block_free_variants_are_unchanged():
+    cfg = load_config(None, [])
+    for variant in ("source_only", "naive_synth"):
+        groups = build_optimizer(build_model("seg", "mini", variant, 5), cfg.train).param_groups
+        assert len(groups) == 2 and all("lr_mult" not in g for g in groups)
+
+
+# ------------------------------------------------------------------------------------------- naive_consistency
+def test_consistency_loss_pulls_the_twin_and_holds_the_source():
+    z = torch.randn(4, 3, 5, 5, requires_grad=True)
+    loss = consistency_loss({"m": z}, torch.tensor([[0, 2], [1, 3]]))
+    (grad,) = torch.autograd.grad(loss, z)
+    assert torch.all(grad[:2] == 0) and grad[2:].abs().sum() > 0
+    same = torch.randn(2, 3, 5, 5)
+    assert float(consistency_loss({"m": torch.cat([same, same])}, torch.tensor([[0, 2], [1, 3]]))) == 0.0

@@ -1,0 +1,45 @@
+"""benchmarks/search_hparams.py: trials score on held-out source and pseudo-domain images, never targets."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from drsf_kit.models.hparams import HPARAM_RANGES
+from drsf_kit.utils.io import read_jsonl
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search_hparams.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("search_hparams", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_block_keys_and_split():
+    search = _module()
+    mdsf_keys = search.block_keys("drsf", "mdsf")
+    assert "alpha" in mdsf_keys and "tau" not in mdsf_keys and "method" not in mdsf_keys
+    assert set(search.block_keys("drsf", "all")) <= set(HPARAM_RANGES)
+    assert search.split_sources(16, 0.25) == (12, 4)
+    with pytest.raises(SystemExit):
+        search.split_sources(2, 0.9)
+
+
+def test_search_writes_tidy_rows_on_validation_domains_only(tiny_weather, synth_root, tmp_path):
+    search = _module()
+    out = tmp_path / "rows.jsonl"
+    assert search.main(["--task", "seg", "--variant", "drsf", "--block", "dfdr", "--trials", "1", "--steps", "1",
+                        "--val-frac", "0.125", "--out", str(out), f"data.root={tiny_weather}",
+                        f"data.synth_root={synth_root}", "train.crop_size=[64,64]"]) == 0
+    rows = read_jsonl(out)
+    domains = {r["domain"] for r in rows}
+    assert domains == {"source", "mean", "pseudo:daytime_foggy", "pseudo:dusk_rainy", "pseudo:night_sunny",
+                       "pseudo:night_rainy"}
+    assert all(r["trial"] == 0 and r["metric"] == "miou" and r["val_images"] == 2 and r["train_images"] == 14
+               for r in rows)
+    assert all(r["value"] is None or 0.0 <= r["value"] <= 1.0 for r in rows)
