@@ -17,6 +17,7 @@ COMMAND_MODULES = {
     "data": "drsf_kit.data.cli",
     "synth": "drsf_kit.synth.cli",
     "train": "drsf_kit.train.cli",
+    "pretrain": "drsf_kit.train.pretrain",
     "eval": "drsf_kit.evaluation.cli",
     "gap": "drsf_kit.analysis.cli",
     "batch": "drsf_kit.batch",
