@@ -224,7 +224,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False
         opt.step()
         sched.step()
         losses.append(round(float(loss.detach()), 4))
-        bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model.body.state_dict(), tmp)
