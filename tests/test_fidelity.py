@@ -75,3 +75,25 @@ def test_parse_fidelity():
     for bad in ("dreamy", "-1", "nan"):
         with pytest.raises(ConfigError):
             parse_fidelity(bad)
+
+
+def test_box_recall_counts_boxes_a_detector_finds():
+    import torch
+
+    from drsf_kit.synth.consistency import box_recall
+
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40]])
+    items = [(torch.zeros(3, 8, 8), {"boxes": gt, "labels": torch.tensor([1, 2])}) for _ in range(2)]
+
+    class Fake:  # finds box 0 exactly, box 1 with the wrong class, plus one low-confidence hit
+        def eval(self):
+            return self
+
+        def __call__(self, images):
+            out = {"boxes": torch.tensor([[0.0, 0, 10, 11], [20, 20, 40, 40], [20, 20, 40, 40]]),
+                   "labels": torch.tensor([1, 3, 2]), "scores": torch.tensor([0.9, 0.9, 0.2])}
+            return [out for _ in images]
+
+    r = box_recall(Fake(), items)
+    assert r == {"boxes": 4, "found": 2, "recall": 0.5}
+    assert box_recall(Fake(), items, score=0.1)["found"] == 4
