@@ -90,7 +90,8 @@ def jobs(proto: dict, variants: list[str] | None, levels: list[str], seeds: list
                 seen.add(key)
                 serves = levels if shared else [level]
                 out.append({"level": key[0], "variant": variant, "seed": seed, "serves": serves})
-    return out
+    # seed-major: every finished seed is a complete set of pairs, so a stopped protocol still compares
+    return sorted(out, key=lambda j: j["seed"])
 
 
 def run_config(task: str, proto: dict, run: dict, job: dict, weights: Path):
