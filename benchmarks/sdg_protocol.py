@@ -1,6 +1,6 @@
 """Protocol v2: a fair test of "does DRSF make synthetic data help where naive synthetic training does not?".
 
-One command per task (``--task det`` or ``seg``), configured by ``configs/protocol_<task>.yaml``:
+One command per task (``--task det`` or ``seg``), configured by ``configs/protocol/<task>.yaml``:
 
 1. data: the mini-weather build with 500 images per target domain, the source ``train`` split cut into
    ``fit`` (training) and ``val`` (held out for selection); pseudo-domains (fog, dusk-rain, night; no
@@ -41,10 +41,10 @@ SELECTION_NOTE = ("Selection: training-domain validation only (source val images
 
 
 def load_protocol(task: str, path: str | None = None) -> tuple[dict, dict]:
-    """(protocol section, run section) of ``configs/protocol_<task>.yaml``."""
+    """(protocol section, run section) of ``configs/protocol/<task>.yaml``."""
     import yaml
 
-    path = Path(path or ROOT / "configs" / f"protocol_{task}.yaml")
+    path = Path(path or ROOT / "configs" / "protocol" / f"{task}.yaml")
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     return doc["protocol"], doc["run"]
 
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=["det", "seg"], required=True)
-    ap.add_argument("--config", default=None, help="protocol YAML (default configs/protocol_<task>.yaml)")
+    ap.add_argument("--config", default=None, help="protocol YAML (default configs/protocol/<task>.yaml)")
     ap.add_argument("--variants", default=None, help="comma list; default: the config's per-level lists")
     ap.add_argument("--seeds", default=None, help="comma list (default: the config's)")
     ap.add_argument("--fidelity", default="clean,ldm", help="comma list of levels (default %(default)s)")
