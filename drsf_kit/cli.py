@@ -18,6 +18,7 @@ COMMAND_MODULES = {
     "data": "drsf_kit.data.cli",
     "synth": "drsf_kit.synth.cli",
     "train": "drsf_kit.train.cli",
+    "pretrain": "drsf_kit.train.pretrain",
     "eval": "drsf_kit.train.cli:add_eval_parser",
     "gap": "drsf_kit.analysis.cli",
     "batch": "drsf_kit.batch",

@@ -119,6 +119,9 @@ def test_split_all_is_ordered_union_and_test_split_may_be_absent(tmp_path):
     with pytest.raises(DataError, match=r"test\.txt.*split file is missing"):
         DWDDetection(tmp_path, "dusk_rainy", "test", progress=False)
     with pytest.raises(ConfigError, match="valid splits"):
+        DWDDetection(tmp_path, "dusk_rainy", "validation", progress=False)
+    # fit/val are named splits now (a held-out part of train); absent files are a DataError, as for test
+    with pytest.raises(DataError, match=r"val\.txt"):
         DWDDetection(tmp_path, "dusk_rainy", "val", progress=False)
 
 

@@ -35,7 +35,7 @@ from drsf_kit.data import voc
 from drsf_kit.data.voc import Problem
 from drsf_kit.errors import ConfigError, DataError
 
-SPLITS = ("train", "test", "all")
+SPLITS = ("train", "test", "all", "fit", "val")  # fit/val: a held-out part of train (mini_weather.holdout_split)
 DEFAULT_PROTOCOL = "all_images"
 PROTOCOLS: dict[str, dict[str, str]] = {
     "all_images": {"daytime_clear": "test", "daytime_foggy": "all", "dusk_rainy": "all",

@@ -49,7 +49,7 @@ JPEG_QUALITY = 92
 META_NAME = "mini_weather.json"
 
 __all__ = [
-    "JPEG_QUALITY", "MINI_WEATHER_VERSION", "MiniWeatherSpec", "Scene", "SceneObject", "domains_figure",
+    "JPEG_QUALITY", "MINI_WEATHER_VERSION", "MiniWeatherSpec", "Scene", "SceneObject", "domains_figure", "holdout_split",
     "image_id", "image_rngs", "make_mini_weather", "render_domain", "render_scene", "voc_xml",
 ]
 
@@ -219,6 +219,24 @@ def make_mini_weather(out, seed: int = 0, n_train: int = 800, n_test: int = 200,
     atomic_write_json(out / META_NAME, {"name": "mini-weather", "complete": True, "params": params,
                                         "domains": stats})
     return out
+
+
+def holdout_split(out, n_val: int, domain: str = SOURCE_DOMAIN) -> tuple[int, int]:
+    """Split ``domain``'s ``train`` list into ``fit.txt`` (training) and ``val.txt`` (its last ``n_val`` ids).
+
+    The protocol benchmark trains on ``fit`` and selects models on ``val`` plus the twins of ``val``
+    (training-domain validation), so no target image is ever used for a choice. Returns (fit, val) sizes.
+    """
+    main = _voc_dir(Path(out), domain) / "ImageSets" / "Main"
+    train_file = main / "train.txt"
+    if not train_file.is_file():
+        raise DataError(train_file, "no train split to hold validation images out of (build the data first)")
+    ids = [i for i in train_file.read_text(encoding="utf-8").split() if i]
+    if not 0 < n_val < len(ids):
+        raise ConfigError(f"holdout_split: n_val must be in [1, {len(ids) - 1}] for {len(ids)} training ids, got {n_val}")
+    atomic_write_text(main / "fit.txt", "".join(f"{i}\n" for i in ids[:-n_val]))
+    atomic_write_text(main / "val.txt", "".join(f"{i}\n" for i in ids[-n_val:]))
+    return len(ids) - n_val, n_val
 
 
 def domains_figure(seed: int = 23, height: int = 180, width: int = 320):

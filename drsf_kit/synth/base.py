@@ -71,6 +71,7 @@ class SynthConfig:
     max_boxes: int = 15  # gligen skips images with more boxes inside the crop (the authors' 15)
     condition: str = "seg"  # controlnet condition: seg (ADE20K-palette mask) | edges (OpenCV Canny)
     jpeg_quality: int = 95  # quality of the saved JPEG twins
+    fidelity: float = 0.0  # procedural: strength of the generator failure modes (synth.fidelity; 0 = clean)
     progress: bool = True  # show a tqdm bar
 
 

@@ -41,12 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop twins whose layout-consistency score is lower (0..1)")
     p.add_argument("--overwrite", action="store_true", help="regenerate finished images")
     p.add_argument("--shard", default=None, help="I/N: process sorted ids with position %% N == I")
+    p.add_argument("--fidelity", default="clean",
+                   help="procedural: generator failure modes, clean | ldm | a strength >= 0 (default clean)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
     """Turn parsed CLI options into a SynthConfig (ConfigError when --data is missing)."""
     from drsf_kit.errors import ConfigError
+    from drsf_kit.synth.fidelity import parse_fidelity
 
     if not args.data:
         raise ConfigError("--data ROOT is required (the dataset root in DWD layout)")
@@ -58,7 +61,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         strength=args.strength, guidance=args.guidance, prompts=args.prompts, split=args.split,
         limit=args.limit, min_consistency=args.min_consistency, overwrite=args.overwrite,
         shard=parse_shard(args.shard), size=args.size, max_boxes=args.max_boxes,
-        condition=args.condition, progress=not args.no_progress,
+        condition=args.condition, progress=not args.no_progress, fidelity=parse_fidelity(args.fidelity),
     )
 
 

@@ -73,3 +73,57 @@ def layout_consistency(source, twin, boxes=None, crop: list[int] | None = None) 
     if denom < 1e-12:
         return 0.0  # a flat region in either image: no layout evidence
     return float(np.clip((a * b).sum() / denom, 0.0, 1.0))
+
+
+# ------------------------------------------------------------------------------------------- box recall
+# A reused box counts as found when a detection of its class overlaps it this much, at this confidence.
+RECALL_IOU = 0.5
+RECALL_SCORE = 0.5
+
+
+def box_recall(model, items, iou: float = RECALL_IOU, score: float = RECALL_SCORE, batch_size: int = 8) -> dict:
+    """Fraction of reused boxes that a detector (trained on the source) still finds in the images.
+
+    ``items`` yields ``(image tensor [3, H, W] in [0, 1], target)`` with ``boxes`` (xyxy) and ``labels``,
+    e.g. a ``PairedSynthetic`` of twins (the source boxes mapped onto each twin) or the real source
+    images for reference. A box is found when a detection of the same class with confidence >= ``score``
+    has IoU >= ``iou`` with it (each detection finds at most one box). The same question the YOLO score
+    of layout-to-image papers asks of a generator, as a recall at one operating point.
+
+    Returns ``{"boxes": N, "found": k, "recall": k / N}``.
+    """
+    import torch
+    from torchvision.ops import box_iou
+
+    model.eval()
+    total = found = 0
+    batch = []
+
+    def flush():
+        nonlocal total, found
+        with torch.no_grad():
+            outs = model([im for im, _ in batch])
+        for (_, target), out in zip(batch, outs):
+            gt, labels = target["boxes"], target["labels"]
+            total += len(gt)
+            keep = out["scores"] >= score
+            det, dlab = out["boxes"][keep], out["labels"][keep]
+            if not len(gt) or not len(det):
+                continue
+            overlap = box_iou(gt.float(), det.float())
+            overlap[labels[:, None] != dlab[None, :]] = 0.0
+            used = torch.zeros(len(det), dtype=torch.bool)
+            for g in range(len(gt)):
+                cand = (overlap[g] >= iou) & ~used
+                if cand.any():
+                    used[int(torch.argmax(torch.where(cand, overlap[g], -1.0)))] = True
+                    found += 1
+        batch.clear()
+
+    for item in items:
+        batch.append(item)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return {"boxes": total, "found": found, "recall": found / total if total else float("nan")}

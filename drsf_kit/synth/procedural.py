@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from drsf_kit.errors import ConfigError
+from drsf_kit.synth.fidelity import fidelity_rng
+from drsf_kit.synth.filters import box_blur  # noqa: F401  (also part of this module's API)
 from drsf_kit.synth.base import GeneratedItem, Generator, SourceItem
 
 # Which effects make each domain, applied in order.
@@ -46,33 +48,6 @@ def row_distance(h: int, horizon: int) -> np.ndarray:
     rows = np.arange(h, dtype=np.float32)
     below = np.maximum(rows - horizon, 0.0)
     return (1.0 / (1.0 + below / (0.08 * h)))[:, None, None]
-
-
-def box_blur(img: np.ndarray, radius: int) -> np.ndarray:
-    """Separable box blur with edge padding; shifted sums for small radii, cumulative sums
-    (cost independent of the radius) for large ones."""
-    if radius < 1:
-        return img
-    k = 2 * radius + 1
-    out = img
-    for axis in (0, 1):
-        pad = [(0, 0)] * img.ndim
-        pad[axis] = (radius + 1, radius) if radius > 2 else (radius, radius)
-        p = np.pad(out, pad, mode="edge")
-        n = out.shape[axis]
-        if radius > 2:
-            c = np.cumsum(p, axis=axis, dtype=np.float32)
-            out = (_slice(c, axis, k, k + n) - _slice(c, axis, 0, n)) / k
-        else:
-            acc = _slice(p, axis, 0, n).copy()
-            for s in range(1, k):
-                acc += _slice(p, axis, s, s + n)
-            out = acc / k
-    return out
-
-
-def _slice(a: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
-    return a[start:stop] if axis == 0 else a[:, start:stop]
 
 
 def channel_max(rgb: np.ndarray) -> np.ndarray:
@@ -193,10 +168,14 @@ def check_domain(domain: str) -> None:
                           f"valid domains: {', '.join(DOMAIN_EFFECTS)}")
 
 
-def apply_domain(rgb: np.ndarray, domain: str, seed: int) -> tuple[np.ndarray, dict]:
+def apply_domain(rgb: np.ndarray, domain: str, seed: int, fidelity: float = 0.0,
+                 boxes=None) -> tuple[np.ndarray, dict]:
     """Apply ``domain``'s effects to a uint8 [H,W,3] image; returns (uint8 image, effect parameters).
 
-    The result depends only on (image, domain, seed).
+    ``fidelity`` > 0 adds the generator failure modes of ``drsf_kit.synth.fidelity`` (objects of the
+    labelled ``boxes`` missing, shifted, reshaped; hallucinated objects before the weather; texture,
+    smoothing and style artefacts after it); their counts land in ``info["perturbations"]``. At 0 no
+    draw is made and the output is the clean one. The result depends only on the arguments.
     """
     check_domain(domain)
     rng = np.random.default_rng(seed)
@@ -204,6 +183,23 @@ def apply_domain(rgb: np.ndarray, domain: str, seed: int) -> tuple[np.ndarray, d
     horizon = estimate_horizon(src)
     img = src
     info: dict = {"horizon": horizon}
+    if fidelity > 0:
+        from drsf_kit.synth.fidelity import perturb_image, perturb_objects
+
+        frng = fidelity_rng(seed)
+        img, counts = perturb_objects(img, boxes, fidelity, frng)
+        img, more = _apply_effects(img, src, horizon, rng, domain, info)
+        img, late = perturb_image(img, fidelity, frng)
+        info["perturbations"] = {**counts, **late}
+        out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return out, info
+    img, _ = _apply_effects(img, src, horizon, rng, domain, info)
+    out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out, info
+
+
+def _apply_effects(img, src, horizon, rng, domain: str, info: dict):
+    """The weather effects of ``domain`` in order; their parameters are added to ``info``."""
     effects = DOMAIN_EFFECTS[domain]
     for name in effects:
         if name == "rain":
@@ -211,8 +207,7 @@ def apply_domain(rgb: np.ndarray, domain: str, seed: int) -> tuple[np.ndarray, d
         else:
             img, params = _EFFECTS[name](img, src, horizon, rng)
         info.update(params)
-    out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return out, info
+    return img, info
 
 
 class ProceduralGenerator(Generator):
@@ -236,10 +231,15 @@ class ProceduralGenerator(Generator):
 
         results = []
         for item, seed in zip(items, seeds):
-            arr, info = apply_domain(np.asarray(item.image.convert("RGB")), domain, seed)
+            strength = float(getattr(self.cfg, "fidelity", 0.0) or 0.0)
+            arr, info = apply_domain(np.asarray(item.image.convert("RGB")), domain, seed, strength, item.boxes)
             image = Image.fromarray(arr)
+            extra = {"effects": info}
+            if strength > 0:  # clean rows stay exactly as before
+                extra = {"effects": {k: v for k, v in info.items() if k != "perturbations"},
+                         "fidelity": strength, "perturbations": info["perturbations"]}
             results.append(GeneratedItem(
                 image=image, crop=None, size=[image.width, image.height],
-                prompt=f"procedural {'+'.join(DOMAIN_EFFECTS[domain])}", extra={"effects": info},
+                prompt=f"procedural {'+'.join(DOMAIN_EFFECTS[domain])}", extra=extra,
             ))
         return results

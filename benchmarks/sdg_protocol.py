@@ -1,0 +1,349 @@
+"""Protocol v2: a fair test of "does DRSF make synthetic data help where naive synthetic training does not?".
+
+One command per task (``--task det`` or ``seg``), configured by ``configs/protocol/<task>.yaml``:
+
+1. data: the mini-weather build with 500 images per target domain, the source ``train`` split cut into
+   ``fit`` (training) and ``val`` (held out for selection); pseudo-domains (fog, dusk-rain, night; no
+   twin of night_rainy, the *unseen* condition) at each fidelity level (``clean``: exact twins, ``ldm``:
+   the generator failure modes of ``drsf_kit.synth.fidelity``);
+2. one self-supervised warm start (``drsf pretrain``, source training images only) shared by every run;
+3. every (fidelity, variant, seed) run through ``drsf_kit.train.engine.fit`` (runs are paired by seed:
+   same warm start, same source order; ``source_only`` does not read twins, so one run per seed serves
+   every level), then training-domain validation (source ``val`` + its twins; never a target image);
+4. ``benchmarks/results/sdg_protocol.json`` (tidy rows), ``sdg_protocol_<task>.md`` (per-domain tables,
+   paired differences vs naive_synth and vs source_only with 95% t intervals) and ``sdg_protocol_<task>.png``.
+
+Resumable: finished runs (``done`` + validation file) are skipped, an interrupted one continues from its
+checkpoint. Usage::
+
+    python benchmarks/sdg_protocol.py --task det [--variants source_only,naive_synth] [--seeds 0,1,2,3,4]
+        [--fidelity clean,ldm] [--report-only] [--prepare-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+OUT_JSON = RESULTS / "sdg_protocol.json"
+UNSEEN = ("night_rainy",)
+METRICS = {"det": ("map50_voc07", "ap50_coco"), "seg": ("miou",)}
+SELECTION_NOTE = ("Selection: training-domain validation only (source val images + their pseudo-domain twins); "
+                  "no target image was read for any choice.")
+
+
+def load_protocol(task: str, path: str | None = None) -> tuple[dict, dict]:
+    """(protocol section, run section) of ``configs/protocol/<task>.yaml``."""
+    import yaml
+
+    path = Path(path or ROOT / "configs" / "protocol" / f"{task}.yaml")
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return doc["protocol"], doc["run"]
+
+
+def synth_root(proto: dict, level: str) -> Path:
+    """Where the twins of ``level`` live."""
+    return Path(proto["synth_out"]) / level / "procedural"
+
+
+def prepare(task: str, proto: dict, run: dict, levels: list[str], progress: bool = True) -> Path:
+    """Build the data, the val split, the twins of every level and the warm start; returns the weights file."""
+    from drsf_kit.data.mini_weather import holdout_split, make_mini_weather
+    from drsf_kit.synth.base import SynthConfig
+    from drsf_kit.synth.fidelity import parse_fidelity
+    from drsf_kit.synth.runner import run_synth
+    from drsf_kit.train.pretrain import PretrainConfig, pretrain
+
+    root = proto["data_root"]
+    make_mini_weather(root, progress=progress, **proto["build"])
+    holdout_split(root, int(proto["n_val"]), run["data"]["source_domain"])
+    for level in levels:
+        run_synth(SynthConfig(data=root, out=str(Path(proto["synth_out"]) / level), source=run["data"]["source_domain"],
+                              domains=tuple(run["data"]["synth_domains"]), split="train",
+                              fidelity=parse_fidelity(level), progress=progress))
+    p = proto["pretrain"]
+    return pretrain(PretrainConfig(task=task, data_root=root, source_domain=run["data"]["source_domain"],
+                                   split=run["data"]["source_split"], steps=int(p["steps"]),
+                                   batch_size=int(p["batch_size"]), seed=int(p["seed"])), progress=progress)
+
+
+def jobs(proto: dict, variants: list[str] | None, levels: list[str], seeds: list[int]) -> list[dict]:
+    """One job per run: ``source_only`` (no twins) once per seed, serving every level; others per level."""
+    from drsf_kit.models import get_variant
+
+    out, seen = [], set()
+    for level in levels:
+        for variant in (variants or proto["variants"][level]):
+            shared = not get_variant(variant).use_synth
+            for seed in seeds:
+                key = ("shared" if shared else level, variant, seed)
+                if key in seen:
+                    continue
+                seen.add(key)
+                serves = levels if shared else [level]
+                out.append({"level": key[0], "variant": variant, "seed": seed, "serves": serves})
+    # seed-major: every finished seed is a complete set of pairs, so a stopped protocol still compares
+    return sorted(out, key=lambda j: j["seed"])
+
+
+def run_config(task: str, proto: dict, run: dict, job: dict, weights: Path):
+    """The RunConfig of one job."""
+    from drsf_kit.config import config_from_dict
+
+    values = copy.deepcopy(run)
+    level = job["serves"][0]
+    values.update(variant=job["variant"], seed=job["seed"], output_dir=proto["output_dir"],
+                  run_name=f"{task}-{job['level']}-{job['variant']}-s{job['seed']}")
+    values["data"]["synth_root"] = str(synth_root(proto, level))
+    values["model"]["pretrained_backbone"] = str(weights)
+    return config_from_dict(values)
+
+
+def run_job(task: str, proto: dict, run: dict, job: dict, weights: Path) -> dict:
+    """Train/evaluate (or skip) one job, then its training-domain validation per level it serves."""
+    import dataclasses
+
+    from drsf_kit.train.engine import DONE, fit
+    from drsf_kit.train.evaluate import load_run
+    from drsf_kit.train.selection import validate_model
+    from drsf_kit.utils.io import atomic_write_json
+
+    cfg = run_config(task, proto, run, job, weights)
+    run_dir = cfg.run_dir
+    timing_file = run_dir / "protocol_time.json"
+    todo = [lv for lv in job["serves"] if not (run_dir / f"validation_{lv}.json").is_file()]
+    if (run_dir / DONE).is_file() and not todo:
+        return {"run": cfg.name, "skipped": True}
+    t0 = time.perf_counter()
+    fit(cfg, resume=True, progress=False)
+    t_fit = time.perf_counter() - t0
+    model, _ = load_run(run_dir)
+    for level in todo:
+        lcfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, synth_root=str(synth_root(proto, level))))
+        rows = validate_model(model, lcfg, max_images=int(proto.get("val_images", 0)))
+        atomic_write_json(run_dir / f"validation_{level}.json", {"level": level, "rows": rows})
+    timing = {"fit_and_test_s": round(t_fit, 1), "validation_s": round(time.perf_counter() - t0 - t_fit, 1)}
+    atomic_write_json(timing_file, timing)
+    return {"run": cfg.name, "skipped": False, **timing}
+
+
+# ------------------------------------------------------------------------------------------- rows
+def collect_rows(task: str, proto: dict, run: dict, all_jobs: list[dict], weights: Path) -> list[dict]:
+    """Tidy protocol rows of every finished job (summary and per-class target/test rows, val rows)."""
+    from drsf_kit.utils.io import read_jsonl
+
+    rows = []
+    for job in all_jobs:
+        cfg = run_config(task, proto, run, job, weights)
+        results = cfg.run_dir / "results.jsonl"
+        if not (cfg.run_dir / "done").is_file() or not results.is_file():
+            continue
+        test_rows = [r for r in read_jsonl(results) if r["metric"] in METRICS[task] + ("ap50_voc07", "iou")]
+        for level in job["serves"]:
+            vfile = cfg.run_dir / f"validation_{level}.json"
+            val = json.loads(vfile.read_text())["rows"] if vfile.is_file() else []
+            common = {"task": task, "variant": job["variant"], "seed": job["seed"], "fidelity": level,
+                      "protocol": f"v2/{cfg.eval_protocol()}", "run": cfg.name}
+            for r in test_rows:
+                metric = {"ap50_voc07": "map50_voc07", "iou": "miou"}.get(r["metric"], r["metric"])
+                rows.append({**common, "domain": r["domain"], "split": r["split"], "metric": metric,
+                             "value": r["value"], "class": r.get("class"), "unseen": r["domain"] in UNSEEN,
+                             "role": "source_test" if r["domain"] == cfg.data.source_domain else "target"})
+            for r in val:
+                rows.append({**common, "domain": r["domain"], "split": r["split"], "metric": r["metric"],
+                             "value": r["value"], "class": None, "unseen": False, "role": f"val_{r['role']}"})
+    return rows
+
+
+def write_rows(task: str, rows: list[dict], command: str) -> None:
+    """Replace this task's rows in sdg_protocol.json (other tasks' rows are kept)."""
+    from drsf_kit.utils.io import atomic_write_json
+
+    doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {"rows": []}
+    keep = [r for r in doc.get("rows", []) if r.get("task") != task]
+    commands = {**doc.get("commands", {}), task: command}
+    atomic_write_json(OUT_JSON, {"selection": SELECTION_NOTE, "commands": commands,
+                                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": keep + rows})
+
+
+# ------------------------------------------------------------------------------------------- report
+def target_means(rows: list[dict], task: str, metric: str) -> dict:
+    """{(fidelity, variant): {seed: {"target_mean", "seen_mean", "unseen", "<domain>", "val"}}} in points."""
+    from drsf_kit.train.selection import validation_score
+
+    out: dict = {}
+    by_run: dict = {}
+    for r in rows:
+        if r["task"] == task:
+            by_run.setdefault((r["fidelity"], r["variant"], r["seed"]), []).append(r)
+    for key, rs in by_run.items():
+        dom = {r["domain"]: 100 * r["value"] for r in rs
+               if r["metric"] == metric and r["class"] is None and r["split"] != "val" and r["value"] is not None}
+        targets = [d for d, rr in ((r["domain"], r) for r in rs) if rr["role"] == "target"]
+        targets = sorted(set(targets))
+        if not targets or any(d not in dom for d in targets):
+            continue
+        entry = dict(dom)
+        entry["target_mean"] = statistics.mean(dom[d] for d in targets)
+        seen = [d for d in targets if d not in UNSEEN]
+        entry["seen_mean"] = statistics.mean(dom[d] for d in seen) if seen else math.nan
+        try:
+            entry["val"] = 100 * validation_score(rs, task)
+        except Exception:  # a run without validation rows yet
+            entry["val"] = math.nan
+        out.setdefault(key[:2], {})[key[2]] = entry
+    return out
+
+
+def _fmt(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def report(task: str, rows: list[dict]) -> str:
+    """The markdown report and the figure of paired differences; returns the markdown."""
+    from drsf_kit.evaluation.paired import paired_difference
+
+    lines = [f"# Protocol v2, {task}", "", SELECTION_NOTE,
+             "Targets scored on all their images (500 each); night_rainy has no pseudo-domain (unseen). "
+             "Values: mean ± sample std over seeds, in points.", ""]
+    diffs = []
+    for metric in METRICS[task]:
+        means = target_means(rows, task, metric)
+        if not means:
+            continue
+        domains = sorted({d for runs in means.values() for e in runs.values() for d in e
+                          if d not in ("target_mean", "seen_mean", "val")})
+        header = ["fidelity", "variant", "seeds"] + [f"{d} (unseen)" if d in UNSEEN else d for d in domains] + [
+            "target mean", "seen-target mean", "val (selection)"]
+        lines += [f"## {metric} (protocol v2/all_images; selection on training-domain validation)", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for (level, variant), runs in sorted(means.items()):
+            cells = [level, variant, str(len(runs))] + [_fmt([e[d] for e in runs.values() if d in e]) for d in domains]
+            cells += [_fmt([e[k] for e in runs.values()]) for k in ("target_mean", "seen_mean", "val")]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += [f"### Paired differences, {metric} (per seed, 95% paired-t interval)", "",
+                  "| fidelity | variant | vs | quantity | mean | 95% interval | n |", "|---|---|---|---|---|---|---|"]
+        for (level, variant), runs in sorted(means.items()):
+            for base in ("naive_synth", "source_only"):
+                if variant == base or (level, base) not in means:
+                    continue
+                for quantity in ("target_mean", "seen_mean") + UNSEEN:
+                    a = {s: e[quantity] for s, e in runs.items() if quantity in e}
+                    b = {s: e[quantity] for s, e in means[(level, base)].items() if quantity in e}
+                    if not set(a) & set(b):
+                        continue
+                    d = paired_difference(a, b)
+                    diffs.append({"metric": metric, "fidelity": level, "variant": variant, "baseline": base,
+                                  "quantity": quantity, **d.as_dict()})
+                    lines.append(f"| {level} | {variant} | {base} | {quantity} | {d.mean:+.1f} | "
+                                 f"[{d.low:+.1f}, {d.high:+.1f}] | {d.n} |")
+        lines.append("")
+    if diffs:
+        figure(task, diffs)
+        lines += [f"Figure: `sdg_protocol_{task}.png` (paired differences of the target mean with 95% intervals).", ""]
+    return "\n".join(lines)
+
+
+def figure(task: str, diffs: list[dict]) -> Path:
+    """Seaborn point plot of the target-mean differences with their intervals, one panel per baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame([d for d in diffs if d["quantity"] == "target_mean" and d["metric"] == METRICS[task][0]])
+    if df.empty:
+        return RESULTS / f"sdg_protocol_{task}.png"
+    df["label"] = df["variant"] + " (" + df["fidelity"] + ")"
+    bases = sorted(df["baseline"].unique())
+    fig, axes = plt.subplots(1, len(bases), figsize=(5.5 * len(bases), 0.5 * df["label"].nunique() + 2), squeeze=False)
+    palette = dict(zip(sorted(df["fidelity"].unique()), sns.color_palette("deep")))
+    for ax, base in zip(axes[0], bases):
+        sub = df[df["baseline"] == base].sort_values("label")
+        y = range(len(sub))
+        for yi, (_, r) in zip(y, sub.iterrows()):
+            ax.errorbar(r["mean"], yi, xerr=[[r["mean"] - r["low"]], [r["high"] - r["mean"]]] if not math.isnan(r["low"]) else None,
+                        fmt="o", color=palette[r["fidelity"]], capsize=3)
+        ax.set_yticks(list(y), sub["label"].tolist())
+        ax.axvline(0, color="grey", lw=1, ls="--")
+        ax.set_title(f"vs {base}")
+        ax.set_xlabel(f"paired difference, target mean {METRICS[task][0]} (points)")
+    sns.despine(fig)
+    fig.suptitle(f"Protocol v2 {task}: paired differences, 95% t intervals (selection: training-domain val)", fontsize=10)
+    fig.tight_layout()
+    path = RESULTS / f"sdg_protocol_{task}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, prepare, run the pending jobs with a progress bar, write rows, tables and figure."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from drsf_kit.utils.io import atomic_write_text
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=["det", "seg"], required=True)
+    ap.add_argument("--config", default=None, help="protocol YAML (default configs/protocol/<task>.yaml)")
+    ap.add_argument("--variants", default=None, help="comma list; default: the config's per-level lists")
+    ap.add_argument("--seeds", default=None, help="comma list (default: the config's)")
+    ap.add_argument("--fidelity", default="clean,ldm", help="comma list of levels (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--prepare-only", action="store_true", help="build data, twins and the warm start, then stop")
+    ap.add_argument("--report-only", action="store_true", help="only collect finished runs and write the outputs")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    proto, run = load_protocol(args.task, args.config)
+    levels = [s.strip() for s in args.fidelity.split(",") if s.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(proto["seeds"])
+    variants = [s.strip() for s in args.variants.split(",")] if args.variants else None
+    command = "python benchmarks/sdg_protocol.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.report_only:
+        from drsf_kit.train.pretrain import PretrainConfig, weights_path
+
+        p = proto["pretrain"]
+        weights = weights_path(PretrainConfig(task=args.task, data_root=proto["data_root"],
+                                              source_domain=run["data"]["source_domain"], split=run["data"]["source_split"],
+                                              steps=int(p["steps"]), batch_size=int(p["batch_size"]), seed=int(p["seed"])))
+    else:
+        weights = prepare(args.task, proto, run, levels)
+    if args.prepare_only:
+        print(weights)
+        return 0
+    todo = jobs(proto, variants, levels, seeds)
+    if not args.report_only:
+        for job in tqdm(todo, desc=f"protocol {args.task}", unit="run"):
+            info = run_job(args.task, proto, run, job, weights)
+            tqdm.write(json.dumps(info))
+    # every finished run of the config (not only this invocation's), so partial invocations add up
+    everything = jobs(proto, None, list(proto["variants"]), list(proto["seeds"]))
+    extra = [j for j in todo if (j["level"], j["variant"], j["seed"]) not in
+             {(e["level"], e["variant"], e["seed"]) for e in everything}]
+    rows = collect_rows(args.task, proto, run, everything + extra, weights)
+    write_rows(args.task, rows, command)
+    atomic_write_text(RESULTS / f"sdg_protocol_{args.task}.md", report(args.task, rows) + f"\nCommand: `{command}`\n")
+    print(RESULTS / f"sdg_protocol_{args.task}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Generator failure modes of the procedural backend: seeded, recorded in the manifest, no effect at 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drsf_kit.errors import ConfigError
+from drsf_kit.synth.fidelity import KINDS, parse_fidelity, perturb_image, perturb_objects
+from drsf_kit.synth.procedural import apply_domain
+
+
+def _scene():
+    rng = np.random.default_rng(0)
+    img = (rng.random((90, 160, 3)) * 80 + 60).astype(np.uint8)
+    boxes = np.array([[10, 40, 40, 80], [60, 30, 90, 70], [110, 45, 150, 85]], np.float32)
+    for x0, y0, x1, y1 in boxes.astype(int):
+        img[y0:y1, x0:x1] = (230, 40, 40)  # bright objects on a dull background
+    return img, boxes
+
+
+@pytest.mark.parametrize("domain", ["daytime_foggy", "dusk_rainy", "night_sunny"])
+def test_strength_zero_is_bitwise_the_clean_twin(domain):
+    img, boxes = _scene()
+    clean, info = apply_domain(img, domain, 11)
+    zero, info0 = apply_domain(img, domain, 11, 0.0, boxes)
+    assert np.array_equal(clean, zero) and info == info0 and "perturbations" not in info0
+
+
+def test_perturbations_are_seeded_counted_and_change_the_objects():
+    img, boxes = _scene()
+    a, ia = apply_domain(img, "daytime_foggy", 5, 3.0, boxes)
+    b, ib = apply_domain(img, "daytime_foggy", 5, 3.0, boxes)
+    c, _ = apply_domain(img, "daytime_foggy", 6, 3.0, boxes)
+    assert np.array_equal(a, b) and ia == ib
+    assert not np.array_equal(a, c)
+    counts = ia["perturbations"]
+    assert set(counts) == set(KINDS)
+    # at strength 3 every box fails in one of the three object ways
+    assert counts["missing"] + counts["shifted"] + counts["reshaped"] == len(boxes)
+    # a missing object's box no longer holds its red pixels
+    f = img.astype(np.float32) / 255
+    out, oc = perturb_objects(f, boxes[:1], 100.0, np.random.default_rng(3))
+    kind = next(k for k in ("missing", "shifted", "reshaped") if oc[k])
+    inside = out[40:80, 10:40]
+    red = (inside[..., 0] > 0.8) & (inside[..., 1] < 0.3)
+    assert red.mean() < 0.9, kind
+
+
+def test_image_artefacts_counted_and_zero_strength_untouched():
+    f = np.full((40, 60, 3), 0.5, np.float32)
+    same, counts = perturb_image(f, 0.0, np.random.default_rng(0))
+    assert same is f and not any(counts.values())
+    out, counts = perturb_image(f, 5.0, np.random.default_rng(0))
+    assert counts["smoothed"] == 1 and counts["style_drift"] == 1 and not np.allclose(out, f)
+
+
+def test_manifest_rows_record_fidelity_and_counts(tiny_weather, tmp_path):
+    from drsf_kit.data.manifest import read_manifests
+    from drsf_kit.synth import SynthConfig
+    from drsf_kit.synth.runner import run_synth
+
+    for level in ("clean", "ldm"):
+        run_synth(SynthConfig(data=str(tiny_weather), out=str(tmp_path / level), domains=("daytime_foggy",),
+                              limit=4, fidelity=parse_fidelity(level), progress=False))
+    clean = read_manifests(tmp_path / "clean" / "procedural")
+    ldm = read_manifests(tmp_path / "ldm" / "procedural")
+    assert all("perturbations" not in r and "fidelity" not in r for r in clean)
+    assert all(r["fidelity"] == 1.0 and set(r["perturbations"]) == set(KINDS) for r in ldm)
+    assert sum(sum(r["perturbations"].values()) for r in ldm) > 0
+
+
+def test_parse_fidelity():
+    assert parse_fidelity("clean") == 0.0 and parse_fidelity("ldm") == 1.0 and parse_fidelity("0.5") == 0.5
+    for bad in ("dreamy", "-1", "nan"):
+        with pytest.raises(ConfigError):
+            parse_fidelity(bad)
+
+
+def test_box_recall_counts_boxes_a_detector_finds():
+    import torch
+
+    from drsf_kit.synth.consistency import box_recall
+
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40]])
+    items = [(torch.zeros(3, 8, 8), {"boxes": gt, "labels": torch.tensor([1, 2])}) for _ in range(2)]
+
+    class Fake:  # finds box 0 exactly, box 1 with the wrong class, plus one low-confidence hit
+        def eval(self):
+            return self
+
+        def __call__(self, images):
+            out = {"boxes": torch.tensor([[0.0, 0, 10, 11], [20, 20, 40, 40], [20, 20, 40, 40]]),
+                   "labels": torch.tensor([1, 3, 2]), "scores": torch.tensor([0.9, 0.9, 0.2])}
+            return [out for _ in images]
+
+    r = box_recall(Fake(), items)
+    assert r == {"boxes": 4, "found": 2, "recall": 0.5}
+    assert box_recall(Fake(), items, score=0.1)["found"] == 4
