@@ -1,7 +1,9 @@
 """The embedded single-domain-generalization benchmark: every variant x task x seed on mini-weather.
 
 Each run is `drsf train --config configs/mini_<task>.yaml variant=V seed=S --resume` in its own process
-(finished runs are skipped, interrupted ones continue), trained on daytime_clear plus the procedural
+(finished runs are skipped, interrupted ones continue, a finished run of another config is refused:
+``drsf_kit.workflows.run_status``, the check the notebooks and the demo use); the data and the
+pseudo-domains are made first when missing (``workflows.ensure_data`` / ``ensure_synth``). Trained on daytime_clear plus the procedural
 pseudo-domains and scored on the source test split and the four real target domains. Writes
 ``benchmarks/results/sdg_mini.json`` (the tidy rows of every run, wall times, training diagnostics,
 command, date, machine) and ``sdg_mini.md`` (per-domain mAP50 by both metrics and mIoU, mean ± std over
@@ -24,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from drsf_kit.models import VARIANTS
+from drsf_kit import workflows
+from drsf_kit.models import VARIANTS, get_variant
 from drsf_kit.train.rundir import RunDir
 from drsf_kit.utils.io import atomic_write_json, atomic_write_text
 
@@ -34,21 +37,33 @@ METRICS = {"det": ("map50_voc07", "ap50_coco"), "seg": ("miou",)}
 STATS = ("gate_mean", "gate_std", "gamma_mean", "entropy_mean", "disc_acc", "lambda_mean", "mix_fraction", "grl_coeff")
 
 
+def run_overrides(args) -> list[str]:
+    """The config overrides every run of this sweep gets (data, pseudo-domains, steps, the extra ones)."""
+    items = [f"output_dir={args.out}"]
+    if args.data:
+        items.append(f"data.root={args.data}")
+    if args.synth:
+        items.append(f"data.synth_root={args.synth}")
+    if args.max_steps:
+        items.append(f"train.max_steps={args.max_steps}")
+    return items + list(args.overrides)
+
+
 def train_one(task: str, variant: str, seed: int, args) -> dict:
     """Run (or resume, or skip when done) one training run in a child process."""
-    out = Path(args.out)
-    cmd = [sys.executable, "-m", "drsf_kit", "train", "--config", str(ROOT / "configs" / f"mini_{task}.yaml"),
-           f"variant={variant}", f"seed={seed}", f"output_dir={out}", "--no-progress",
-           *(["--overwrite"] if args.fresh else ["--resume", "--start-over"])]
-    if args.data:
-        cmd.append(f"data.root={args.data}")
-    if args.synth:
-        cmd.append(f"data.synth_root={args.synth}")
-    if args.max_steps:
-        cmd.append(f"train.max_steps={args.max_steps}")
-    cmd += args.overrides
-    run_dir = out / f"{task}-{variant}-{seed}"
-    was_done = RunDir(run_dir).is_finished() and not args.fresh
+    config = ROOT / "configs" / f"mini_{task}.yaml"
+    cfg = workflows.run_config(task, variant, seed, run_overrides(args), config=config, root=ROOT)
+    state, keys = workflows.run_status(cfg)
+    if state == "other" and not args.fresh:
+        raise SystemExit(f"error: {cfg.run_dir} holds a finished run of another config ({', '.join(keys)}); "
+                         "pass --fresh to retrain it or choose another --out")
+    workflows.ensure_data(cfg.data.root)
+    if get_variant(variant).use_synth:
+        workflows.ensure_synth(cfg.data.root, cfg.data.synth_root)
+    cmd = [sys.executable, "-m", "drsf_kit", "train", "--config", str(config), f"variant={variant}", f"seed={seed}",
+           "--no-progress", *(["--overwrite"] if args.fresh else ["--resume", "--start-over"]), *run_overrides(args)]
+    run_dir = Path(cfg.run_dir)
+    was_done = state == "done" and not args.fresh
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = proc.stderr.read()

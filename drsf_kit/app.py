@@ -18,9 +18,8 @@ Which results the dashboard shows (the first that exists):
 2. ``runs/demo``: the results ``drsf demo`` leaves;
 3. ``benchmarks/results/sdg_mini.json``: the benchmark's rows (a JSON list of tidy result rows, or an
    object holding them under ``"rows"``);
-4. otherwise a quick stand-in: the five variants trained for 2 steps each on a tiny rendered dataset
-   (about 1-2 minutes on 2 CPU cores, once: it is kept in ``runs/app-quick``). Its numbers only show
-   that the pipeline runs; the page says so.
+4. otherwise nothing: the app trains no runs of its own (``drsf_kit.workflows`` makes runs, through
+   ``drsf demo``, the notebooks or ``drsf train``); it stops with a line naming the command.
 
 The MDSF explorer uses the first ``drsf``/``mdsf`` run with a checkpoint in the chosen folder, else an
 untrained mini segmenter (the page says which). The launcher hands its choices to the page's kernel in
@@ -47,26 +46,24 @@ from drsf_kit.errors import ConfigError, DataError
 HOST = "127.0.0.1"
 DEMO_RUNS = Path(DEFAULT_RUNS_DIR)
 BENCHMARK_ROWS = Path("benchmarks/results/sdg_mini.json")
-QUICK_RUNS = Path("runs/app-quick")
 # the page and its Voilà template live next to the package in the source tree (app/), not in the wheel
 APP_DIR = Path(__file__).resolve().parents[1] / "app"
 PAGE = APP_DIR / "drsf_dashboard.ipynb"
 TEMPLATES = APP_DIR / "jupyter"  # a Jupyter data folder holding the page's Voilà template ("drsf")
-QUICK_VARIANTS = ("source_only", "naive_synth", "dfdr", "mdsf", "drsf")
 ENV_PATH, ENV_KIND = "DRSF_APP_RESULTS", "DRSF_APP_KIND"
 MIXING_VARIANTS = ("drsf", "mdsf")  # variants whose model carries MDSF's discriminator
 KIND_NOTES = {
     "runs": "results of {path}",
     "demo": "the demo's results ({path})",
     "benchmark": "the benchmark's results ({path})",
-    "quick": "a quick stand-in ({path}): each variant trained for only 2 steps on a tiny rendered dataset, "
-             "so the numbers show that the pipeline runs and say nothing about the methods",
 }
+# the commands that make results when there are none (named in the refusal)
+MAKE_RESULTS = "`drsf demo` (the demo's runs in runs/demo) or `python benchmarks/sdg_mini.py`"
 
 
 @dataclass(frozen=True)
 class ResultsSource:
-    """Where the dashboard's rows come from: ``kind`` (runs, demo, benchmark, quick) and ``path``."""
+    """Where the dashboard's rows come from: ``kind`` (runs, demo, benchmark) and ``path``."""
 
     kind: str
     path: Path
@@ -99,14 +96,13 @@ def load_rows_file(path: str | os.PathLike):
     return pd.DataFrame(rows)
 
 
-def resolve_results(runs: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
-                    train_if_missing: bool = True, progress: bool = True) -> ResultsSource:
-    """Choose the dashboard's results: ``runs``, else the demo's, else the benchmark's, else a quick run.
+def resolve_results(runs: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> ResultsSource:
+    """Choose the dashboard's results: ``runs``, else the demo's, else the benchmark's.
 
-    Raises ``DataError`` when ``runs`` is given but holds no results, ``ConfigError`` when nothing is
-    found and ``train_if_missing`` is False.
+    Trains nothing. Raises ``DataError`` when ``runs`` is given but holds no results, ``ConfigError``
+    naming the commands that make results when none are found.
     """
-    from drsf_kit.notebooks import project_root
+    from drsf_kit.workflows import project_root
 
     root = Path(root) if root is not None else project_root()
     if runs is not None:
@@ -122,43 +118,8 @@ def resolve_results(runs: str | os.PathLike | None = None, root: str | os.PathLi
         return ResultsSource("demo", (root / DEMO_RUNS).resolve())
     if (root / BENCHMARK_ROWS).is_file():
         return ResultsSource("benchmark", (root / BENCHMARK_ROWS).resolve())
-    from drsf_kit.train.rundir import RunDir
-
-    quick = (root / QUICK_RUNS).resolve()
-    if not _has_results(quick) or not all(RunDir(quick / f"seg-{v}-0").is_finished() for v in QUICK_VARIANTS):
-        if not train_if_missing:
-            raise ConfigError(f"no results found: none in {root / DEMO_RUNS}, no {root / BENCHMARK_ROWS}; "
-                              "run `drsf demo` or pass --runs DIR")
-        quick_results(quick, progress=progress)
-    return ResultsSource("quick", quick)
-
-
-def quick_results(out: str | os.PathLike, progress: bool = True) -> Path:
-    """Train each ablation variant for 2 steps on a tiny rendered dataset and score it (stand-in results).
-
-    Writes ``out/data``, ``out/synth`` and one run folder per variant (``out/seg-<variant>-0``); runs
-    already finished are kept. Returns ``out``.
-    """
-    from drsf_kit.config import config_from_dict
-    from drsf_kit.data.mini_weather import make_mini_weather
-    from drsf_kit.synth.base import SynthConfig
-    from drsf_kit.synth.runner import run_synth
-    from drsf_kit.train.engine import fit
-
-    out = Path(out)
-    print(f"[app] no results found: training a quick stand-in into {out} (about 1-2 minutes, once)", flush=True)
-    data = make_mini_weather(out / "data", seed=0, n_train=8, n_test=4, n_target=4, progress=progress)
-    run_synth(SynthConfig(data=str(data), out=str(out / "synth"), progress=progress))
-    for variant in QUICK_VARIANTS:
-        cfg = config_from_dict({
-            "task": "seg", "variant": variant, "seed": 0, "output_dir": str(out), "device": "cpu",
-            "data": {"root": str(data), "synth_root": str(out / "synth" / "procedural")},
-            "train": {"max_steps": 2, "warmup_steps": 0, "optimizer": "adamw", "lr": 0.002,
-                      "checkpoint_every": 2, "log_every": 1, "tensorboard": False},
-            "eval": {"max_images": 4},
-        })
-        fit(cfg, resume=True, start_over=True, progress=progress)  # a finished run is returned as is
-    return out
+    raise ConfigError(f"no results found: none in {root / DEMO_RUNS}, no {root / BENCHMARK_ROWS}; "
+                      f"make them with {MAKE_RESULTS}, or pass --runs DIR")
 
 
 # ----------------------------------------------------------------------------------------- page content
@@ -366,18 +327,18 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None, progress: bool = True,
+def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None,
           token: bool = True, idle_timeout: int = IDLE_TIMEOUT, max_kernels: int = MAX_KERNELS) -> int:
     """Resolve the results, start Voilà on 127.0.0.1, print the address, wait until interrupted.
 
     ``token=False`` serves without a token (anyone who can reach 127.0.0.1 may use the page).
     """
-    from drsf_kit.notebooks import project_root
+    from drsf_kit.workflows import project_root
 
     page = Path(notebook).resolve() if notebook else PAGE
     if not page.is_file():
         raise DataError(page, "the app's notebook is missing (the app runs from a source checkout of the kit)")
-    source = resolve_results(runs, project_root(), progress=progress)
+    source = resolve_results(runs, project_root())
     port = int(port) or free_port()
     if not port_is_free(port):
         raise ConfigError(f"port {port} on {HOST} is in use; pick another with --port, or leave it out for a free one")
@@ -407,7 +368,7 @@ def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None, p
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `drsf app` / `python -m drsf_kit.app`."""
     p.add_argument("--runs", default=None, help="folder of runs, results.jsonl or JSON rows file "
-                   "(default: runs/demo, else benchmarks/results/sdg_mini.json, else a quick 2-step stand-in)")
+                   "(default: runs/demo, else benchmarks/results/sdg_mini.json; `drsf demo` makes runs/demo)")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--notebook", default=None, help="page to serve (default app/drsf_dashboard.ipynb)")
     p.add_argument("--no-token", action="store_true",

@@ -61,6 +61,7 @@ class ModelConfig:
     min_size: int | None = None  # detector short-side resize; None = the profile's default
     max_size: int | None = None  # detector long-side cap; None = the profile's default
     pretrained_backbone: str | None = None  # local backbone weights file (nothing is downloaded)
+    init_weights: str | None = None  # a whole model's state_dict to start from (same-name, same-shape keys)
     frozen_bn: bool | None = None  # detection ResNets: frozen BatchNorm; None = frozen iff pretrained_backbone
     dfdr_stage: str | None = None  # backbone stage DFDR follows; None = the kit's default (layer2)
     mdsf_stage: str | None = None  # features MDSF mixes; None = the kit's default (backbone output)
@@ -405,6 +406,8 @@ def validate_config(cfg: RunConfig) -> None:
         _check_choice(cfg.eval.protocol, PROTOCOLS, "eval.protocol")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith(("cuda", "mps")):
         raise ConfigError(f"unknown device {cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
+    if cfg.seed < 0:  # numpy's seed sequences take no negative entropy
+        raise ConfigError(f"seed must be 0 or more, got {cfg.seed}")
     positive = {"train.max_steps": cfg.train.max_steps, "train.batch_source": cfg.train.batch_source}
     for key, value in positive.items():
         if value < 1:

@@ -1,13 +1,16 @@
-"""What the notebooks call: parameter checks, where things go, and saving figures and tables.
+"""What the notebooks call: their parameters as run-config keys, where things go, saving figures and tables.
 
-Every notebook's ``parameters`` cell sets upper-case names (``SMOKE``, ``DATA_ROOT``, ``SYNTH_ROOT``,
-``RUNS_DIR``, ``DEVICE``, ``VARIANT``, ``SEED`` ...; the training config's fields under the same names
-where they overlap) and then calls::
+Every notebook's ``parameters`` cell sets upper-case names and then calls::
 
     ctx = nbk.setup(SMOKE=SMOKE, DATA_ROOT=DATA_ROOT, ..., OUTPUT_DIR=OUTPUT_DIR)
 
-``setup`` checks each known parameter (a bad value raises ``ConfigError`` naming it and the valid
-choices), resolves relative paths against the project root (the folder holding ``pyproject.toml``, so a
+The names that mean a run-config key (``PARAMETER_KEYS``: ``VARIANT`` is ``variant``, ``MAX_STEPS`` is
+``train.max_steps``, ``INIT_WEIGHTS`` is ``model.init_weights`` ...) are checked by
+``config.py`` itself, so a bad value gets the same message as in a YAML file, prefixed with the
+parameter's name. Data, pseudo-domains and runs are made by ``drsf_kit.workflows`` (the one path the
+demo, the app and the benchmarks use too); the helpers here only add the notebook's folders.
+
+``setup`` resolves relative paths against the project root (the folder holding ``pyproject.toml``, so a
 notebook behaves the same whether Jupyter starts it in ``notebooks/`` or papermill in the root), and
 decides where outputs go:
 
@@ -18,7 +21,8 @@ decides where outputs go:
 - otherwise: ``figures/`` of the project and the given data and runs folders.
 
 With ``SMOKE=True`` the notebooks work on a tiny dataset rendered for the purpose (``DATA_ROOT`` and
-``SYNTH_ROOT`` are then ignored) and train for a few steps: minutes become seconds.
+``SYNTH_ROOT`` are then ignored) and train for a few steps: minutes become seconds. The training
+notebooks (04, 05) make runs; the others only read them and say which command makes a missing one.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from drsf_kit import workflows
 from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR, DEFAULT_SYNTH_ROOT
 from drsf_kit.errors import ConfigError
 from drsf_kit.utils.io import atomic_write_bytes, atomic_write_text
+from drsf_kit.workflows import project_root, resolve_path  # noqa: F401  (the notebooks call nbk.resolve_path)
 
 SMOKE_DIRNAME = "runs/smoke"
 FIGURE_FORMATS = ("png", "pdf", "svg")
@@ -39,45 +45,17 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CURRENT: dict[str, "NotebookContext"] = {}
 
 
-def _is_project(folder: Path) -> bool:
-    return (folder / "pyproject.toml").is_file() and (folder / "drsf_kit").is_dir()
-
-
-def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The project folder (``pyproject.toml`` next to the ``drsf_kit`` package).
-
-    ``DRSF_PROJECT_ROOT`` when set; else the nearest such folder at or above ``start`` (default: the
-    working directory); else the checkout this package was installed from (a notebook copied
-    elsewhere still finds ``configs/``); else ``start`` itself.
-    """
-    env = os.environ.get("DRSF_PROJECT_ROOT")
-    if env:
-        return Path(env).resolve()
-    here = Path(start or os.getcwd()).resolve()
-    for folder in (here, *here.parents):
-        if _is_project(folder):
-            return folder
-    checkout = Path(__file__).resolve().parents[1]
-    return checkout if _is_project(checkout) else here
-
-
-def resolve_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
-    """``path`` itself when absolute, else ``root / path`` (``root`` defaults to ``project_root()``)."""
-    path = Path(os.path.expanduser(str(path)))
-    return path if path.is_absolute() else Path(root or project_root()) / path
-
-
 # ------------------------------------------------------------------------------------------- parameters
-def _variants() -> tuple[str, ...]:
-    from drsf_kit.models.variants import VARIANTS
-
-    return tuple(VARIANTS)
-
-
-def _protocols() -> tuple[str, ...]:
-    from drsf_kit.data.dwd import PROTOCOLS
-
-    return tuple(PROTOCOLS)
+# Parameters that are run-config keys: config.py checks them (and the runs use them under that key).
+PARAMETER_KEYS = {
+    "TASK": "task", "VARIANT": "variant", "SEED": "seed", "DEVICE": "device", "RUNS_DIR": "output_dir",
+    "DATA_ROOT": "data.root", "SYNTH_ROOT": "data.synth_root", "PROTOCOL": "data.protocol",
+    "MAX_STEPS": "train.max_steps", "BATCH_SOURCE": "train.batch_source", "LR": "train.lr",
+    "PRETRAINED_BACKBONE": "model.pretrained_backbone", "INIT_WEIGHTS": "model.init_weights",
+}
+# list parameters whose every item is a run-config key's value
+LIST_KEYS = {"VARIANTS": "variant", "SEEDS": "seed"}
+KEEP_CONFIG = {"MAX_STEPS": 0}  # a parameter at this value keeps the config's own (nothing to check)
 
 
 def _domains() -> tuple[str, ...]:
@@ -86,102 +64,83 @@ def _domains() -> tuple[str, ...]:
     return DWD_DOMAINS
 
 
-def _check_bool(name, value):
+def _as_list(name: str, value: Any) -> list:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        value = [value]
+    if not value:
+        raise ConfigError(f"parameter {name}={value!r}: expected a non-empty list")
+    return list(value)
+
+
+def _check_key(name: str, key: str, value: Any) -> Any:
+    """``value`` as config.py reads it under ``key`` (a nested mapping through ``config_from_dict``)."""
+    from drsf_kit.config import config_from_dict
+
+    tree: dict = {}
+    node = tree
+    *sections, last = key.split(".")
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[last] = value
+    try:
+        cfg = config_from_dict(tree)
+    except ConfigError as exc:
+        raise ConfigError(f"parameter {name}={value!r}: {exc}") from None
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"parameter {name}={value!r}: expected True or False")
     return value
 
 
-def _check_int(minimum):
-    def check(name, value):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"parameter {name}={value!r}: expected an integer >= {minimum}")
-        return value
-
-    return check
-
-
-def _check_positive_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"parameter {name}={value!r}: expected a positive number")
-    return float(value)
-
-
-def _check_path(name, value):
-    if not isinstance(value, (str, os.PathLike)):
-        raise ConfigError(f"parameter {name}={value!r}: expected a path (a string)")
-    return str(value)
-
-
-def _check_choice(choices):
-    def check(name, value):
-        valid = choices() if callable(choices) else choices
-        if value not in valid:
-            raise ConfigError(f"parameter {name}={value!r}: valid values are {', '.join(map(str, valid))}")
-        return value
-
-    return check
-
-
-def _check_subset(choices):
-    def check(name, value):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(f"parameter {name}={value!r}: expected a non-empty list")
-        valid = choices() if callable(choices) else choices
-        bad = [v for v in value if v not in valid]
-        if bad:
-            raise ConfigError(f"parameter {name}: unknown value(s) {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
-        return list(value)
-
-    return check
-
-
-def _check_device(name, value):
-    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-        raise ConfigError(f"parameter {name}={value!r}: valid values are auto, cpu, cuda, cuda:N, mps")
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"parameter {name}={value!r}: expected an integer >= 1")
     return value
 
 
-# Known parameter names -> checker. Names shared with the run config mean the same thing there
-# (VARIANT = variant, SEED = seed, DEVICE = device, TASK = task, MAX_STEPS = train.max_steps, ...).
-PARAMETER_CHECKS = {
-    "SMOKE": _check_bool,
-    "REUSE_ANYWAY": _check_bool,
-    "SEED": _check_int(0),
-    "DEVICE": _check_device,
-    "TASK": _check_choice(("det", "seg")),
-    "PROTOCOL": _check_choice(_protocols),
-    "VARIANT": _check_choice(_variants),
-    "VARIANTS": _check_subset(_variants),
-    "SEEDS": lambda name, value: [_check_int(0)(name, v) for v in (value if isinstance(value, (list, tuple)) else [value])],
-    "DOMAINS": _check_subset(_domains),
-    "SYNTH_DOMAINS": _check_subset(_domains),
-    "EVAL_DOMAINS": _check_subset(_domains),
-    "DATA_ROOT": _check_path,
-    "SYNTH_ROOT": _check_path,
-    "RUNS_DIR": _check_path,
-    "OUTPUT_DIR": lambda name, value: "" if value in (None, "") else _check_path(name, value),
-    "MAX_STEPS": _check_int(0),  # 0 keeps the config's train.max_steps
-    "BATCH_SOURCE": _check_int(1),
-    "N_IMAGES": _check_int(1),
-    "LR": _check_positive_number,
+def _check_domains(name: str, value: Any) -> list[str]:
+    value, valid = _as_list(name, value), _domains()
+    bad = [v for v in value if v not in valid]
+    if bad:
+        raise ConfigError(f"parameter {name}: unknown value(s) {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
+    return value
+
+
+# notebook-only parameters (no run-config key): their own small checks
+OWN_CHECKS = {
+    "SMOKE": _check_bool, "REUSE_ANYWAY": _check_bool, "N_IMAGES": _check_count,
+    "DOMAINS": _check_domains, "SYNTH_DOMAINS": _check_domains, "EVAL_DOMAINS": _check_domains,
+    "OUTPUT_DIR": lambda name, value: "" if value in (None, "") else str(_check_key(name, "output_dir", value)),
 }
 
 
 def check_parameters(**params: Any) -> dict[str, Any]:
-    """Check every known parameter (see ``PARAMETER_CHECKS``); names must be upper case.
+    """Check every known parameter; names must be upper case.
 
-    Returns the parameters with normalised values (e.g. a comma string for a list parameter becomes a
-    list). Raises ``ConfigError`` naming the parameter, its value and the valid values.
+    Run-config parameters (``PARAMETER_KEYS``, ``LIST_KEYS``) are read by ``config.py``; the
+    notebook-only ones by ``OWN_CHECKS``. Returns the parameters with normalised values (a comma string
+    for a list parameter becomes a list). Raises ``ConfigError`` naming the parameter and the problem.
     """
     out = {}
     for name, value in params.items():
         if name != name.upper() or not name.isidentifier():
             raise ConfigError(f"parameter {name!r}: notebook parameters are UPPER_CASE identifiers")
-        check = PARAMETER_CHECKS.get(name)
-        out[name] = check(name, value) if check else value
+        if name in PARAMETER_KEYS and not (name in KEEP_CONFIG and value == KEEP_CONFIG[name]):
+            checked = _check_key(name, PARAMETER_KEYS[name], value)
+            out[name] = value if isinstance(value, (str, os.PathLike)) else checked
+        elif name in LIST_KEYS:
+            out[name] = [_check_key(name, LIST_KEYS[name], v) for v in _as_list(name, value)]
+        elif name in OWN_CHECKS:
+            out[name] = OWN_CHECKS[name](name, value)
+        else:
+            out[name] = value
     return out
 
 
@@ -370,96 +329,58 @@ SMOKE_DET = ("model.min_size=96", "model.max_size=160")
 
 
 def ensure_mini_weather(ctx: NotebookContext, progress: bool = False) -> Path:
-    """The context's data folder, rendering the embedded benchmark there when it is missing.
-
-    With ``SMOKE`` a tiny build (``SMOKE_DATA``) goes to the smoke workspace; otherwise a missing
-    ``data_root`` is built with the demo sizes only when it is a ``mini-weather`` folder (any other
-    missing folder is an error: it is meant to hold real data).
-    """
-    from drsf_kit.data.mini_weather import make_mini_weather
-
-    if ctx.smoke:
-        return make_mini_weather(ctx.data_root, seed=0, progress=progress, **SMOKE_DATA)
-    if ctx.data_root.is_dir():
-        return ctx.data_root
-    if ctx.data_root.name != "mini-weather":
-        raise ConfigError(f"DATA_ROOT {str(ctx.data_root)!r} does not exist; point it at a DWD-layout folder or "
-                          "at data/mini-weather (built on first use)")
-    return make_mini_weather(ctx.data_root, seed=0, progress=progress)
+    """The context's data folder (``workflows.ensure_data``): with ``SMOKE`` the tiny build
+    (``SMOKE_DATA``) in the smoke workspace, otherwise the data folder, a missing ``mini-weather`` one
+    rendered with the demo sizes."""
+    return workflows.ensure_data(ctx.data_root, sizes=SMOKE_DATA if ctx.smoke else None, progress=progress)
 
 
 def ensure_synth(ctx: NotebookContext, domains=None, progress: bool = False) -> Path:
-    """The context's pseudo-domain folder, generating the missing twins with the backend named by the
-    folder (``<...>/synth/<backend>``; the procedural one needs no weights). Finished twins are kept."""
-    from drsf_kit.synth import GENERATORS, SynthConfig, run_synth
+    """The context's pseudo-domain folder (``workflows.ensure_synth``), its data made first when missing."""
+    return workflows.ensure_synth(ensure_mini_weather(ctx), ctx.synth_root, seed=ctx.seed, device=ctx.device,
+                                  domains=domains, progress=progress)
 
-    backend = ctx.synth_root.name
-    if backend not in GENERATORS:
-        raise ConfigError(f"SYNTH_ROOT {str(ctx.synth_root)!r} must end in a backend folder: {', '.join(GENERATORS)}")
-    cfg = SynthConfig(data=str(ensure_mini_weather(ctx)), out=str(ctx.synth_root.parent), backend=backend,
-                      seed=ctx.seed, device=ctx.device, progress=progress,
-                      **({"domains": tuple(domains)} if domains else {}))
-    run_synth(cfg)
-    return ctx.synth_root
+
+def config_overrides(ctx: NotebookContext) -> list[str]:
+    """The run-config overrides the context stands for: its folders and device, the parameters that are
+    run-config keys (``PARAMETER_KEYS``; ``MAX_STEPS=0`` keeps the config's), and ``SMOKE_TRAIN``."""
+    items = [f"device={ctx.device}", f"output_dir={ctx.runs_dir}", f"data.root={ctx.data_root}",
+             f"data.synth_root={ctx.synth_root}"]
+    for name in ("PROTOCOL", "MAX_STEPS", "BATCH_SOURCE", "LR", "PRETRAINED_BACKBONE", "INIT_WEIGHTS"):
+        if name in ctx.params and ctx.params[name] != KEEP_CONFIG.get(name, object()):
+            items.append(f"{PARAMETER_KEYS[name]}={'' if ctx.params[name] is None else ctx.params[name]}")
+    return items + (list(SMOKE_TRAIN) if ctx.smoke else [])
 
 
 def run_config(ctx: NotebookContext, task: str, variant: str, seed: int | None = None, overrides=()):
-    """The ``RunConfig`` of one run: ``configs/mini_<task>.yaml`` (the kit's defaults when absent), the
-    context's folders, device and seed, ``SMOKE_TRAIN`` in smoke mode, then ``overrides``
-    (dotted ``key=value`` strings, e.g. ``train.max_steps=200``)."""
-    from drsf_kit.config import load_config
-
-    path = ctx.root / "configs" / f"mini_{task}.yaml"
-    base = [f"task={task}", f"variant={variant}", f"seed={ctx.seed if seed is None else seed}",
-            f"device={ctx.device}", f"output_dir={ctx.runs_dir}", f"data.root={ctx.data_root}",
-            f"data.synth_root={ctx.synth_root}"]
-    smoke = list(SMOKE_TRAIN) + (list(SMOKE_DET) if task == "det" else []) if ctx.smoke else []
-    return load_config(path if path.is_file() else None, base + smoke + list(overrides))
+    """The ``RunConfig`` of one run (``workflows.run_config``: the demo's config of ``task``), with the
+    context's overrides, ``SMOKE_DET`` for a smoke detector, then ``overrides``."""
+    smoke_det = list(SMOKE_DET) if ctx.smoke and task == "det" else []
+    return workflows.run_config(task, variant, ctx.seed if seed is None else seed,
+                                [*config_overrides(ctx), *smoke_det, *overrides], root=ctx.root)
 
 
 def ensure_run(ctx: NotebookContext, task: str, variant: str, seed: int | None = None, overrides=(),
                progress: bool = True, on_mismatch: str = "refuse", reuse_anyway: bool | None = None) -> Path:
-    """Train one run unless its folder already holds a finished one (``done``); returns the run folder.
-
-    An interrupted run resumes from its newest good checkpoint. A finished run trained with another
-    config (the run folder's identity: ``drsf_kit.train.rundir``) is refused with the differing keys
-    named (``on_mismatch="refuse"``: a table never silently mixes configurations), kept as it is when
-    ``reuse_anyway`` (default: the notebook's ``REUSE_ANYWAY`` parameter) or ``on_mismatch="reuse"``,
-    or trained again with ``"retrain"`` (the training notebooks, where changed parameters mean a new run).
-    """
-    from drsf_kit.config import config_to_dict
-    from drsf_kit.models import get_variant
-    from drsf_kit.train import fit
-    from drsf_kit.train.rundir import IDENTITY_EXCLUDED, RESUMABLE, RunDir, config_diff, describe_diff
-
-    if on_mismatch not in ("refuse", "reuse", "retrain"):
-        raise ConfigError(f"on_mismatch must be 'refuse', 'reuse' or 'retrain', got {on_mismatch!r}")
+    """Train one run unless its folder already holds it finished (``workflows.ensure_run``); the training
+    notebooks call it. ``reuse_anyway`` defaults to the notebook's ``REUSE_ANYWAY`` parameter."""
     if reuse_anyway is None:
         reuse_anyway = bool(ctx.params.get("REUSE_ANYWAY", False))
-    reuse = reuse_anyway or on_mismatch == "reuse"
-    cfg = run_config(ctx, task, variant, seed, overrides)
-    run, current = RunDir(cfg.run_dir), config_to_dict(cfg)
-    saved = run.read_config() if run.is_run() else None
-    if run.is_finished():
-        keys = config_diff(saved or {}, current, ignore=IDENTITY_EXCLUDED)
-        if not keys:
-            return run.path
-        if reuse:
-            print(f"[notebook] reusing {run.path} although it differs ({describe_diff(saved, current, keys)})")
-            return run.path
-        if on_mismatch == "refuse":
-            raise ConfigError(f"{run.path} holds a finished run with another config "
-                              f"({describe_diff(saved, current, keys)}); set REUSE_ANYWAY=True to use it as it "
-                              f"is, or choose another RUNS_DIR")
-    ensure_mini_weather(ctx)
-    if get_variant(variant).use_synth:
-        ensure_synth(ctx)
-    if run.is_finished():
-        return fit(cfg, overwrite=True, progress=progress)  # retrain: same name, other settings
-    if saved is not None and on_mismatch == "retrain" and config_diff(saved, current, ignore=RESUMABLE):
-        return fit(cfg, overwrite=True, progress=progress)  # an interrupted run of other settings
-    # resume what is there; a folder without a usable checkpoint trains from step 0
-    return fit(cfg, resume=saved is not None, start_over=True, reuse_anyway=reuse_anyway, progress=progress)
+    return workflows.ensure_run(run_config(ctx, task, variant, seed, overrides), on_mismatch=on_mismatch,
+                                reuse_anyway=reuse_anyway, progress=progress,
+                                data_sizes=SMOKE_DATA if ctx.smoke else None)
+
+
+def require_runs(ctx: NotebookContext, task: str, variants=None, seeds=None) -> list[Path]:
+    """The finished runs a read-only notebook (06-09) uses (``workflows.require_runs``): never trains;
+    a missing run raises an error naming the command that makes it. ``variants`` and ``seeds`` default
+    to the ``VARIANTS``/``VARIANT`` and ``SEEDS``/``SEED`` parameters."""
+    if variants is None:
+        variants = ctx.params.get("VARIANTS") or [ctx.params.get("VARIANT", "drsf")]
+    if seeds is None:
+        seeds = ctx.params.get("SEEDS") or [ctx.seed]
+    return workflows.require_runs(ctx.runs_dir, task, variants, seeds,
+                                  reuse_anyway=bool(ctx.params.get("REUSE_ANYWAY", False)), root=ctx.root)
 
 
 def twin_scenes(ctx: NotebookContext, n: int = 3, task: str = "det", domains=None) -> dict[str, dict]:
@@ -555,3 +476,26 @@ def batch_grid(ctx: NotebookContext, **axes) -> dict[str, list]:
             raise ConfigError(f"sweep axis {name} has no values")
         grid[name] = values[: (2 if i == 0 else 1)] if ctx.smoke else values
     return grid
+
+
+# ---------------------------------------------------------------------------------- committed protocol
+PROTOCOL_RESULTS = "benchmarks/results/sdg_protocol.json"  # written by benchmarks/sdg_protocol.py
+
+
+def protocol_table(ctx: NotebookContext, run_dirs, task: str):
+    """``(table, caption)``: the demo's runs next to the committed protocol results, labelled as such
+    (``evaluation.tables.protocol_comparison``); ``(None, one line)`` when no such file exists yet."""
+    from drsf_kit.app import load_rows_file
+    from drsf_kit.evaluation.results import HEADLINE_METRIC, load_results
+    from drsf_kit.evaluation.tables import protocol_comparison
+
+    path = ctx.root / PROTOCOL_RESULTS
+    if not path.is_file():
+        return None, (f"No committed protocol results yet ({PROTOCOL_RESULTS}, written by "
+                      "`python benchmarks/sdg_protocol.py`): the demo's runs are shown alone.")
+    protocol = load_rows_file(path)
+    table = protocol_comparison(load_results(run_dirs), protocol, task)
+    caption = (f"Table: {HEADLINE_METRIC[task]} (percent) on the source test split and mean over the real targets: "
+               f"the demo's runs ({ctx.runs_dir.name}: fine-tuned on the demo schedule) next to the committed "
+               f"protocol results ({PROTOCOL_RESULTS}: their own data build, schedule and seeds)")
+    return table, caption

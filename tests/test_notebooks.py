@@ -139,8 +139,13 @@ def test_setup_resolves_paths_and_checks_parameters(tmp_path, monkeypatch):
     monkeypatch.setenv("DRSF_PROJECT_ROOT", str(tmp_path))
     assert nbk.project_root() == tmp_path
     assert nbk.check_parameters(VARIANTS="drsf,dfdr")["VARIANTS"] == ["drsf", "dfdr"]
-    for bad, match in (({"VARIANT": "best"}, "VARIANT='best'.*source_only"), ({"SEED": -1}, "SEED"),
-                       ({"SMOKE": "yes"}, "SMOKE"), ({"DEVICE": "gpu"}, "DEVICE"), ({"DOMAINS": ["fog"]}, "fog"),
+    assert nbk.check_parameters(SEEDS="0,2")["SEEDS"] == [0, 2]
+    # parameters that are run-config keys get config.py's own message, prefixed with the parameter
+    for bad, match in (({"VARIANT": "best"}, "VARIANT='best': unknown variant 'best'; valid: source_only"),
+                       ({"SEED": -1}, "SEED=-1: seed must be 0 or more"), ({"SMOKE": "yes"}, "SMOKE"),
+                       ({"DEVICE": "gpu"}, "DEVICE='gpu': unknown device"), ({"DOMAINS": ["fog"]}, "fog"),
+                       ({"VARIANTS": ["drsf", "best"]}, "VARIANTS='best': unknown variant"),
+                       ({"MAX_STEPS": "many"}, "MAX_STEPS='many': config key 'train.max_steps' expects an integer"),
                        ({"seed": 1}, "UPPER_CASE")):
         with pytest.raises(ConfigError, match=match):
             nbk.setup(**bad)

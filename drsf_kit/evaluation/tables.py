@@ -349,3 +349,48 @@ def write_tables(
         "per_class_csv": atomic_write_text(out_dir / f"{name}_per_class.csv", to_csv(per_class)),
     }
     return paths
+
+
+# ------------------------------------------------------------------------------ demo next to the protocol
+def protocol_comparison(demo: pd.DataFrame, protocol: pd.DataFrame, task: str, metric: str | None = None,
+                        source: str = SOURCE_DOMAIN) -> pd.DataFrame:
+    """The demo's runs next to committed protocol results, one row per variant, percentages.
+
+    ``demo`` holds tidy rows of the demo's runs; ``protocol`` the rows of
+    ``benchmarks/results/sdg_protocol.json`` (a ``fidelity`` column, ``role`` = ``source_test`` or
+    ``target``). Columns ``<label>: source test`` and ``<label>: target mean`` (the mean over the target
+    domains within a seed, then over seeds) for ``demo (N seeds)`` and for each protocol fidelity level,
+    labelled ``protocol <level> (N seeds)``: the two come from different data builds and schedules, so
+    the labels say which is which. A variant the protocol did not run is left blank.
+    """
+    from drsf_kit.evaluation.results import HEADLINE_METRIC
+
+    metric = metric or HEADLINE_METRIC[task]
+
+    def summary(rows: pd.DataFrame, label: str) -> pd.DataFrame:
+        rows = rows[(rows["task"] == task) & (rows["metric"] == metric)]
+        if "class" in rows:
+            rows = rows[rows["class"].isna()]
+        if "role" in rows:  # the protocol's validation rows are not test scores
+            rows = rows[rows["role"].isin(["source_test", "target"])]
+        if "step" in rows and "run" in rows:  # the final evaluation of each run
+            rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+        is_source = rows["domain"] == source
+        per_seed = pd.DataFrame({
+            "source test": rows[is_source].groupby(["variant", "seed"])["value"].mean(),
+            "target mean": rows[~is_source].groupby(["variant", "seed"])["value"].mean(),
+        })
+        out = 100 * per_seed.groupby(level="variant").mean()
+        seeds = per_seed.reset_index()["seed"].nunique()
+        return out.rename(columns=lambda c: f"{label} ({seeds} seed{'s' * (seeds != 1)}): {c}")
+
+    parts = [summary(demo, "demo")]
+    if "fidelity" in protocol:
+        for level, rows in protocol.groupby("fidelity", sort=True):
+            parts.append(summary(rows, f"protocol {level}"))
+    elif not protocol.empty:
+        parts.append(summary(protocol, "protocol"))
+    table = pd.concat(parts, axis=1)
+    table = table.loc[_ordered(table.index, ROW_ORDER)]
+    table.index.name = "variant"
+    return table.round(1)

@@ -1,7 +1,8 @@
 """Notebook 08 (MDSF interpolation) in JupyterLab, driven in Chromium as a person would.
 
-A copy of ``notebooks/08_explore_mdsf_interpolation.ipynb`` with SMOKE parameters (segmentation: the
-notebook renders a tiny dataset and trains a 3-step run) is opened in a fresh JupyterLab; Run -> Run
+A copy of ``notebooks/08_explore_mdsf_interpolation.ipynb`` with SMOKE parameters (segmentation: a
+3-step run on a tiny rendered dataset, made first by ``drsf_kit.workflows``, since notebook 08 only
+reads runs) is opened in a fresh JupyterLab; Run -> Run
 All Cells; then the lambda slider is moved with the keyboard (ArrowRight,
 End) and by dragging its handle. After each move the mixed feature map, the discriminator's
 probabilities and the prediction overlay must all show a new picture (bytes and screen pixels).
@@ -29,13 +30,17 @@ QUIET_SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settin
 
 
 def _prepare(tmp: Path) -> Path:
-    """A copy of the notebook with the SMOKE parameters injected as papermill injects them (the
-    notebook renders its tiny data and trains its 3-step run itself when they are missing)."""
+    """A copy of the notebook with the SMOKE parameters injected as papermill injects them, and the
+    3-step run it reads (notebook 08 trains nothing: the training notebooks' path makes it)."""
     import nbformat
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
+    from drsf_kit import notebooks as nbk
+
     params = dict(PARAMS, OUTPUT_DIR=str(tmp / "work"))
+    ctx = nbk.setup(SMOKE=True, OUTPUT_DIR=params["OUTPUT_DIR"])
+    nbk.ensure_run(ctx, PARAMS["TASK"], PARAMS["VARIANT"], progress=False)
     nb = parameterize_notebook(load_notebook_node(str(NOTEBOOK)), params)
     target = tmp / "lab" / "mdsf.ipynb"
     target.parent.mkdir(parents=True)

@@ -59,12 +59,13 @@ def _write_runs(folder) -> None:
 # ------------------------------------------------------------------------------------- without a browser
 def test_resolve_results_order(tmp_path):
     root = tmp_path / "project"
-    with pytest.raises(ConfigError, match="no results found"):
-        resolve_results(root=root, train_if_missing=False)
+    with pytest.raises(ConfigError, match="no results found.*make them with `drsf demo`"):
+        resolve_results(root=root)  # the app trains nothing of its own: it names the command
+    assert not (root / "runs").exists()
     bench = root / "benchmarks" / "results" / "sdg_mini.json"
     row = {"task": "det", "variant": "drsf", "seed": 0, "domain": "daytime_clear", "metric": "map50_voc07", "value": 0.5}
     atomic_write_text(bench, json.dumps({"rows": [row]}))
-    assert resolve_results(root=root, train_if_missing=False) == ResultsSource("benchmark", bench.resolve())
+    assert resolve_results(root=root) == ResultsSource("benchmark", bench.resolve())
     assert len(load_rows_file(bench)) == 1
     _write_runs(root / "runs" / "demo")
     assert resolve_results(root=root).kind == "demo"  # the demo's results win over the benchmark's
@@ -132,17 +133,17 @@ def _torch_equal(a, b) -> bool:
 
 
 @pytest.mark.slow
-def test_quick_stand_in_is_trained_once_and_feeds_the_explorer(tmp_path):
-    from drsf_kit.app import QUICK_VARIANTS, explorer_model
-    from drsf_kit.evaluation.results import load_results
+def test_explorer_uses_a_run_made_by_workflows(tmp_path):
+    """The app reads runs the one orchestration path made: a 3-step drsf segmenter feeds the explorer."""
+    from drsf_kit import notebooks as nbk
+    from drsf_kit.app import explorer_model
 
-    source = resolve_results(root=tmp_path, progress=False)
-    assert source.kind == "quick" and "2 steps" in source.note
-    rows = load_results(source.path)
-    assert sorted(rows["variant"].unique()) == sorted(QUICK_VARIANTS) and set(rows["task"]) == {"seg"}
-    assert resolve_results(root=tmp_path, train_if_missing=False) == source  # kept, not trained again
+    ctx = nbk.setup(SMOKE=True, OUTPUT_DIR=str(tmp_path))
+    run_dir = nbk.ensure_run(ctx, "seg", "drsf", progress=False)
+    source = resolve_results(ctx.runs_dir, root=tmp_path)
+    assert source.kind == "runs"
     model, names, note = explorer_model(source)
-    assert "trained run" in note and "seg-drsf-0" in note and model.trained_steps == 2
+    assert "trained run" in note and str(run_dir) in note and model.trained_steps == 3
 
 
 def test_port_in_use_is_refused():
