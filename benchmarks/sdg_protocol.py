@@ -11,7 +11,7 @@ One command per task (``--task det`` or ``seg``), configured by ``configs/protoc
    same warm start, same source order; ``source_only`` does not read twins, so one run per seed serves
    every level), then training-domain validation (source ``val`` + its twins; never a target image);
 4. ``benchmarks/results/sdg_protocol.json`` (tidy rows), ``sdg_protocol_<task>.md`` (per-domain tables,
-   paired differences vs naive_synth and vs source_only with 95% t intervals) and ``sdg_protocol_<task>.png``.
+   paired differences vs naive_synth, source_only and naive_consistency with 95% t intervals) and ``sdg_protocol_<task>.png``.
 
 Resumable: finished runs (``done`` + validation file) are skipped, an interrupted one continues from its
 checkpoint. Usage::
@@ -38,6 +38,9 @@ UNSEEN = ("night_rainy",)
 METRICS = {"det": ("map50_voc07", "ap50_coco"), "seg": ("miou",)}
 SELECTION_NOTE = ("Selection: training-domain validation only (source val images + their pseudo-domain twins); "
                   "no target image was read for any choice.")
+
+# Every variant is compared, seed by seed, with these (naive_consistency: "is it DRSF or any paired loss?").
+BASELINES = ("naive_synth", "source_only", "naive_consistency")
 
 
 def load_protocol(task: str, path: str | None = None) -> tuple[dict, dict]:
@@ -238,7 +241,7 @@ def report(task: str, rows: list[dict]) -> str:
         lines += [f"### Paired differences, {metric} (per seed, 95% paired-t interval)", "",
                   "| fidelity | variant | vs | quantity | mean | 95% interval | n |", "|---|---|---|---|---|---|---|"]
         for (level, variant), runs in sorted(means.items()):
-            for base in ("naive_synth", "source_only"):
+            for base in BASELINES:
                 if variant == base or (level, base) not in means:
                     continue
                 for quantity in ("target_mean", "seen_mean") + UNSEEN:
