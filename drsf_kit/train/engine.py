@@ -58,7 +58,8 @@ from drsf_kit.train.evaluate import evaluate_model, format_summary, write_run_ta
 from drsf_kit.train.rundir import DONE, METRICS, RunDir, RunLock, finite_state, config_hash  # noqa: F401
 from drsf_kit.train.memory import estimate_memory, format_estimate
 from drsf_kit.train.precision import grad_scaler, resolve_amp_dtype
-from drsf_kit.train.throughput import configure_backends, maybe_compile, prepare_model
+from drsf_kit.train.accumulation import split_batch
+from drsf_kit.train.throughput import StepMeter, configure_backends, maybe_compile, prepare_model
 from drsf_kit.utils.runtime import seed_everything
 
 
@@ -161,9 +162,6 @@ def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step
     Raises:
         NonFiniteLossError: naming the step and the first non-finite loss term; nothing is updated.
     """
-    from drsf_kit.train.accumulation import split_batch
-    from drsf_kit.train.throughput import StepMeter
-
     meter = StepMeter(device)
     t0 = meter.start()
     optimizer.zero_grad(set_to_none=True)
