@@ -1,0 +1,83 @@
+"""benchmarks/sdg_protocol.py: runs are paired by seed, shards split the runs without overlap, and the
+report's target means and paired differences come from target rows only (never validation rows)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def protocol():
+    spec = importlib.util.spec_from_file_location("sdg_protocol", ROOT / "benchmarks" / "sdg_protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_jobs_share_source_only_across_levels_and_are_seed_major(protocol):
+    proto, _ = protocol.load_protocol("det")
+    todo = protocol.jobs(proto, None, ["clean", "ldm"], [0, 1])
+    so = [j for j in todo if j["variant"] == "source_only"]
+    assert len(so) == 2 and all(j["level"] == "shared" and j["serves"] == ["clean", "ldm"] for j in so)
+    per_level = {lv: len(proto["variants"][lv]) - 1 for lv in ("clean", "ldm")}  # minus the shared source_only
+    assert len(todo) == 2 * (1 + per_level["clean"] + per_level["ldm"])
+    assert [j["seed"] for j in todo] == sorted(j["seed"] for j in todo)
+    keys = [(j["level"], j["variant"], j["seed"]) for j in todo]
+    assert len(keys) == len(set(keys))
+
+
+def test_shards_partition_the_runs(protocol):
+    proto, _ = protocol.load_protocol("det")
+    todo = protocol.jobs(proto, None, ["clean", "ldm"], [0, 1, 2, 3, 4])
+    keys = lambda js: [(j["level"], j["variant"], j["seed"]) for j in js]  # noqa: E731
+    shards = [keys(todo[k::2]) for k in range(2)]
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == sorted(keys(todo))
+    assert abs(len(shards[0]) - len(shards[1])) <= 1
+
+
+def _rows(variant, seed, targets, val, fidelity="ldm"):
+    common = {"task": "det", "variant": variant, "seed": seed, "fidelity": fidelity, "protocol": "v2/all_images",
+              "metric": "map50_voc07", "class": None}
+    rows = [{**common, "domain": d, "split": "all", "value": v, "unseen": d == "night_rainy", "role": "target"}
+            for d, v in targets.items()]
+    rows.append({**common, "domain": "daytime_clear", "split": "test", "value": 0.7, "unseen": False,
+                 "role": "source_test"})
+    # validation rows carry a huge value: if the report read them as targets, every mean would move
+    rows.append({**common, "domain": "daytime_clear", "split": "val", "value": val, "unseen": False,
+                 "role": "val_source"})
+    return rows
+
+
+def test_target_means_and_paired_difference_by_hand(protocol, tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, "RESULTS", tmp_path)  # the report's figure goes here, not into the repository
+    rows = []
+    naive = {0: (0.20, 0.10), 1: (0.30, 0.20), 2: (0.10, 0.30)}  # (daytime_foggy, night_rainy)
+    drsf = {0: (0.24, 0.12), 1: (0.31, 0.25), 2: (0.16, 0.30)}
+    for seed, (fog, nr) in naive.items():
+        rows += _rows("naive_synth", seed, {"daytime_foggy": fog, "night_rainy": nr}, val=9.0)
+    for seed, (fog, nr) in drsf.items():
+        rows += _rows("drsf", seed, {"daytime_foggy": fog, "night_rainy": nr}, val=9.0)
+    means = protocol.target_means(rows, "det", "map50_voc07")
+    # seed 0: drsf target mean (24 + 12) / 2 = 18, naive (20 + 10) / 2 = 15 points
+    assert means[("ldm", "drsf")][0]["target_mean"] == pytest.approx(18.0)
+    assert means[("ldm", "naive_synth")][0]["target_mean"] == pytest.approx(15.0)
+    assert means[("ldm", "drsf")][0]["seen_mean"] == pytest.approx(24.0)  # night_rainy is unseen
+    assert means[("ldm", "drsf")][1]["night_rainy"] == pytest.approx(25.0)
+    assert means[("ldm", "drsf")][0]["val"] == pytest.approx(900.0)  # validation stays in its own column
+    # per-seed differences of the target mean: 3.0, 3.0, 3.0 -> mean 3, sd 0, interval [3, 3]
+    text = protocol.report("det", rows)
+    line = next(ln for ln in text.splitlines() if ln.startswith("| ldm | drsf | naive_synth | target_mean |"))
+    assert "+3.0" in line and "[+3.0, +3.0]" in line and line.rstrip().endswith("| 3 |")
+    # unseen column: differences 2, 5, 0 -> mean 2.333, sd 2.517, t(0.975, 2) = 4.303 -> half 6.25
+    line = next(ln for ln in text.splitlines() if ln.startswith("| ldm | drsf | naive_synth | night_rainy |"))
+    half = 4.302652729911275 * math.sqrt(((2 - 7 / 3) ** 2 + (5 - 7 / 3) ** 2 + (0 - 7 / 3) ** 2) / 2) / math.sqrt(3)
+    assert f"[{7 / 3 - half:+.1f}, {7 / 3 + half:+.1f}]" in line
+    assert "training-domain validation" in text and "no target image was read" in text
+    assert (tmp_path / "sdg_protocol_det.png").stat().st_size > 0
