@@ -136,7 +136,7 @@ def run_job(task: str, proto: dict, run: dict, job: dict, weights: Path) -> dict
     if (run_dir / DONE).is_file() and not todo:
         return {"run": cfg.name, "skipped": True}
     t0 = time.perf_counter()
-    fit(cfg, resume=True, progress=False)
+    fit(cfg, resume=True, start_over=True, progress=False)  # a new run starts; a stopped one continues
     t_fit = time.perf_counter() - t0
     model, _ = load_run(run_dir)
     for level in todo:
