@@ -152,9 +152,6 @@ class RunConfig:
         return self.eval.protocol or self.data.protocol
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
-
-
 # ----------------------------------------------------------------------------------------------- parsing
 def _parse_scalar_text(text: str) -> Any:
     """A command-line value as YAML would read it (numbers, booleans, null, lists)."""

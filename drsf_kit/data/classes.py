@@ -9,7 +9,6 @@ from __future__ import annotations
 # Diverse Weather Dataset (Wu & Deng, CVPR 2022), in the dataset's own order.
 DWD_CLASSES: tuple[str, ...] = ("bus", "bike", "car", "motor", "person", "rider", "truck")
 NUM_DWD_CLASSES = len(DWD_CLASSES)
-BACKGROUND_LABEL = 0
 
 SOURCE_DOMAIN = "daytime_clear"
 TARGET_DOMAINS: tuple[str, ...] = ("daytime_foggy", "dusk_rainy", "night_rainy", "night_sunny")
@@ -82,11 +81,3 @@ def label_lut():
     for label_id, train_id in CITYSCAPES_ID_TO_TRAIN_ID.items():
         lut[label_id] = train_id
     return lut
-
-
-def class_to_label(name: str) -> int:
-    """DWD class name -> detection label (1-based). Raises KeyError naming the valid classes."""
-    try:
-        return DWD_CLASSES.index(name) + 1
-    except ValueError:
-        raise KeyError(f"unknown class {name!r}; valid classes: {', '.join(DWD_CLASSES)}") from None

@@ -17,8 +17,6 @@ from pathlib import Path
 from drsf_kit.data.classes import DWD_CLASSES
 from drsf_kit.errors import DataError
 
-SEVERITIES = ("error", "warning", "info")
-
 # Problem kinds, shared by every loader and by `drsf data check`.
 UNREADABLE_IMAGE = "unreadable_image"
 MISSING_IMAGE = "missing_image"
@@ -28,7 +26,6 @@ ZERO_AREA_BOX = "zero_area_box"
 UNKNOWN_CLASS = "unknown_class"
 EMPTY_ANNOTATION = "empty_annotation"
 MISSING_ANNOTATION = "missing_annotation"
-MISSING_SPLIT = "missing_split"
 MISSING_MASK = "missing_mask"
 BAD_MASK = "bad_mask"
 SIZE_MISMATCH = "size_mismatch"
