@@ -176,13 +176,19 @@ def collect_rows(task: str, proto: dict, run: dict, all_jobs: list[dict], weight
     return rows
 
 
-def write_rows(task: str, rows: list[dict], command: str) -> None:
-    """Replace this task's rows in sdg_protocol.json (other tasks' rows are kept)."""
+def write_rows(task: str, rows: list[dict], command: str, collect_only: bool = False) -> None:
+    """Replace this task's rows in sdg_protocol.json (other tasks' rows are kept). A ``--report-only``
+    call keeps the command that trained the runs and records itself as ``<task>_collected``."""
     from drsf_kit.utils.io import atomic_write_json
 
     doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {"rows": []}
     keep = [r for r in doc.get("rows", []) if r.get("task") != task]
-    commands = {**doc.get("commands", {}), task: command}
+    commands = dict(doc.get("commands", {}))
+    if collect_only and task in commands:
+        commands[f"{task}_collected"] = command
+    else:
+        commands[task] = command
+        commands.pop(f"{task}_collected", None)
     atomic_write_json(OUT_JSON, {"selection": SELECTION_NOTE, "commands": commands,
                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": keep + rows})
 
@@ -252,7 +258,9 @@ def report(task: str, rows: list[dict]) -> str:
                   "| fidelity | variant | vs | quantity | mean | 95% interval | n |", "|---|---|---|---|---|---|---|"]
         for (level, variant), runs in sorted(means.items()):
             for base in BASELINES:
-                if variant == base or (level, base) not in means:
+                # source_only is the floor, not a contender; naive_consistency vs naive_synth is listed once
+                if variant in (base, "source_only") or (level, base) not in means or (
+                        variant, base) == ("naive_synth", "naive_consistency"):
                     continue
                 for quantity in ("target_mean", "seen_mean") + UNSEEN:
                     a = {s: e[quantity] for s, e in runs.items() if quantity in e}
@@ -297,6 +305,8 @@ def figure(task: str, diffs: list[dict]) -> Path:
         ax.axvline(0, color="grey", lw=1, ls="--")
         ax.set_title(f"vs {base}")
         ax.set_xlabel(f"paired difference, target mean {METRICS[task][0]} (points)")
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=f"fidelity {lv}") for lv, c in palette.items()]
+    fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False, ncol=len(handles))
     sns.despine(fig)
     fig.suptitle(f"Protocol v2 {task}: paired differences, 95% t intervals (selection: training-domain val)", fontsize=10)
     fig.tight_layout()
@@ -406,8 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     extra = [j for j in todo if (j["level"], j["variant"], j["seed"]) not in
              {(e["level"], e["variant"], e["seed"]) for e in everything}]
     rows = collect_rows(args.task, proto, run, everything + extra, weights)
-    write_rows(args.task, rows, command)
-    atomic_write_text(RESULTS / f"sdg_protocol_{args.task}.md", report(args.task, rows) + f"\nCommand: `{command}`\n")
+    write_rows(args.task, rows, command, collect_only=args.report_only)
+    commands = json.loads(OUT_JSON.read_text())["commands"]
+    footer = f"\nRuns: `{commands[args.task]}`\n"
+    if f"{args.task}_collected" in commands:
+        footer += f"Collected: `{commands[args.task + '_collected']}`\n"
+    atomic_write_text(RESULTS / f"sdg_protocol_{args.task}.md", report(args.task, rows) + footer)
     print(RESULTS / f"sdg_protocol_{args.task}.md")
     return 1 if failed else 0
 

@@ -81,3 +81,25 @@ def test_target_means_and_paired_difference_by_hand(protocol, tmp_path, monkeypa
     assert f"[{7 / 3 - half:+.1f}, {7 / 3 + half:+.1f}]" in line
     assert "training-domain validation" in text and "no target image was read" in text
     assert (tmp_path / "sdg_protocol_det.png").stat().st_size > 0
+
+
+def test_report_lists_contenders_only_and_collect_keeps_the_training_command(protocol, tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, "RESULTS", tmp_path)
+    monkeypatch.setattr(protocol, "OUT_JSON", tmp_path / "sdg_protocol.json")
+    rows = []
+    for seed in (0, 1):
+        for variant, v in (("source_only", 0.1), ("naive_synth", 0.5), ("naive_consistency", 0.52)):
+            rows += _rows(variant, seed, {"daytime_foggy": v + seed / 100, "night_rainy": v}, val=0.3)
+    text = protocol.report("det", rows)
+    paired = [ln for ln in text.splitlines() if ln.count("|") == 8 and ln.startswith("| ldm |")]
+    assert paired and not any(ln.startswith("| ldm | source_only |") for ln in paired)
+    assert any(ln.startswith("| ldm | naive_consistency | naive_synth |") for ln in paired)
+    assert not any(ln.startswith("| ldm | naive_synth | naive_consistency |") for ln in paired)
+    protocol.write_rows("det", rows, "train-command")
+    protocol.write_rows("det", rows, "collect-command", collect_only=True)
+    import json
+
+    commands = json.loads((tmp_path / "sdg_protocol.json").read_text())["commands"]
+    assert commands == {"det": "train-command", "det_collected": "collect-command"}
+    protocol.write_rows("det", rows, "new-train-command")  # a new training run replaces both
+    assert json.loads((tmp_path / "sdg_protocol.json").read_text())["commands"] == {"det": "new-train-command"}
