@@ -31,7 +31,7 @@ import torch
 
 from drsf_kit.config import load_config
 from drsf_kit.models import VARIANTS, get_variant
-from drsf_kit.train.data import TwinBatch
+from drsf_kit.data.twins import TwinBatch
 from drsf_kit.train.engine import build_model_for, build_optimizer, train_step
 from drsf_kit.train.precision import describe, grad_scaler, resolve_amp_dtype
 from drsf_kit.train.throughput import configure_backends, maybe_compile, prepare_model

@@ -37,7 +37,9 @@ from drsf_kit.data.classes import DWD_CLASSES
 from drsf_kit.models.dfdr import DFDRHparams
 from drsf_kit.models.hparams import hparam_keys, random_hparams
 from drsf_kit.models.mdsf import MDSFHparams
-from drsf_kit.train.data import TwinBatchSampler, TwinCollate, TwinItem, build_train_set
+from drsf_kit.data.twins import TwinCollate, TwinItem
+from drsf_kit.train.data import build_train_set
+from drsf_kit.train.samplers import TwinBatchSampler
 from drsf_kit.train.engine import build_model_for, build_optimizer, build_scheduler, train_step
 from drsf_kit.utils.io import append_jsonl
 

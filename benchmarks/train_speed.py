@@ -29,7 +29,9 @@ import torch
 
 from drsf_kit.config import load_config
 from drsf_kit.models import VARIANTS, get_variant
-from drsf_kit.train.data import TwinBatchSampler, TwinCollate, build_train_set
+from drsf_kit.data.twins import TwinCollate
+from drsf_kit.train.data import build_train_set
+from drsf_kit.train.samplers import TwinBatchSampler
 from drsf_kit.train.engine import build_model_for, build_optimizer, build_scheduler, train_step
 from drsf_kit.utils.io import atomic_write_json
 from drsf_kit.utils.runtime import default_num_threads, seed_everything

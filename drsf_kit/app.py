@@ -130,8 +130,8 @@ def demo_scenes(n: int = 3, height: int = 180, width: int = 320, seed: int = 0, 
     import torch
 
     from drsf_kit.data.classes import SOURCE_DOMAIN
-    from drsf_kit.data.mini_weather_scene import render_scene
-    from drsf_kit.data.mini_weather_weather import render_domain
+    from drsf_kit.data.mini_weather.scene import render_scene
+    from drsf_kit.data.mini_weather.weather import render_domain
     from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS
     from drsf_kit.synth.procedural import apply_domain
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from drsf_kit.errors import ConfigError
-from drsf_kit.train.data import TwinBatchSampler
+from drsf_kit.train.samplers import TwinBatchSampler
 from drsf_kit.train.distributed import (
     TwinDistributedSampler,
     all_reduce_mean,

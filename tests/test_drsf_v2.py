@@ -17,7 +17,9 @@ from drsf_kit.models.dfdr import DFDR, DFDRHparams, dfdr_losses
 from drsf_kit.models.hparams import resolve_hparams, split_hparams
 from drsf_kit.models.mdsf import MDSF, MDSFHparams
 from drsf_kit.models.mdsf_v2 import append_fused, discriminator_verdict, fusion_plan, reversal_weight
-from drsf_kit.train.data import TwinBatchSampler, TwinCollate, TwinItem, build_train_set
+from drsf_kit.data.twins import TwinCollate, TwinItem
+from drsf_kit.train.data import build_train_set
+from drsf_kit.train.samplers import TwinBatchSampler
 from drsf_kit.train.engine import build_optimizer, train_step
 
 V1 = {"method": "v1"}

@@ -25,7 +25,7 @@ from drsf_kit.data.mini_weather import (
     render_domain,
     render_scene,
 )
-from drsf_kit.data.mini_weather_scene import SKY_DEPTH_M
+from drsf_kit.data.mini_weather.scene import SKY_DEPTH_M
 from drsf_kit.errors import ConfigError, DataError
 
 SCENE_TRAIN_IDS = {0, 1, 2, 5, 7, 8, 10, 11, 12, 13, 14, 15, 17, 18}

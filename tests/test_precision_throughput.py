@@ -11,7 +11,7 @@ from torchvision.models.detection._utils import BoxCoder
 from drsf_kit.config import load_config
 from drsf_kit.models.box_coding import FP32AnchorGenerator, FP32BoxCoder
 from drsf_kit.train.accumulation import split_batch
-from drsf_kit.train.data import TwinBatch
+from drsf_kit.data.twins import TwinBatch
 from drsf_kit.train.engine import train_step
 from drsf_kit.train.precision import resolve_amp_dtype
 

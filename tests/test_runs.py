@@ -20,7 +20,6 @@ from drsf_kit.config import config_to_dict, load_config
 from drsf_kit.errors import ConfigError, RunInUseError
 from drsf_kit.train import fit
 from drsf_kit.train.rundir import TIMING_FIELDS, RunDir, RunLock, config_diff, config_hash
-from drsf_kit.utils.io import read_jsonl
 
 ROOT = Path(drsf_kit.__file__).resolve().parents[1]
 

@@ -15,7 +15,9 @@ from drsf_kit.errors import NonFiniteLossError
 from drsf_kit.evaluation.results import COLUMNS
 from drsf_kit.models import VARIANTS
 from drsf_kit.train import LRFactor, evaluate_run, fit, load_run
-from drsf_kit.train.data import TwinBatchSampler, TwinCollate, build_train_set
+from drsf_kit.data.twins import TwinCollate
+from drsf_kit.train.data import build_train_set
+from drsf_kit.train.samplers import TwinBatchSampler
 from drsf_kit.utils.io import read_jsonl
 
 DOMAINS = ("daytime_clear", "daytime_foggy", "dusk_rainy", "night_rainy", "night_sunny")

@@ -12,7 +12,6 @@ from collections import OrderedDict
 from typing import Any, Optional
 
 import torch
-from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from drsf_kit.errors import ConfigError
-from drsf_kit.train.data import TwinBatch
+from drsf_kit.data.twins import TwinBatch
 
 
 def _take(values, index: list[int]):

@@ -245,7 +245,7 @@ class TwinDistributedSampler:
     """Per-process slices of the engine's twin stream; the state is the number of global sources consumed.
 
     Args:
-        base: a ``drsf_kit.train.data.TwinBatchSampler``; only its ``item(k)`` (a pure function of the
+        base: a ``drsf_kit.train.samplers.TwinBatchSampler``; only its ``item(k)`` (a pure function of the
             seed and ``k``) is used, so each epoch is one seeded permutation of the source images.
         batch_source: B, source images per process and step.
         rank, world_size: this process and the number of processes (None: from the process group).

@@ -35,7 +35,9 @@ from drsf_kit.config import RunConfig, TrainConfig, check_paths, config_to_dict,
 from drsf_kit.errors import ConfigError, DrsfError, NonFiniteLossError
 from drsf_kit.train.builders import build_model_for  # noqa: F401  (re-exported: engine.build_model_for)
 from drsf_kit.train.checkpoint import restore_training_state
-from drsf_kit.train.data import TwinBatch, TwinBatchSampler, TwinCollate, build_train_set
+from drsf_kit.data.twins import TwinBatch, TwinCollate
+from drsf_kit.train.data import build_train_set
+from drsf_kit.train.samplers import TwinBatchSampler
 from drsf_kit.train.distributed import (
     TwinDistributedSampler,
     all_reduce_mean,

@@ -1,9 +1,9 @@
-"""The embedded mini-weather benchmark: a small, deterministic stand-in for the Diverse Weather Dataset.
+"""Building the mini-weather benchmark: scenes, weather, DWD-layout files, masks and the held-out split.
 
-``make_mini_weather`` renders procedural street scenes (``mini_weather_scene``) and writes them in the
+``make_mini_weather`` renders procedural street scenes (``scene``, with the objects of ``objects``) and writes them in the
 real DWD layout: clear daytime as the labelled source, and daytime-foggy, dusk-rainy, night-rainy and
 night-sunny as the unseen targets, each rendered from *other* scenes with depth-aware weather
-(``mini_weather_weather``). Every image also gets a Cityscapes-train-id mask, so detection and
+(``weather``). Every image also gets a Cityscapes-train-id mask, so detection and
 segmentation can both be studied offline in minutes.
 
 Box convention: the XML holds VOC boxes, 1-based and inclusive. An object whose visible pixels span
@@ -34,13 +34,13 @@ from drsf_kit.data.classes import (
     SOURCE_DOMAIN,
     TARGET_DOMAINS,
 )
-from drsf_kit.data.mini_weather_scene import (
+from drsf_kit.data.mini_weather.scene import (
     MiniWeatherSpec,
     Scene,
     SceneObject,
     render_scene,
 )
-from drsf_kit.data.mini_weather_weather import render_domain
+from drsf_kit.data.mini_weather.weather import render_domain
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.utils.io import atomic_save_image, atomic_write_json, atomic_write_text
 
@@ -262,18 +262,3 @@ def domains_figure(seed: int = 23, height: int = 180, width: int = 320):
         axes[0, 0].text(x0, y0 - 2, obj.name, color=color, fontsize=6)
     fig.tight_layout()
     return fig
-
-
-if __name__ == "__main__":  # python -m drsf_kit.data.mini_weather FIGURE.png [SEED]
-    import sys
-
-    from drsf_kit.utils.io import atomic_write_bytes
-
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "figures/mini_weather_domains.png")
-    figure = domains_figure(int(sys.argv[2]) if len(sys.argv) > 2 else 23)
-    import io
-
-    buf = io.BytesIO()
-    figure.savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(target, buf.getvalue())
-    print(target)

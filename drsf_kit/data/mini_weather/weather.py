@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from drsf_kit.data.mini_weather_scene import (
+from drsf_kit.data.mini_weather.scene import (
     BUILDING,
     ROAD,
     SIDEWALK,

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from drsf_kit.data.classes import DWD_CLASSES, DWD_TO_CITYSCAPES_TRAIN_ID
-from drsf_kit.data.mini_weather_objects import (
+from drsf_kit.data.mini_weather.objects import (
     CLASS_HEIGHT_M,
     Template,
     object_template,
