@@ -13,7 +13,7 @@ the bottom (a module may import its own layer and the layers below it, never one
     analysis                           arrays and frames about features and models
     viz                                figures and widgets (draws only)
     top                                workflows.py (the one path that makes data, pseudo-domains and runs),
-                                       notebooks.py, app.py, demo.py, batch.py, cli.py, __main__ and every
+                                       notebooks.py, notebook_params.py, app.py, demo.py, batch.py, cli.py, __main__ and every
                                        sub-package's `cli.py` (a `drsf` verb: an entry point that may
                                        draw and train)
 
@@ -37,7 +37,7 @@ LAYERS = (
     ("train",),
     ("analysis",),
     ("viz",),
-    ("workflows", "notebooks", "app", "app_kernels", "demo", "batch", "cli", "__main__"),
+    ("workflows", "notebooks", "notebook_params", "app", "app_kernels", "demo", "batch", "cli", "__main__"),
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 TOP = len(LAYERS) - 1
