@@ -45,6 +45,7 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CURRENT: dict[str, "NotebookContext"] = {}
 
+
 # -------------------------------------------------------------------------------------------- the context
 @dataclass(frozen=True)
 class NotebookContext:
