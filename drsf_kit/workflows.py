@@ -233,41 +233,12 @@ WARM_START = "data/warm_start/mini_{task}_source_only.pt"  # what configs/demo_<
 WARM_START_RUNS = "runs/warm_start"  # the source-only runs the shipped bodies come from
 
 
-def export_weights(run_dir: str | os.PathLike, out: str | os.PathLike, body_only: bool = False,
-                   half: bool = True) -> Path:
-    """Write a finished run's model weights as a warm-start file.
-
-    The whole model's ``state_dict`` (for ``model.init_weights``), or with ``body_only`` the body's
-    (``body.*``, for ``model.pretrained_backbone``), from ``checkpoints/last.pt``; floating tensors in
-    fp16 with ``half`` (a few MB; the model loads them into its fp32 weights).
-    """
-    import torch
-
-    from drsf_kit.errors import DataError
-    from drsf_kit.train.checkpoint import load_checkpoint
-    from drsf_kit.train.rundir import RunDir
-
-    run = RunDir(run_dir)
-    if not run.is_finished():
-        raise DataError(run.path, "is not a finished run: nothing to export")
-    state = load_checkpoint(run.last_checkpoint)["model"]
-    if body_only:
-        state = {k[len("body."):]: v for k, v in state.items() if k.startswith("body.")}
-    if not state:
-        raise DataError(run.last_checkpoint, "holds no weights to export")
-    state = {k: v.half() if half and v.is_floating_point() else v for k, v in state.items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out)
-    return out
-
-
 def make_warm_start(task: str, root: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """The demo's warm start of ``task``: a ``source_only`` run of ``configs/mini_<task>.yaml`` (source
     images and labels only, the full from-scratch schedule) in ``runs/warm_start``, its weights exported
     to ``data/warm_start/mini_<task>_source_only.pt``."""
+    from drsf_kit.train.pretrain import export_weights
+
     root = Path(root or project_root())
     cfg = run_config(task, "source_only", 0, [f"output_dir={resolve_path(WARM_START_RUNS, root)}"],
                      config=f"configs/mini_{task}.yaml", root=root)

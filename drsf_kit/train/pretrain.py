@@ -280,30 +280,48 @@ def supervised_run_config(cfg: PretrainConfig, run_dir: Path):
     })
 
 
+def export_weights(run_dir: str | Path, out: str | Path, body_only: bool = False,
+                   half: bool = True) -> Path:
+    """Write a finished run's model weights as a warm-start file.
+
+    The whole model's ``state_dict`` (for ``model.init_weights``), or with ``body_only`` the body's
+    (``body.*``, for ``model.pretrained_backbone``), from ``checkpoints/last.pt``; floating tensors in
+    fp16 with ``half`` (a few MB; the model loads them into its fp32 weights).
+    """
+    from drsf_kit.train.checkpoint import load_checkpoint
+    from drsf_kit.train.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.is_finished():
+        raise DataError(run.path, "is not a finished run: nothing to export")
+    state = load_checkpoint(run.last_checkpoint)["model"]
+    if body_only:
+        state = {k[len("body."):]: v for k, v in state.items() if k.startswith("body.")}
+    if not state:
+        raise DataError(run.last_checkpoint, "holds no weights to export")
+    state = {k: v.half() if half and v.is_floating_point() else v for k, v in state.items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out)
+    return out
+
+
 def _pretrain_supervised(cfg: PretrainConfig, path: Path, progress: bool) -> Path:
     """Train (or resume) the source_only run of ``cfg`` under ``<out>/runs/`` and keep its weights."""
-    from drsf_kit.train.checkpoint import load_checkpoint
     from drsf_kit.train.engine import fit
-    from drsf_kit.train.rundir import RunDir
+    from drsf_kit.utils.io import read_jsonl
 
     source_image_paths(cfg.data_root, cfg.source_domain, cfg.split)  # a clear error before any training
     run_dir = Path(cfg.out) / "runs" / path.stem
     t0 = time.perf_counter()
     fit(supervised_run_config(cfg, run_dir), resume=True, start_over=True, progress=progress)
-    state = load_checkpoint(RunDir(run_dir).last_checkpoint)["model"]
-    if not state:
-        raise DataError(run_dir, "the supervised run's checkpoint holds no weights")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    scores = {}
+    export_weights(run_dir, path, half=False)  # full precision: every protocol run starts from these bytes
     results = run_dir / "results.jsonl"
-    if results.is_file():
-        for line in results.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if row.get("class") is None and row.get("value") is not None:
-                scores[f"{row['domain']}/{row['metric']}"] = round(float(row["value"]), 4)
+    scores = {f"{row['domain']}/{row['metric']}": round(float(row["value"]), 4)
+              for row in (read_jsonl(results) if results.is_file() else [])
+              if row.get("class") is None and row.get("value") is not None}
     atomic_write_json(path.with_suffix(".json"), {
         "config": asdict(cfg), "key": cache_key(cfg), "load_as": f"model.{load_key(cfg)}", "run": str(run_dir),
         "seconds_this_call": round(time.perf_counter() - t0, 1),
@@ -326,7 +344,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--objective", default=d.objective, choices=["supervised", "simclr"],
-                   help="supervised: source_only run on the split's images and labels, body kept; "
+                   help="supervised: source_only run on the split's images and labels, whole model kept; "
                         "simclr: no labels (default %(default)s)")
     p.add_argument("--out", default=d.out, help="cache folder (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="retrain even when the cached file exists")
