@@ -56,6 +56,23 @@ def pytest_report_header(config):
 
 
 @pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("sdg_protocol")``: a fresh module object of ``benchmarks/<name>.py`` (the scripts
+    are not a package, so tests load them by path)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def tiny_weather(tmp_path_factory):
     """A small mini-weather dataset (all five domains) shared by the whole test session.
 

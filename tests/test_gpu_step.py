@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_step", ROOT / "benchmarks" / "gpu_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_gpu_step_toy_run_writes_one_row_per_config_and_variant(tmp_path):
-    gpu_step = _load()
+def test_gpu_step_toy_run_writes_one_row_per_config_and_variant(tmp_path, load_benchmark):
+    gpu_step = load_benchmark("gpu_step")
     out = tmp_path / "gpu_step.json"
     gpu_step.main(["--toy", "--device", "cpu", "--variants", "source_only", "drsf", "--steps", "1", "--warmup", "0",
                    "--out", str(out)])

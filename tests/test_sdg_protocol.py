@@ -3,21 +3,14 @@ report's target means and paired differences come from target rows only (never v
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def protocol():
-    spec = importlib.util.spec_from_file_location("sdg_protocol", ROOT / "benchmarks" / "sdg_protocol.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def protocol(load_benchmark):
+    return load_benchmark("sdg_protocol")
 
 
 def test_jobs_share_source_only_across_levels_and_are_seed_major(protocol):

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from drsf_kit.models.hparams import HPARAM_RANGES
 from drsf_kit.utils.io import read_jsonl
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search_hparams.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("search_hparams", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_block_keys_and_split():
-    search = _module()
+def test_block_keys_and_split(load_benchmark):
+    search = load_benchmark("search_hparams")
     mdsf_keys = search.block_keys("drsf", "mdsf")
     assert "alpha" in mdsf_keys and "tau" not in mdsf_keys and "method" not in mdsf_keys
     assert set(search.block_keys("drsf", "all")) <= set(HPARAM_RANGES)
@@ -30,8 +17,8 @@ def test_block_keys_and_split():
         search.split_sources(2, 0.9)
 
 
-def test_search_writes_tidy_rows_on_validation_domains_only(tiny_weather, synth_root, tmp_path):
-    search = _module()
+def test_search_writes_tidy_rows_on_validation_domains_only(tiny_weather, synth_root, tmp_path, load_benchmark):
+    search = load_benchmark("search_hparams")
     out = tmp_path / "rows.jsonl"
     assert search.main(["--task", "seg", "--variant", "drsf", "--block", "dfdr", "--trials", "1", "--steps", "1",
                         "--val-frac", "0.125", "--out", str(out), f"data.root={tiny_weather}",
