@@ -13,10 +13,11 @@ import torch
 from drsf_kit.config import load_config
 from drsf_kit.models import build_model
 from drsf_kit.models.base import consistency_loss
-from drsf_kit.models.dfdr import DFDR, DFDRHparams, dfdr_losses
+from drsf_kit.models.dfdr import DFDR, DFDRHparams, DFDROutput, dfdr_losses, invariance_loss
 from drsf_kit.models.hparams import resolve_hparams, split_hparams
 from drsf_kit.models.mdsf import MDSF, MDSFHparams
-from drsf_kit.models.mdsf_v2 import append_fused, discriminator_verdict, fusion_plan, reversal_weight
+from drsf_kit.models.mdsf_v2 import (adversarial_loss_v2, append_fused, confusion_loss, discriminator_verdict,
+                                     fusion_plan, reversal_weight)
 from drsf_kit.data.twins import TwinCollate, TwinItem
 from drsf_kit.train.data import build_train_set
 from drsf_kit.train.samplers import TwinBatchSampler
@@ -180,10 +181,63 @@ def test_private_domain_loss_does_not_reach_the_backbone():
     assert all(gr.abs().sum() > 0 for gr in gate_grads)
 
 
+def _shared_only(shared: torch.Tensor) -> DFDROutput:
+    n, c = shared.shape[:2]
+    return DFDROutput(shared, shared, torch.zeros_like(shared), torch.ones(n, c), torch.ones(n, c))
+
+
+def test_invariance_loss_cannot_be_won_by_an_empty_shared_map():
+    # measured on the protocol (seg, commit edb4f82): a loss normalised by the source's energy reached 0
+    # once the shared channels died; the v2 loss must score a dead map as badly as an unrelated one
+    g = torch.Generator().manual_seed(0)
+    src = torch.rand(2, 6, 4, 4, generator=g)
+    pairs = torch.tensor([[0, 2], [1, 3]])
+    same = invariance_loss(_shared_only(torch.cat([src, src])), pairs)
+    scaled = invariance_loss(_shared_only(torch.cat([src, 3.0 * src])), pairs)
+    dead = invariance_loss(_shared_only(torch.cat([src, torch.zeros_like(src)])), pairs)
+    all_dead = invariance_loss(_shared_only(torch.zeros(4, 6, 4, 4)), pairs)
+    other = invariance_loss(_shared_only(torch.cat([src, torch.rand(2, 6, 4, 4, generator=g)])), pairs)
+    assert float(same) == pytest.approx(0.0, abs=1e-6) and float(scaled) == pytest.approx(0.0, abs=1e-6)
+    assert float(dead) == pytest.approx(1.0) and float(all_dead) == pytest.approx(1.0)
+    assert 0.0 < float(other) < float(dead)
+    twin = torch.rand(2, 6, 4, 4, generator=g, requires_grad=True)
+    shared = torch.cat([src.clone().requires_grad_(True), twin])
+    (grad,) = torch.autograd.grad(invariance_loss(_shared_only(shared), pairs), shared)
+    assert torch.all(grad[:2] == 0) and grad[2:].abs().sum() > 0  # the source is the anchor
+
+
 # ------------------------------------------------------------------------------------------- adversary
 def test_reversal_is_off_during_warmup_then_constant():
     hp = MDSFHparams(adv_warmup=0.2, eta_max=0.05)
     assert reversal_weight(0.1, hp) == 0.0 and reversal_weight(0.2, hp) == reversal_weight(0.9, hp) == 0.05
+
+
+def test_confusion_trains_the_features_towards_a_uniform_posterior_and_leaves_the_discriminator_alone():
+    torch.manual_seed(0)
+    mdsf = MDSF(6, 3, MDSFHparams())
+    domains = torch.tensor([0, 0, 1, 2])
+    real = torch.randn(4, 6, 5, 5) + domains[:, None, None, None].float()  # the domain is in the statistics
+    real.requires_grad_(True)
+    cls = domains
+    conf = confusion_loss(mdsf, real, cls)
+    assert float(conf) >= 0.0
+    disc_params = list(mdsf.discriminator.parameters())
+    grads = torch.autograd.grad(conf, [real, *disc_params], allow_unused=True)
+    assert grads[0].abs().sum() > 0 and all(g is None or torch.all(g == 0) for g in grads[1:])
+    # a discriminator that answers uniformly is fully confused: the loss is 0
+    for p in disc_params:
+        torch.nn.init.zeros_(p)
+    assert float(confusion_loss(mdsf, real, cls)) == pytest.approx(0.0, abs=1e-6)
+    # with the objective on, the discriminator's own loss is unchanged and the features see only confusion
+    torch.manual_seed(0)
+    mdsf = MDSF(6, 3, MDSFHparams())
+    off, _ = adversarial_loss_v2(mdsf, real, domains, None, None, 0.0)
+    on, health = adversarial_loss_v2(mdsf, real, domains, None, None, 0.05)
+    assert float(on - off) == pytest.approx(0.05 * health["confusion"], abs=1e-6)
+    reversal = MDSF(6, 3, MDSFHparams(adv_objective="reversal"))
+    reversal.load_state_dict(mdsf.state_dict())
+    loss, health = adversarial_loss_v2(reversal, real, domains, None, None, 0.05)
+    assert "confusion" not in health and float(loss) == pytest.approx(float(off), abs=1e-6)
 
 
 def test_discriminator_learns_the_domains_with_reversal_off(tiny_weather, synth_root, tmp_path):
@@ -234,6 +288,34 @@ def test_optimizer_groups_of_block_free_variants_are_unchanged():
     for variant in ("source_only", "naive_synth"):
         groups = build_optimizer(build_model("seg", "mini", variant, 5), cfg.train).param_groups
         assert len(groups) == 2 and all("lr_mult" not in g for g in groups)
+
+
+def test_a_spiking_discriminator_does_not_scale_down_the_task_gradient(tiny_weather, synth_root):
+    cfg = load_config(None, [f"data.root={tiny_weather}", f"data.synth_root={synth_root}", "task=seg",
+                             "variant=mdsf", "train.crop_size=[64,64]", "train.grad_clip=1.0"])
+    train_set = build_train_set(cfg)
+    sampler = TwinBatchSampler(train_set.twin_table, 2, seed=0, twins_per_source=2)
+    batch = TwinCollate("seg")([train_set[it] for it in sampler.batch(0)])
+
+    def grads(disc_scale: float):
+        torch.manual_seed(0)
+        # the discriminator's loss weight scales its gradient (with no reversal, only its own parameters see it)
+        model = build_model("seg", "mini", "mdsf", 1 + len(cfg.data.synth_domains),
+                            hparams={"eta_max": 0.0, "w_adv": disc_scale})
+        optimizer = build_optimizer(model, cfg.train)
+        result = train_step(model, batch, optimizer, torch.device("cpu"), step=1, progress=0.5,
+                            generator=torch.Generator().manual_seed(0), grad_clip=1.0)
+        body = torch.cat([p.grad.flatten() for n, p in model.named_parameters()
+                          if p.grad is not None and not n.startswith("mdsf.")])
+        disc = torch.cat([p.grad.flatten() for p in model.mdsf.discriminator.parameters() if p.grad is not None])
+        return result, body, disc
+
+    calm, body_calm, _ = grads(1.0)
+    spike, body_spike, disc_spike = grads(1000.0)
+    assert spike.stats["disc_grad_norm"] > 100 * calm.stats["disc_grad_norm"]
+    assert float(disc_spike.norm()) == pytest.approx(1.0, rel=1e-3)  # clipped on its own
+    assert torch.allclose(body_spike, body_calm, atol=1e-7)  # the task's gradient is untouched
+    assert spike.grad_norm == pytest.approx(calm.grad_norm, rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- naive_consistency

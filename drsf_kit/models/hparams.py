@@ -42,6 +42,7 @@ HPARAM_RANGES: dict[str, tuple] = {
     "disc_lr_mult": ("log_uniform", 1.0, 30.0),
     "disc_labels": ("choice", ["balanced", "binary"]),
     "disc_arch": ("choice", ["stats", "conv"]),
+    "adv_objective": ("choice", ["confusion", "reversal"]),
     "w_cons": ("log_uniform", 0.1, 10.0),
     "tau": ("log_uniform", 0.25, 4.0),
     "entropy_mode": ("choice", ["zscore", "domain_posterior"]),

@@ -26,6 +26,7 @@ DISC_INPUT_NORMS = ("rms", "none")
 METHODS = ("v2", "v1")
 DISC_LABELS = ("balanced", "binary")
 DISC_ARCHS = ("stats", "conv")
+ADV_OBJECTIVES = ("confusion", "reversal")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ class MDSFHparams:
     # v2: "balanced" (K+1 domains, each weighted by its inverse batch frequency) or "binary"
     # (source vs synthetic, both halves weighted equally).
     disc_labels: str = "balanced"
+    # v2: what the backbone is trained for once the warm-up ends: "confusion" (the frozen
+    # discriminator's posterior over the domains present becomes uniform; bounded) or "reversal"
+    # (a gradient-reversal layer: the discriminator's loss as large as possible; unbounded).
+    adv_objective: str = "confusion"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -80,6 +85,8 @@ class MDSFHparams:
             raise ConfigError(f"MDSF disc_arch {self.disc_arch!r} is unknown; valid: {', '.join(DISC_ARCHS)}")
         if self.disc_labels not in DISC_LABELS:
             raise ConfigError(f"MDSF disc_labels {self.disc_labels!r} is unknown; valid: {', '.join(DISC_LABELS)}")
+        if self.adv_objective not in ADV_OBJECTIVES:
+            raise ConfigError(f"MDSF adv_objective {self.adv_objective!r} is unknown; valid: {', '.join(ADV_OBJECTIVES)}")
         if int(self.twins_per_source) < 1:
             raise ConfigError(f"MDSF twins_per_source must be >= 1, got {self.twins_per_source}")
         if not 0.0 <= self.adv_warmup <= 1.0:

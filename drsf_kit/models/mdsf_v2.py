@@ -14,8 +14,14 @@ majority-class prior. v2 changes three things:
   labels are the source's labels, and so are those of any mix of them;
 * **adversary** (``reversal_weight``, ``adversarial_loss_v2``): a class-balanced (or binary
   source-vs-synthetic) discriminator with its own learning-rate multiplier learns on detached
-  features during a warm-up, then a constant small reversal weight switches on. Its accuracy on
-  each batch, measured before it learns from that batch, is logged next to the chance level.
+  features during a warm-up, then a constant small weight ``eta_max`` switches the backbone's part
+  on. That part is, by default (``adv_objective="confusion"``), a *confusion* loss: the backbone
+  is trained so that the (frozen) discriminator's posterior over the domains present is uniform, a
+  bounded goal whose gradient vanishes once the domains are confused. ``"reversal"`` is the plain
+  gradient-reversal layer, whose goal (make the discriminator's loss as large as possible) has no
+  bound: measured on the segmentation protocol, it drove the discriminator's loss to 10-28 (a flipped,
+  not a confused, discriminator) and doubled the task loss. The discriminator's accuracy on each
+  batch, measured before it learns from that batch, is logged next to the chance level.
 """
 
 from __future__ import annotations
@@ -126,12 +132,15 @@ def adversarial_loss_v2(mdsf: MDSF, real: torch.Tensor, domains: torch.Tensor, f
                         soft_labels: Optional[torch.Tensor], coeff: float) -> tuple[torch.Tensor, dict[str, float]]:
     """Class-balanced discriminator loss on the real rows plus soft cross-entropy on the fused rows.
 
-    ``coeff == 0`` detaches the features (the discriminator learns, the backbone is left alone);
-    otherwise they pass a gradient-reversal layer of that strength. Returns (loss, health stats).
+    ``coeff == 0`` detaches the features (the discriminator learns, the backbone is left alone).
+    Otherwise, with ``adv_objective="reversal"`` the features pass a gradient-reversal layer of that
+    strength; with ``"confusion"`` the discriminator still learns on detached features and
+    ``coeff * confusion_loss`` (through a frozen copy of it) is added for the backbone.
+    Returns (loss, health stats).
     """
     x = real if fused is None or fused.shape[0] == 0 else torch.cat([real, fused], dim=0)
-    x = x.detach() if coeff == 0.0 else grad_reverse(x, coeff)
-    logp = _log_probs(mdsf, mdsf.discriminator(x))
+    reverse = coeff > 0.0 and mdsf.hparams.adv_objective == "reversal"
+    logp = _log_probs(mdsf, mdsf.discriminator(grad_reverse(x, coeff) if reverse else x.detach()))
     n = real.shape[0]
     cls, weights = _targets(mdsf, domains)
     loss = -(weights * logp[:n].gather(1, cls[:, None]).squeeze(1)).sum()
@@ -142,7 +151,26 @@ def adversarial_loss_v2(mdsf: MDSF, real: torch.Tensor, domains: torch.Tensor, f
             soft = torch.stack([soft[:, 0], soft[:, 1:].sum(dim=1)], dim=1)
         # fused rows count as much as one real class, shared among them
         loss = loss + (-(soft * logp[n:]).sum(dim=1).mean()) * (1.0 / max(int(torch.unique(cls).numel()), 1))
-    return loss, _health(mdsf, logp[:n].detach(), cls, coeff, m, n)
+    health = _health(mdsf, logp[:n].detach(), cls, coeff, m, n)
+    if coeff > 0.0 and not reverse:
+        confusion = confusion_loss(mdsf, real, cls)
+        loss = loss + coeff * confusion
+        health["confusion"] = float(confusion.detach())
+    return loss, health
+
+
+def confusion_loss(mdsf: MDSF, real: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """How far the discriminator's posterior on ``real`` is from uniform over the classes present.
+
+    ``mean over rows of -mean_{c present} log p(c | x) - log(#present)``: >= 0, and 0 exactly when
+    every row's posterior is uniform over the present classes. The discriminator's parameters are
+    read detached, so this term trains the features only (the discriminator keeps learning to tell
+    the domains apart from its own loss).
+    """
+    frozen = {name: p.detach() for name, p in mdsf.discriminator.named_parameters()}
+    logp = _log_probs(mdsf, torch.func.functional_call(mdsf.discriminator, frozen, (real,)))
+    present = torch.unique(cls)
+    return -logp[:, present].mean(dim=1).mean() - torch.log(torch.tensor(float(present.numel())))
 
 
 def _health(mdsf: MDSF, logp: torch.Tensor, cls: torch.Tensor, coeff: float, fused: int, n: int) -> dict[str, float]:

@@ -69,7 +69,8 @@ from drsf_kit.utils.runtime import seed_everything
 def build_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD or AdamW; biases and normalisation weights get no weight decay (it only shrinks their scale)."""
     decay, no_decay = [], []
-    # parameters with a learning-rate multiplier of their own (the MDSF v2 discriminator) get extra groups
+    # parameters with a learning-rate multiplier of their own (the MDSF v2 discriminator) get extra groups,
+    # whose gradients are also clipped on their own (``train_step``)
     mults = getattr(model, "lr_multipliers", dict)()
     own: dict[float, list] = {}
     for name, p in model.named_parameters():
@@ -78,7 +79,8 @@ def build_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Op
         elif p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups += [{"params": ps, "weight_decay": tcfg.weight_decay, "lr": tcfg.lr * m, "lr_mult": m} for m, ps in own.items()]
+    groups += [{"params": ps, "weight_decay": tcfg.weight_decay, "lr": tcfg.lr * m, "lr_mult": m,
+                "clip_alone": True} for m, ps in own.items()]
     if tcfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum)
     return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.momentum, 0.999))
@@ -150,6 +152,13 @@ def _autocast(device: torch.device, amp: bool, amp_dtype: str):
     return autocast(device, resolve_amp_dtype(amp, amp_dtype, device))
 
 
+def _clip(params: list, max_norm: float) -> float:
+    """Total gradient norm of ``params`` before clipping; clipped to ``max_norm`` when it is > 0."""
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
+
+
 def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step: int, progress: float,
                scheduler=None, scaler=None, generator: torch.Generator | None = None, grad_clip: float = 0.0,
                amp: bool = False, amp_dtype: str = "auto", nan_at_step: int = 0, accumulate: int = 1) -> StepResult:
@@ -194,11 +203,12 @@ def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step
     values = summed / len(pieces) if len(pieces) > 1 else summed
     if scaler is not None and scaler.is_enabled():
         scaler.unscale_(optimizer)
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if grad_clip > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
-    else:
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
+    # A group marked clip_alone (the MDSF discriminator) is clipped by itself: an adversary whose gradient
+    # spikes (it is confidently wrong for a few steps) must not scale down the task's gradient with it.
+    params = [p for g in optimizer.param_groups if not g.get("clip_alone") for p in g["params"] if p.grad is not None]
+    alone = [p for g in optimizer.param_groups if g.get("clip_alone") for p in g["params"] if p.grad is not None]
+    grad_norm = _clip(params, grad_clip)
+    alone_norm = _clip(alone, grad_clip) if alone else None
     if scaler is not None and scaler.is_enabled():
         scaler.step(optimizer)
         scaler.update()
@@ -208,6 +218,8 @@ def train_step(model, batch: TwinBatch, optimizer, device: torch.device, *, step
     if scheduler is not None:
         scheduler.step()
     stats = dict(getattr(getattr(model, "module", model), "last_stats", {}) or {})
+    if alone_norm is not None:
+        stats["disc_grad_norm"] = alone_norm
     seconds = time.perf_counter() - t0
     return StepResult(step, dict(zip(names, values.tolist())), float(values.sum()), lr, grad_norm, stats,
                       seconds, images=len(batch), images_per_s=meter.images_per_second(len(batch), seconds),
