@@ -19,6 +19,9 @@ checkpoint. Usage::
     python benchmarks/sdg_protocol.py --task det [--jobs 2] [--variants source_only,naive_synth]
         [--seeds 0,1,2,3,4] [--fidelity clean,ldm] [--report-only] [--prepare-only]
 
+A protocol YAML of your own (``--config``) writes its report to ``<output_dir>/report/`` unless
+``--results DIR`` says otherwise, so a variation never overwrites the committed results.
+
 ``--jobs 2`` trains two runs side by side with one torch thread each (on 2 cores a mini source_only
 step takes 0.18 s with one thread and 0.14 s with two: small convolutions do not split well).
 """
@@ -337,7 +340,7 @@ def run_sharded(args, task: str, proto: dict, run: dict, todo: list[dict], weigh
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, args.threads // n)
     passthrough = ["--task", task, "--fidelity", args.fidelity, "--threads", str(threads), "--skip-prepare"]
-    for flag in ("config", "variants", "seeds"):
+    for flag in ("config", "variants", "seeds", "results"):
         if getattr(args, flag):
             passthrough += [f"--{flag}", getattr(args, flag)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -382,9 +385,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-prepare", action="store_true", help=argparse.SUPPRESS)  # --jobs children: done by the parent
     ap.add_argument("--prepare-only", action="store_true", help="build data, twins and the warm start, then stop")
     ap.add_argument("--report-only", action="store_true", help="only collect finished runs and write the outputs")
+    ap.add_argument("--results", default=None,
+                    help="folder of the report (default benchmarks/results; with --config: <output_dir>/report)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     proto, run = load_protocol(args.task, args.config)
+    global RESULTS, OUT_JSON
+    if args.results or args.config:
+        RESULTS = Path(args.results) if args.results else Path(proto["output_dir"]) / "report"
+        OUT_JSON = RESULTS / "sdg_protocol.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
     levels = [s.strip() for s in args.fidelity.split(",") if s.strip()]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(proto["seeds"])
     variants = [s.strip() for s in args.variants.split(",")] if args.variants else None

@@ -3,6 +3,7 @@ report's target means and paired differences come from target rows only (never v
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -96,3 +97,22 @@ def test_report_lists_contenders_only_and_collect_keeps_the_training_command(pro
     assert commands == {"det": "train-command", "det_collected": "collect-command"}
     protocol.write_rows("det", rows, "new-train-command")  # a new training run replaces both
     assert json.loads((tmp_path / "sdg_protocol.json").read_text())["commands"] == {"det": "new-train-command"}
+
+
+def test_a_config_of_ones_own_reports_beside_its_runs_not_into_the_committed_results(protocol, tmp_path):
+    results, out_json = protocol.RESULTS, protocol.OUT_JSON
+    committed = out_json.read_bytes() if out_json.is_file() else None
+    text = (protocol.ROOT / "configs" / "protocol" / "det.yaml").read_text()
+    out = tmp_path / "variation"
+    assert "output_dir: runs/protocol_det" in text
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(text.replace("output_dir: runs/protocol_det", f"output_dir: {out}"))
+    try:
+        assert protocol.main(["--task", "det", "--config", str(mine), "--report-only", "--seeds", "0",
+                              "--variants", "naive_synth", "--fidelity", "ldm"]) == 0
+        doc = json.loads((out / "report" / "sdg_protocol.json").read_text())
+        assert doc["rows"] == [] and "--config" in doc["commands"]["det"]
+        assert (out / "report" / "sdg_protocol_det.md").is_file()
+    finally:
+        protocol.RESULTS, protocol.OUT_JSON = results, out_json  # main() points them at the report folder
+    assert (out_json.read_bytes() if out_json.is_file() else None) == committed
