@@ -123,3 +123,16 @@ def test_supervised_trains_on_source_split_scores_source_test_only_and_loads_as_
     # cached: the second call trains nothing
     mtime = path.stat().st_mtime_ns
     assert pt.pretrain(cfg, progress=False) == path and path.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["pretrain", "--task", "det"], (2400, 4, 0.002)),  # supervised: the protocol's warm start
+    (["pretrain", "--task", "seg"], (2400, 4, 0.006)),
+    (["pretrain", "--task", "det", "--objective", "simclr"], (300, 32, 0.002)),  # SimCLR's own defaults
+    (["pretrain", "--task", "seg", "--steps", "50", "--lr", "0.01"], (50, 4, 0.01)),  # given options win
+])
+def test_cli_defaults_follow_the_objective(argv, expected):
+    from drsf_kit.cli import build_parser
+
+    cfg = pt.config_from_args(build_parser().parse_args(argv))
+    assert (cfg.steps, cfg.batch_size, cfg.lr) == expected
