@@ -105,8 +105,15 @@ def test_a_config_of_ones_own_reports_beside_its_runs_not_into_the_committed_res
     text = (protocol.ROOT / "configs" / "protocol" / "det.yaml").read_text()
     out = tmp_path / "variation"
     assert "output_dir: runs/protocol_det" in text
+    # a data root of its own holding only the source split the warm start's name is derived from
+    data = tmp_path / "data"
+    split = data / "daytime_clear" / "VOC2007" / "ImageSets" / "Main" / "fit.txt"
+    split.parent.mkdir(parents=True)
+    split.write_text("000001\n")
+    assert "data/mini-weather-protocol" in text
     mine = tmp_path / "mine.yaml"
-    mine.write_text(text.replace("output_dir: runs/protocol_det", f"output_dir: {out}"))
+    mine.write_text(text.replace("output_dir: runs/protocol_det", f"output_dir: {out}")
+                    .replace("data/mini-weather-protocol", str(data)))
     try:
         assert protocol.main(["--task", "det", "--config", str(mine), "--report-only", "--seeds", "0",
                               "--variants", "naive_synth", "--fidelity", "ldm"]) == 0
