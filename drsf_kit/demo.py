@@ -4,8 +4,8 @@ Steps: render the embedded benchmark into ``data/mini-weather`` (``workflows.ens
 when already there), check it, then execute the ordered notebooks ``notebooks/00_*`` to ``09_*`` with
 papermill on their demo parameters, writing executed copies to ``runs/demo/notebooks/``. The training
 notebooks (04, 05) fine-tune every variant from the warm starts shipped in ``data/warm_start/``
-(``configs/demo_*.yaml``), so the dashboard that closes the demo shows trained models; notebooks 06-09
-only read those runs. Figures land in ``figures/`` and the results table in ``runs/demo/``.
+(``configs/demo_*.yaml``), one run per CPU core side by side (``workflows.ensure_runs``), so the
+dashboard that closes the demo shows trained models; notebooks 06-09 only read those runs. Figures land in ``figures/`` and the results table in ``runs/demo/``.
 """
 
 from __future__ import annotations

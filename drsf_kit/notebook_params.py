@@ -72,6 +72,12 @@ def _check_count(name: str, value: Any) -> int:
     return value
 
 
+def _check_jobs(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"parameter {name}={value!r}: expected an integer >= 0 (0: one run per CPU core, one on a GPU)")
+    return value
+
+
 def _check_domains(name: str, value: Any) -> list[str]:
     value, valid = _as_list(name, value), _domains()
     bad = [v for v in value if v not in valid]
@@ -82,7 +88,7 @@ def _check_domains(name: str, value: Any) -> list[str]:
 
 # notebook-only parameters (no run-config key): their own small checks
 OWN_CHECKS = {
-    "SMOKE": _check_bool, "REUSE_ANYWAY": _check_bool, "N_IMAGES": _check_count,
+    "SMOKE": _check_bool, "REUSE_ANYWAY": _check_bool, "N_IMAGES": _check_count, "JOBS": _check_jobs,
     "DOMAINS": _check_domains, "SYNTH_DOMAINS": _check_domains, "EVAL_DOMAINS": _check_domains,
     "OUTPUT_DIR": lambda name, value: "" if value in (None, "") else str(_check_key(name, "output_dir", value)),
 }

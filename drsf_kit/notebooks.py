@@ -273,6 +273,22 @@ def ensure_run(ctx: NotebookContext, task: str, variant: str, seed: int | None =
                                 data_sizes=SMOKE_DATA if ctx.smoke else None)
 
 
+def ensure_runs(ctx: NotebookContext, task: str, variants, seed: int | None = None, overrides=(),
+                progress: bool = True, on_mismatch: str = "refuse", reuse_anyway: bool | None = None,
+                jobs: int | None = None) -> list[Path]:
+    """``ensure_run`` for each of ``variants`` (``workflows.ensure_runs``), ``jobs`` runs side by side:
+    by default the notebook's ``JOBS`` parameter, where 0 (or none) means ``workflows.auto_jobs`` (one
+    per CPU core, one on a GPU)."""
+    if reuse_anyway is None:
+        reuse_anyway = bool(ctx.params.get("REUSE_ANYWAY", False))
+    if jobs is None:
+        jobs = int(ctx.params.get("JOBS", 0) or 0)
+    cfgs = [run_config(ctx, task, variant, seed, overrides) for variant in variants]
+    return workflows.ensure_runs(cfgs, jobs=jobs or workflows.auto_jobs(ctx.device), on_mismatch=on_mismatch,
+                                 reuse_anyway=reuse_anyway, progress=progress,
+                                 data_sizes=SMOKE_DATA if ctx.smoke else None)
+
+
 def require_runs(ctx: NotebookContext, task: str, variants=None, seeds=None) -> list[Path]:
     """The finished runs a read-only notebook (06-09) uses (``workflows.require_runs``): never trains;
     a missing run raises an error naming the command that makes it. ``variants`` and ``seeds`` default

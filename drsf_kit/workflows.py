@@ -11,6 +11,7 @@ all come here; none of them keeps its own copy of "is this run done and usable":
   fine-tuning from the shipped warm start) and dotted overrides, validated by ``config.py``;
 - ``ensure_run``: trains a run unless its folder holds a finished one with the same config; a finished
   run of another config is refused with the differing keys named (``RunDir``'s rule, docs/runs.md);
+  ``ensure_runs`` does it for several runs, training ``jobs`` of them side by side (``auto_jobs``);
 - ``require_runs``: the read-only side (notebooks 06-09, the app): finished runs that share one config
   apart from variant and seed, or an error that names the command making the missing ones.
 """
@@ -195,6 +196,92 @@ def ensure_run(cfg: RunConfig, on_mismatch: str = "refuse", reuse_anyway: bool =
         return fit(cfg, overwrite=True, progress=progress)  # an interrupted run of other settings
     # resume what is there; a folder without a usable checkpoint trains from step 0
     return fit(cfg, resume=saved is not None, start_over=True, reuse_anyway=reuse_anyway, progress=progress)
+
+
+def _will_train(cfg: RunConfig, on_mismatch: str, reuse_anyway: bool) -> bool:
+    """Whether ``ensure_run`` would train ``cfg`` (False: it returns a run as it is, or refuses it)."""
+    state, _ = run_status(cfg)
+    if state == "done":
+        return False
+    return not (state == "other" and (reuse_anyway or on_mismatch != "retrain"))
+
+
+def auto_jobs(device: str = "auto") -> int:
+    """Runs to train side by side by default: one on a GPU, else one per usable CPU core.
+
+    Two one-thread processes on two cores get more done than one two-thread process: a mini model's
+    operations are too small for torch's threads to keep both cores busy (docs/runs.md).
+    """
+    from drsf_kit.utils.runtime import default_num_threads, resolve_device
+
+    if resolve_device(device).type == "cuda":
+        return 1
+    return default_num_threads()
+
+
+def _init_child(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_child(job: tuple) -> str:
+    cfg, on_mismatch, reuse_anyway, data_sizes = job
+    return str(ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False,
+                          data_sizes=data_sizes))
+
+
+def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "refuse", reuse_anyway: bool = False,
+                progress: bool = True, data_sizes: dict | None = None, say=print) -> list[Path]:
+    """``ensure_run`` for several runs, training up to ``jobs`` of them side by side; returns the folders
+    in the order of ``cfgs``.
+
+    With ``jobs`` > 1 every run that would not train (finished, reused or refused) is settled first, so a
+    refusal is raised before anything trains; the data and pseudo-domains are made here once; then the
+    runs to train go to ``jobs`` fresh processes (one run each) with ``cores // jobs`` torch threads each,
+    under a progress bar over runs. Each run is the same as ``ensure_run`` makes it (same folder, same
+    resume rules); only its torch thread count differs, which changes float rounding, not the recipe.
+    Interrupting stops every process; the next call resumes each run from its newest checkpoint.
+    """
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    from drsf_kit.models import get_variant
+    from drsf_kit.utils.runtime import default_num_threads
+
+    if on_mismatch not in ON_MISMATCH:
+        raise ConfigError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, got {on_mismatch!r}")
+    cfgs = list(cfgs)
+    train = [i for i, cfg in enumerate(cfgs) if _will_train(cfg, on_mismatch, reuse_anyway)]
+    jobs = max(1, min(int(jobs), len(train)))
+    if jobs == 1:
+        return [ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=progress,
+                           data_sizes=data_sizes, say=say) for cfg in cfgs]
+    for i, cfg in enumerate(cfgs):  # finished, reused or refused: nothing trains before a refusal
+        if i not in train:
+            ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False, say=say)
+    for i in train:  # one maker of the data, not several processes at once
+        cfg = cfgs[i]
+        ensure_data(cfg.data.root, sizes=data_sizes, progress=progress)
+        if get_variant(cfg.variant).use_synth:
+            ensure_synth(cfg.data.root, cfg.data.synth_root, seed=0, device=cfg.device, progress=progress)
+    threads = max(1, default_num_threads() // jobs)
+    work = [(cfgs[i], on_mismatch, reuse_anyway, data_sizes) for i in train]
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_child, initargs=(threads,),
+                                                     maxtasksperchild=1)
+    bar = tqdm(total=len(work), desc=f"training {len(work)} runs, {jobs} at a time", unit="run", disable=not progress)
+    try:
+        for path in pool.imap_unordered(_train_child, work):
+            bar.update(1)
+            bar.set_postfix_str(Path(path).name)
+        pool.close()
+    finally:
+        bar.close()
+        pool.terminate()  # after close(): the idle workers; on an error or an interrupt: the busy ones
+        pool.join()
+    return [ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False, say=say)
+            for cfg in cfgs]  # every one finished now: the folders
 
 
 def require_runs(runs_dir: str | os.PathLike, task: str, variants: Iterable[str], seeds: Iterable[int] = (0,),

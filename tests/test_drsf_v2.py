@@ -13,7 +13,7 @@ import torch
 from drsf_kit.config import load_config
 from drsf_kit.models import build_model
 from drsf_kit.models.base import consistency_loss
-from drsf_kit.models.dfdr import DFDR, DFDRHparams, DFDROutput, dfdr_losses, invariance_loss
+from drsf_kit.models.dfdr import DFDR, DFDRHparams, DFDROutput, channel_statistics, dfdr_losses, invariance_loss
 from drsf_kit.models.hparams import resolve_hparams, split_hparams
 from drsf_kit.models.mdsf import MDSF, MDSFHparams
 from drsf_kit.models.mdsf_v2 import (adversarial_loss_v2, append_fused, confusion_loss, discriminator_verdict,
@@ -179,6 +179,26 @@ def test_private_domain_loss_does_not_reach_the_backbone():
     assert grad is None or torch.all(grad == 0)
     gate_grads = torch.autograd.grad(losses["loss_rea"], [block.gate_bias, block.domain_head.weight])
     assert all(gr.abs().sum() > 0 for gr in gate_grads)
+
+
+def test_inference_statistic_matches_training_and_keeps_the_split():
+    # inference reads the channel statistics with a two-pass variance (cheaper than torch.var on CPU);
+    # the value agrees to float rounding, the hard split is the same and the output agrees to rounding
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(3, 16, 9, 11, generator=g) * torch.rand(1, 16, 1, 1, generator=g) * 5 + 2
+    fast, ref = channel_statistics(f, two_pass=True), channel_statistics(f)
+    assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-6)
+    block = DFDR(16, 3)
+    torch.nn.init.normal_(block.posterior.weight, std=1.0, generator=g)  # a posterior that reads the stats
+    block.eval()
+    out = block(f)
+    block.posterior.train()  # the training statistic, everything else in eval mode
+    out_ref = block(f)
+    assert torch.equal(out.gate > 0.5, out_ref.gate > 0.5)  # the same channels are shared
+    assert torch.allclose(out.features, out_ref.features, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(out.entropy, out_ref.entropy, atol=1e-5)
+    assert not torch.equal(out.entropy, out_ref.entropy)  # eval mode does take the other statistic
+    assert out.private_logits is None  # inference skips the private branch's head
 
 
 def _shared_only(shared: torch.Tensor) -> DFDROutput:

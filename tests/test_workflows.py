@@ -137,3 +137,32 @@ def test_protocol_comparison_labels_both_sources():
     assert table.loc["drsf", "protocol ldm (2 seeds): source test"] == 60.0  # validation rows left out
     assert table.loc["drsf", "protocol ldm (2 seeds): target mean"] == 50.0  # mean of (40, 60)
     assert pd.isna(table.loc["source_only", "protocol ldm (2 seeds): target mean"])
+
+
+def test_ensure_runs_trains_side_by_side_and_refuses_before_training(tiny_weather, synth_root, tmp_path):
+    from drsf_kit.notebooks import SMOKE_DET, SMOKE_TRAIN
+
+    over = [f"output_dir={tmp_path}", f"data.root={tiny_weather}", f"data.synth_root={synth_root}", "device=cpu",
+            "model.init_weights=", *SMOKE_TRAIN, *SMOKE_DET]
+    cfgs = [workflows.run_config("det", v, 0, over, root=ROOT) for v in ("source_only", "naive_synth")]
+    other = workflows.run_config("det", "drsf", 0, over, root=ROOT)
+    _finished(other, lr=0.5)  # a finished run of another config: refused before anything trains
+    with pytest.raises(ConfigError, match=r"another config \(train\.lr: 0\.5 -> "):
+        workflows.ensure_runs([*cfgs, other], jobs=2, progress=False)
+    assert not any(RunDir(c.run_dir).is_run() for c in cfgs)
+    paths = workflows.ensure_runs(cfgs, jobs=2, progress=False)  # two processes, one run each
+    assert paths == [c.run_dir for c in cfgs]
+    for cfg in cfgs:
+        run = RunDir(cfg.run_dir)
+        assert run.is_finished() and workflows.run_status(cfg) == ("done", [])
+        assert (run.path / "checkpoints" / "last.pt").is_file()
+    stamps = [(c.run_dir / "done").stat().st_mtime_ns for c in cfgs]
+    assert workflows.ensure_runs(cfgs, jobs=2, progress=False) == paths  # finished: nothing trains again
+    assert [(c.run_dir / "done").stat().st_mtime_ns for c in cfgs] == stamps
+
+
+def test_auto_jobs_is_one_per_core_on_cpu(monkeypatch):
+    monkeypatch.setenv("DRSF_NUM_THREADS", "3")
+    assert workflows.auto_jobs("cpu") == 3
+    monkeypatch.setenv("DRSF_NUM_THREADS", "1")
+    assert workflows.auto_jobs("cpu") == 1
