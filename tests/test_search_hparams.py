@@ -30,3 +30,18 @@ def test_search_writes_tidy_rows_on_validation_domains_only(tiny_weather, synth_
     assert all(r["trial"] == 0 and r["metric"] == "miou" and r["val_images"] == 2 and r["train_images"] == 14
                for r in rows)
     assert all(r["value"] is None or 0.0 <= r["value"] <= 1.0 for r in rows)
+
+
+def test_protocol_trials_start_from_the_defaults_and_draw_one_block(load_benchmark):
+    from drsf_kit.models.hparams import default_hparams
+
+    search = load_benchmark("search_hparams")
+    trials = search.protocol_trials("drsf", "det", "dfdr", 0, 3, "v2")
+    assert [name for name, _ in trials] == ["default", "dfdr-t0", "dfdr-t1", "dfdr-t2"]
+    defaults = default_hparams("drsf", "det")
+    assert trials[0][1] == defaults
+    dfdr_keys = set(search.block_keys("drsf", "dfdr"))
+    for _, hp in trials[1:]:
+        changed = {k for k in hp if hp[k] != defaults[k]}
+        assert changed and changed <= dfdr_keys and hp["method"] == "v2"
+    assert search.protocol_trials("drsf", "det", "dfdr", 0, 3, "v2") == trials  # seeded: the same draws again
