@@ -7,7 +7,9 @@
   machine load hits both alike; median of per-pair ratios of the process CPU time, which other
   processes do not inflate (run with ``--threads 1`` on a shared machine: then CPU time is the step
   time of an idle core; wall-time ratios are reported beside it). Goal <= 1.25 (v2; v1's was 1.10).
-  ``drsf_rows_per_step`` says what the extra rows cost: real images and fused samples per step.
+  ``drsf_rows_per_step`` says what the extra rows cost: real images and fused samples per step;
+  ``train_step_ratio_per_row`` divides the ratio by drsf's rows through the body per naive_synth image
+  (what the blocks cost beyond the extra rows; 1.0: nothing).
   ``--method v1`` measures the first reading instead.
 - ``infer_ratio``: drsf / source_only inference time on the same images (MDSF is training-only, DFDR
   is one gate). Goal <= 1.02.
@@ -107,6 +109,7 @@ def measure(task: str, steps: int, overrides: list[str], method: str = "v2") -> 
                 for v in pair:
                     infer[v].append(pair[v])
     base = _trainable(models["source_only"])
+    real, fused_body = statistics.mean(r[0] for r in rows), statistics.mean(r[1] for r in rows)
     return {
         "train_step_ratio": round(statistics.median(ratios), 4),
         "infer_ratio": round(statistics.median(infer_ratios), 4),
@@ -120,6 +123,9 @@ def measure(task: str, steps: int, overrides: list[str], method: str = "v2") -> 
         # real images, fused samples through layers after fuse_stage + head, fused samples through the head only
         "drsf_rows_per_step": {k: round(statistics.mean(r[i] for r in rows), 2)
                                for i, k in enumerate(("real", "fused_body", "fused_head"))},
+        # the step's cost per row through the body (real + fused), against naive_synth's per image: what
+        # the blocks cost beyond the extra rows (1.0: nothing)
+        "train_step_ratio_per_row": round(statistics.median(ratios) * len(batches[0]) / (real + fused_body), 4),
     }
 
 
