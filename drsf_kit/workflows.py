@@ -239,7 +239,7 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
     With ``jobs`` > 1 every run that would not train (finished, reused or refused) is settled first, so a
     refusal is raised before anything trains; the data and pseudo-domains are made here once; then the
     runs to train go to ``jobs`` fresh processes (one run each) with ``cores // jobs`` torch threads each,
-    under a progress bar over runs. Each run is the same as ``ensure_run`` makes it (same folder, same
+    under a progress bar over runs, the costliest variants first. Each run is the same as ``ensure_run`` makes it (same folder, same
     resume rules); only its torch thread count differs, which changes float rounding, not the recipe.
     Interrupting stops every process; the next call resumes each run from its newest checkpoint.
     """
@@ -267,6 +267,9 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
         if get_variant(cfg.variant).use_synth:
             ensure_synth(cfg.data.root, cfg.data.synth_root, seed=0, device=cfg.device, progress=progress)
     threads = max(1, default_num_threads() // jobs)
+    # the costliest first (twins, then each block), so that the run left alone at the end is a cheap one
+    spec = {i: get_variant(cfgs[i].variant) for i in train}
+    train.sort(key=lambda i: -(int(spec[i].use_synth) + int(spec[i].use_dfdr) + int(spec[i].use_mdsf)))
     work = [(cfgs[i], on_mismatch, reuse_anyway, data_sizes) for i in train]
     pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_child, initargs=(threads,),
                                                      maxtasksperchild=1)
