@@ -239,8 +239,9 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
     With ``jobs`` > 1 every run that would not train (finished, reused or refused) is settled first, so a
     refusal is raised before anything trains; the data and pseudo-domains are made here once; then the
     runs to train go to ``jobs`` fresh processes (one run each) with ``cores // jobs`` torch threads each,
-    under a progress bar over runs, the costliest variants first. Each run is the same as ``ensure_run`` makes it (same folder, same
-    resume rules); only its torch thread count differs, which changes float rounding, not the recipe.
+    under a progress bar over runs, the costliest variants first. Each run is the same as ``ensure_run``
+    makes it (same folder, same resume rules); only its torch thread count differs, which changes float
+    rounding, not the recipe.
     Interrupting stops every process; the next call resumes each run from its newest checkpoint.
     """
     import multiprocessing
