@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = collect_rows(args.task, proto, run, everything + extra, weights)
     write_rows(args.task, rows, command, collect_only=args.report_only)
     commands = json.loads(OUT_JSON.read_text())["commands"]
-    footer = f"\nRuns: `{commands[args.task]}`\n"
+    footer = (f"\nTraining command recorded: `{commands[args.task]}` (runs of other variants or levels may come "
+              "from other invocations; docs/protocol.md section 6 lists every command)\n")
     if f"{args.task}_collected" in commands:
         footer += f"Collected: `{commands[args.task + '_collected']}`\n"
     atomic_write_text(RESULTS / f"sdg_protocol_{args.task}.md", report(args.task, rows) + footer)
