@@ -284,8 +284,9 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
         bar.close()
         pool.terminate()  # after close(): the idle workers; on an error or an interrupt: the busy ones
         pool.join()
-    return [ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False, say=say)
-            for cfg in cfgs]  # every one finished now: the folders
+    # every one finished (or reused, already said above) now: their folders
+    return [ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False, say=lambda _: None)
+            for cfg in cfgs]
 
 
 def require_runs(runs_dir: str | os.PathLike, task: str, variants: Iterable[str], seeds: Iterable[int] = (0,),
