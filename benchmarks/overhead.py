@@ -109,7 +109,8 @@ def measure(task: str, steps: int, overrides: list[str], method: str = "v2") -> 
                 for v in pair:
                     infer[v].append(pair[v])
     base = _trainable(models["source_only"])
-    real, fused_body = statistics.mean(r[0] for r in rows), statistics.mean(r[1] for r in rows)
+    # real images, fused samples through layers after fuse_stage + head, fused samples through the head only
+    per_step = {k: statistics.mean(r[i] for r in rows) for i, k in enumerate(("real", "fused_body", "fused_head"))}
     return {
         "train_step_ratio": round(statistics.median(ratios), 4),
         "infer_ratio": round(statistics.median(infer_ratios), 4),
@@ -120,12 +121,11 @@ def measure(task: str, steps: int, overrides: list[str], method: str = "v2") -> 
         "infer_s": {v: round(statistics.median(t), 4) for v, t in infer.items()},
         "params": {v: _trainable(m) for v, m in models.items()},
         "images_per_step": len(batches[0]), "timed_steps": len(ratios), "method": method,
-        # real images, fused samples through layers after fuse_stage + head, fused samples through the head only
-        "drsf_rows_per_step": {k: round(statistics.mean(r[i] for r in rows), 2)
-                               for i, k in enumerate(("real", "fused_body", "fused_head"))},
+        "drsf_rows_per_step": {k: round(v, 2) for k, v in per_step.items()},
         # the step's cost per row through the body (real + fused), against naive_synth's per image: what
         # the blocks cost beyond the extra rows (1.0: nothing)
-        "train_step_ratio_per_row": round(statistics.median(ratios) * len(batches[0]) / (real + fused_body), 4),
+        "train_step_ratio_per_row": round(statistics.median(ratios) * len(batches[0])
+                                          / (per_step["real"] + per_step["fused_body"]), 4),
     }
 
 

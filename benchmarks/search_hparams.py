@@ -127,10 +127,6 @@ def run_trial(cfg, train_set, n_train: int, hp: dict, steps: int, seed: int):
 
 
 # ------------------------------------------------------------------------------------------- protocol mode
-def _protocol_child_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def _protocol_trial(work: tuple) -> dict:
     import sdg_protocol
 
@@ -155,13 +151,13 @@ def protocol_trials(variant: str, task: str, block: str, first: int, trials: int
 def protocol_search(args) -> int:
     """``--protocol``: trials as protocol runs, scored by training-domain validation; rows and table."""
     import copy
-    import multiprocessing
 
     from tqdm.auto import tqdm
 
     import sdg_protocol
-    from drsf_kit.train.selection import validation_score
+    from drsf_kit.train.selection import PRIMARY_METRIC, validation_score
     from drsf_kit.utils.io import atomic_write_text
+    from drsf_kit.utils.runtime import imap_side_by_side
 
     proto, run = sdg_protocol.load_protocol(args.task, args.protocol_config)
     proto = {**proto, "output_dir": f"{proto['output_dir']}_search"}
@@ -175,23 +171,13 @@ def protocol_search(args) -> int:
         names.append((name, hp))
     jobs = max(1, min(args.jobs, len(work)))
     bar = tqdm(total=len(work), desc=f"search {args.task} {args.block} ({jobs} at a time)", unit="trial")
-    if jobs == 1:
-        for w in work:
-            tqdm.write(json.dumps(_protocol_trial(w)))
-            bar.update(1)
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_protocol_child_init,
-                                                         initargs=(max(1, args.threads // jobs),), maxtasksperchild=1)
-        try:
-            for info in pool.imap_unordered(_protocol_trial, work):
-                tqdm.write(json.dumps(info))
-                bar.update(1)
-            pool.close()
-        finally:
-            pool.terminate()
-            pool.join()
+    results = (map(_protocol_trial, work) if jobs == 1
+               else imap_side_by_side(_protocol_trial, work, jobs, max(1, args.threads // jobs)))
+    for info in results:
+        tqdm.write(json.dumps(info))
+        bar.update(1)
     bar.close()
-    metric = "map50_voc07" if args.task == "det" else "miou"
+    metric = PRIMARY_METRIC[args.task]
     rows = []
     for (task, proto_, trial_run, job, _), (name, hp) in zip(work, names):
         cfg = sdg_protocol.run_config(task, proto_, trial_run, job, weights)

@@ -219,12 +219,6 @@ def auto_jobs(device: str = "auto") -> int:
     return default_num_threads()
 
 
-def _init_child(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def _train_child(job: tuple) -> str:
     cfg, on_mismatch, reuse_anyway, data_sizes = job
     return str(ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False,
@@ -244,12 +238,10 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
     rounding, not the recipe.
     Interrupting stops every process; the next call resumes each run from its newest checkpoint.
     """
-    import multiprocessing
-
     from tqdm.auto import tqdm
 
     from drsf_kit.models import get_variant
-    from drsf_kit.utils.runtime import default_num_threads
+    from drsf_kit.utils.runtime import default_num_threads, imap_side_by_side
 
     if on_mismatch not in ON_MISMATCH:
         raise ConfigError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, got {on_mismatch!r}")
@@ -272,18 +264,13 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
     spec = {i: get_variant(cfgs[i].variant) for i in train}
     train.sort(key=lambda i: -(int(spec[i].use_synth) + int(spec[i].use_dfdr) + int(spec[i].use_mdsf)))
     work = [(cfgs[i], on_mismatch, reuse_anyway, data_sizes) for i in train]
-    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_child, initargs=(threads,),
-                                                     maxtasksperchild=1)
     bar = tqdm(total=len(work), desc=f"training {len(work)} runs, {jobs} at a time", unit="run", disable=not progress)
     try:
-        for path in pool.imap_unordered(_train_child, work):
+        for path in imap_side_by_side(_train_child, work, jobs, threads):
             bar.update(1)
             bar.set_postfix_str(Path(path).name)
-        pool.close()
     finally:
         bar.close()
-        pool.terminate()  # after close(): the idle workers; on an error or an interrupt: the busy ones
-        pool.join()
     # every one finished (or reused, already said above) now: their folders
     return [ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False, say=lambda _: None)
             for cfg in cfgs]

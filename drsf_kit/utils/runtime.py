@@ -41,3 +41,25 @@ def default_num_threads() -> int:
         cores = max(1, os.cpu_count() or 1)
     # N processes per node each taking every core would oversubscribe the CPU N times
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def imap_side_by_side(fn, items, jobs: int, threads: int):
+    """Yield ``fn(item)`` for every item as each finishes, ``jobs`` at a time in fresh processes (spawned,
+    one item each) with ``threads`` torch threads each. ``fn`` must be importable (a module-level
+    function). An error, an interrupt or a caller that stops early ends every process."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_set_threads, initargs=(threads,),
+                                                     maxtasksperchild=1)
+    try:
+        yield from pool.imap_unordered(fn, items)
+        pool.close()
+    finally:
+        pool.terminate()  # after close(): the idle workers; otherwise the busy ones too
+        pool.join()
