@@ -22,6 +22,11 @@ checkpoint. Usage::
 A protocol YAML of your own (``--config``) writes its report to ``<output_dir>/report/`` unless
 ``--results DIR`` says otherwise, so a variation never overwrites the committed results.
 
+Ablations are *arms*: a named variant with hyperparameter overrides, declared in the protocol section
+(``arms: {mdsf_no_align: {variant: mdsf, hparams: {eta_max: 0.0}}}``) and listed under ``variants`` like
+any variant. An arm's runs are named after it, paired by seed with every other run, and compared with
+the variant it modifies as well as with the usual baselines (``configs/protocol/det_ablation.yaml``).
+
 ``--jobs 2`` trains two runs side by side with one torch thread each (on 2 cores a mini source_only
 step takes 0.18 s with one thread and 0.14 s with two: small convolutions do not split well).
 """
@@ -50,11 +55,31 @@ BASELINES = ("naive_synth", "source_only", "naive_consistency")
 
 
 def load_protocol(task: str, path: str | None = None) -> tuple[dict, dict]:
-    """(protocol section, run section) of ``configs/protocol/<task>.yaml``."""
+    """(protocol section, run section) of ``configs/protocol/<task>.yaml``.
+
+    ``extends: <file>`` (relative to the config) starts from that protocol: the keys this file's
+    ``protocol`` section gives replace the base's, and its ``run`` section, when present, replaces the
+    base's; an inherited ``run`` section reads the (possibly new) ``data_root``.
+    """
     import yaml
 
+    from drsf_kit.errors import ConfigError
+
     path = Path(path or ROOT / "configs" / "protocol" / f"{task}.yaml")
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if "extends" in doc:
+        base_path = path.parent / doc["extends"]
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: extends {doc['extends']!r}, but {base_path} does not exist")
+        proto, run = load_protocol(task, str(base_path))
+        proto = {**proto, **(doc.get("protocol") or {})}
+        if "run" in doc:
+            return proto, doc["run"]
+        run = copy.deepcopy(run)
+        run.setdefault("data", {})["root"] = proto["data_root"]
+        return proto, run
+    if "protocol" not in doc or "run" not in doc:
+        raise ConfigError(f"{path}: a protocol config needs a 'protocol' and a 'run' section (or 'extends')")
     return doc["protocol"], doc["run"]
 
 
@@ -89,6 +114,23 @@ def pretrain_config(task: str, proto: dict, run: dict):
                           split=run["data"]["source_split"], **proto["pretrain"])
 
 
+def arm(proto: dict, name: str) -> tuple[str, dict]:
+    """(kit variant, hparam overrides) of a protocol entry: an arm of ``proto["arms"]`` or a plain variant."""
+    from drsf_kit.errors import ConfigError
+
+    spec = (proto.get("arms") or {}).get(name)
+    if spec is None:
+        return name, {}
+    if not isinstance(spec, dict) or "variant" not in spec or set(spec) - {"variant", "hparams"}:
+        raise ConfigError(f"protocol arm {name!r} must be a mapping with 'variant' and optional 'hparams', got {spec!r}")
+    return spec["variant"], dict(spec.get("hparams") or {})
+
+
+def parents(proto: dict) -> dict[str, str]:
+    """{arm name: the kit variant it modifies} for every arm of the protocol."""
+    return {name: arm(proto, name)[0] for name in (proto.get("arms") or {})}
+
+
 def jobs(proto: dict, variants: list[str] | None, levels: list[str], seeds: list[int]) -> list[dict]:
     """One job per run: ``source_only`` (no twins) once per seed, serving every level; others per level."""
     from drsf_kit.models import get_variant
@@ -96,7 +138,7 @@ def jobs(proto: dict, variants: list[str] | None, levels: list[str], seeds: list
     out, seen = [], set()
     for level in levels:
         for variant in (variants or proto["variants"][level]):
-            shared = not get_variant(variant).use_synth
+            shared = not get_variant(arm(proto, variant)[0]).use_synth
             for seed in seeds:
                 key = ("shared" if shared else level, variant, seed)
                 if key in seen:
@@ -114,8 +156,11 @@ def run_config(task: str, proto: dict, run: dict, job: dict, weights: Path):
 
     values = copy.deepcopy(run)
     level = job["serves"][0]
-    values.update(variant=job["variant"], seed=job["seed"], output_dir=proto["output_dir"],
+    variant, overrides = arm(proto, job["variant"])
+    values.update(variant=variant, seed=job["seed"], output_dir=proto["output_dir"],
                   run_name=f"{task}-{job['level']}-{job['variant']}-s{job['seed']}")
+    if overrides:
+        values.setdefault("model", {})["hparams"] = {**(values["model"].get("hparams") or {}), **overrides}
     values["data"]["synth_root"] = str(synth_root(proto, level))
     from drsf_kit.train.pretrain import load_key
 
@@ -234,8 +279,9 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def report(task: str, rows: list[dict]) -> str:
-    """The markdown report and the figure of paired differences; returns the markdown."""
+def report(task: str, rows: list[dict], arm_parents: dict[str, str] | None = None) -> str:
+    """The markdown report and the figure of paired differences; returns the markdown. An arm
+    (``arm_parents``: arm -> variant) is also compared with the variant it modifies."""
     from drsf_kit.evaluation.paired import paired_difference
 
     lines = [f"# Protocol v2, {task}", "", SELECTION_NOTE,
@@ -260,7 +306,8 @@ def report(task: str, rows: list[dict]) -> str:
         lines += [f"### Paired differences, {metric} (per seed, 95% paired-t interval)", "",
                   "| fidelity | variant | vs | quantity | mean | 95% interval | n |", "|---|---|---|---|---|---|---|"]
         for (level, variant), runs in sorted(means.items()):
-            for base in BASELINES:
+            parent = (arm_parents or {}).get(variant)
+            for base in BASELINES + ((parent,) if parent and parent not in BASELINES else ()):
                 # source_only is the floor, not a contender; naive_consistency vs naive_synth is listed once
                 if variant in (base, "source_only") or (level, base) not in means or (
                         variant, base) == ("naive_synth", "naive_consistency"):
@@ -432,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
               "from other invocations; docs/protocol.md section 6 lists every command)\n")
     if f"{args.task}_collected" in commands:
         footer += f"Collected: `{commands[args.task + '_collected']}`\n"
-    atomic_write_text(RESULTS / f"sdg_protocol_{args.task}.md", report(args.task, rows) + footer)
+    atomic_write_text(RESULTS / f"sdg_protocol_{args.task}.md", report(args.task, rows, parents(proto)) + footer)
     print(RESULTS / f"sdg_protocol_{args.task}.md")
     return 1 if failed else 0
 

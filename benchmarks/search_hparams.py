@@ -178,6 +178,7 @@ def protocol_search(args) -> int:
         bar.update(1)
     bar.close()
     metric = PRIMARY_METRIC[args.task]
+    command = "python benchmarks/search_hparams.py " + " ".join(sys.argv[1:])
     rows = []
     for (task, proto_, trial_run, job, _), (name, hp) in zip(work, names):
         cfg = sdg_protocol.run_config(task, proto_, trial_run, job, weights)
@@ -187,7 +188,7 @@ def protocol_search(args) -> int:
         val_rows = json.loads(val_file.read_text())["rows"]
         base = {"task": task, "variant": args.variant, "block": "defaults" if name == "default" else args.block,
                 "trial": name, "seed": args.seed, "fidelity": "ldm", "split": "val", "metric": metric,
-                "hparams": json.dumps(hp, sort_keys=True), "run": cfg.name}
+                "hparams": json.dumps(hp, sort_keys=True), "run": cfg.name, "command": command}
         for r in val_rows:
             if r["metric"] == metric and r.get("class") is None:
                 rows.append({**base, "domain": ("source" if r["role"] == "source" else f"pseudo:{r['domain']}"),
@@ -214,7 +215,9 @@ def protocol_search(args) -> int:
         hp = json.loads(hp_json)
         diff = ", ".join(f"{k}={_short(v)}" for k, v in sorted(hp.items()) if v != defaults.get(k)) or "(defaults)"
         lines.append(f"| {trial} | {blk} | {100 * value:.1f} | {diff} |")
-    lines += ["", "Command: `python benchmarks/search_hparams.py " + " ".join(sys.argv[1:]) + "`", ""]
+    # every block's command, in the order the blocks were searched (rows of older files carry none)
+    commands = list(dict.fromkeys(r.get("command") or "" for r in all_rows if r["block"] != "defaults"))
+    lines += [""] + [f"Command: `{c}`" for c in commands if c] + [""]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines))
     print("\n".join(lines))
     return 0

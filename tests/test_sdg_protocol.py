@@ -123,3 +123,43 @@ def test_a_config_of_ones_own_reports_beside_its_runs_not_into_the_committed_res
     finally:
         protocol.RESULTS, protocol.OUT_JSON = results, out_json  # main() points them at the report folder
     assert (out_json.read_bytes() if out_json.is_file() else None) == committed
+
+
+def test_an_arm_is_its_variant_with_overrides_and_is_compared_with_it(protocol, tmp_path, monkeypatch):
+    proto, run = protocol.load_protocol("det", str(protocol.ROOT / "configs" / "protocol" / "det_ablation.yaml"))
+    base, base_run = protocol.load_protocol("det")
+    # extends: the base's data, seeds and run folder (so its runs are reused), its own arms and variants
+    assert run == base_run and proto["output_dir"] == base["output_dir"] and proto["seeds"] == base["seeds"]
+    # a new data root reaches the inherited run section too (the confirmation builds)
+    sproto, srun = protocol.load_protocol("seg", str(protocol.ROOT / "configs" / "protocol" / "seg_confirm.yaml"))
+    assert srun["data"]["root"] == sproto["data_root"] == "data/mini-weather-protocol-b1"
+    assert srun["task"] == "seg" and protocol.load_protocol("seg")[1]["data"]["root"] == "data/mini-weather-protocol"
+    assert protocol.parents(proto) == {"mdsf_no_align": "mdsf", "mdsf_no_fuse": "mdsf", "mdsf_twins_only": "mdsf"}
+    todo = protocol.jobs(proto, None, ["ldm"], [0])
+    assert [j["variant"] for j in todo] == proto["variants"]["ldm"] and all(j["level"] == "ldm" for j in todo)
+    job = next(j for j in todo if j["variant"] == "mdsf_twins_only")
+    cfg = protocol.run_config("det", proto, run, job, tmp_path / "w.pt")
+    assert cfg.variant == "mdsf" and cfg.name == "det-ldm-mdsf_twins_only-s0"
+    assert cfg.model.hparams == {"eta_max": 0.0, "p_mix": 0.0}
+    plain = protocol.run_config("det", proto, run, next(j for j in todo if j["variant"] == "mdsf"), tmp_path / "w.pt")
+    assert plain.variant == "mdsf" and plain.model.hparams == {} and plain.name == "det-ldm-mdsf-s0"
+    monkeypatch.setattr(protocol, "RESULTS", tmp_path)
+    rows = []
+    for seed in (0, 1):
+        rows += _rows("mdsf", seed, {"daytime_foggy": 0.50, "night_rainy": 0.40}, val=0.3)
+        rows += _rows("mdsf_no_align", seed, {"daytime_foggy": 0.48 - seed / 100, "night_rainy": 0.40}, val=0.3)
+    text = protocol.report("det", rows, protocol.parents(proto))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| ldm | mdsf_no_align | mdsf | target_mean |"))
+    assert "-1.2" in line and line.rstrip().endswith("| 2 |")  # (-1.0 + -1.5) / 2 points, paired by seed
+    assert not any(ln.startswith("| ldm | mdsf_no_align | mdsf |") for ln in protocol.report("det", rows).splitlines())
+
+
+def test_a_bad_arm_or_a_missing_base_is_one_clear_error(protocol, tmp_path):
+    from drsf_kit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="arm 'x'"):
+        protocol.arm({"arms": {"x": {"hparams": {"eta_max": 0}}}}, "x")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        protocol.load_protocol("det", str(bad))
