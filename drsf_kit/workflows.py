@@ -171,21 +171,17 @@ def ensure_run(cfg: RunConfig, on_mismatch: str = "refuse", reuse_anyway: bool =
     from drsf_kit.train import fit
     from drsf_kit.train.rundir import RESUMABLE, RunDir, config_diff, describe_diff
 
-    if on_mismatch not in ON_MISMATCH:
-        raise ConfigError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, got {on_mismatch!r}")
     run = RunDir(cfg.run_dir)
-    state, keys = run_status(cfg)
-    if state == "done":
+    action, state, keys = _plan(cfg, on_mismatch, reuse_anyway)
+    if action == "done":
         return run.path
-    if state == "other":
-        saved = run.read_config()
-        if reuse_anyway or on_mismatch == "reuse":
-            say(f"[run] reusing {run.path} although it differs ({describe_diff(saved, config_to_dict(cfg), keys)})")
+    if action in ("reuse", "refuse"):
+        differs = describe_diff(run.read_config(), config_to_dict(cfg), keys)
+        if action == "reuse":
+            say(f"[run] reusing {run.path} although it differs ({differs})")
             return run.path
-        if on_mismatch == "refuse":
-            raise ConfigError(f"{run.path} holds a finished run with another config "
-                              f"({describe_diff(saved, config_to_dict(cfg), keys)}); set REUSE_ANYWAY=True "
-                              f"(reuse_anyway=True) to use it as it is, or choose another runs folder")
+        raise ConfigError(f"{run.path} holds a finished run with another config ({differs}); set "
+                          f"REUSE_ANYWAY=True (reuse_anyway=True) to use it as it is, or choose another runs folder")
     ensure_data(cfg.data.root, sizes=data_sizes, progress=progress)
     if get_variant(cfg.variant).use_synth:
         ensure_synth(cfg.data.root, cfg.data.synth_root, seed=0, device=cfg.device, progress=progress)
@@ -198,12 +194,19 @@ def ensure_run(cfg: RunConfig, on_mismatch: str = "refuse", reuse_anyway: bool =
     return fit(cfg, resume=saved is not None, start_over=True, reuse_anyway=reuse_anyway, progress=progress)
 
 
-def _will_train(cfg: RunConfig, on_mismatch: str, reuse_anyway: bool) -> bool:
-    """Whether ``ensure_run`` would train ``cfg`` (False: it returns a run as it is, or refuses it)."""
-    state, _ = run_status(cfg)
+def _plan(cfg: RunConfig, on_mismatch: str, reuse_anyway: bool) -> tuple[str, str, list]:
+    """What ``ensure_run`` does with the folder of ``cfg``: ``"done"`` (return it), ``"reuse"`` (a
+    finished run of another config, kept), ``"refuse"`` or ``"train"``; with ``run_status``'s state and keys."""
+    if on_mismatch not in ON_MISMATCH:
+        raise ConfigError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, got {on_mismatch!r}")
+    state, keys = run_status(cfg)
     if state == "done":
-        return False
-    return not (state == "other" and (reuse_anyway or on_mismatch != "retrain"))
+        return "done", state, keys
+    if state == "other" and (reuse_anyway or on_mismatch == "reuse"):
+        return "reuse", state, keys
+    if state == "other" and on_mismatch == "refuse":
+        return "refuse", state, keys
+    return "train", state, keys
 
 
 def auto_jobs(device: str = "auto") -> int:
@@ -243,10 +246,8 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
     from drsf_kit.models import get_variant
     from drsf_kit.utils.runtime import default_num_threads, imap_side_by_side
 
-    if on_mismatch not in ON_MISMATCH:
-        raise ConfigError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, got {on_mismatch!r}")
     cfgs = list(cfgs)
-    train = [i for i, cfg in enumerate(cfgs) if _will_train(cfg, on_mismatch, reuse_anyway)]
+    train = [i for i, cfg in enumerate(cfgs) if _plan(cfg, on_mismatch, reuse_anyway)[0] == "train"]
     jobs = max(1, min(int(jobs), len(train)))
     if jobs == 1:
         return [ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=progress,
