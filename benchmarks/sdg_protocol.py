@@ -25,7 +25,8 @@ A protocol YAML of your own (``--config``) writes its report to ``<output_dir>/r
 Ablations are *arms*: a named variant with hyperparameter overrides, declared in the protocol section
 (``arms: {mdsf_no_align: {variant: mdsf, hparams: {eta_max: 0.0}}}``) and listed under ``variants`` like
 any variant. An arm's runs are named after it, paired by seed with every other run, and compared with
-the variant it modifies as well as with the usual baselines (``configs/protocol/det_ablation.yaml``).
+the variant it modifies as well as with the usual baselines (``configs/protocol/det_ablation.yaml``);
+``compare_with: [name, ...]`` adds baselines every variant is compared with.
 
 ``--jobs 2`` trains two runs side by side with one torch thread each (on 2 cores a mini source_only
 step takes 0.18 s with one thread and 0.14 s with two: small convolutions do not split well).
@@ -279,9 +280,11 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def report(task: str, rows: list[dict], arm_parents: dict[str, str] | None = None) -> str:
+def report(task: str, rows: list[dict], arm_parents: dict[str, str] | None = None,
+           extra_baselines: tuple[str, ...] = ()) -> str:
     """The markdown report and the figure of paired differences; returns the markdown. An arm
-    (``arm_parents``: arm -> variant) is also compared with the variant it modifies."""
+    (``arm_parents``: arm -> variant) is also compared with the variant it modifies, and every variant
+    with ``extra_baselines`` (the protocol's ``compare_with`` list) as well as with ``BASELINES``."""
     from drsf_kit.evaluation.paired import paired_difference
 
     lines = [f"# Protocol v2, {task}", "", SELECTION_NOTE,
@@ -307,7 +310,7 @@ def report(task: str, rows: list[dict], arm_parents: dict[str, str] | None = Non
                   "| fidelity | variant | vs | quantity | mean | 95% interval | n |", "|---|---|---|---|---|---|---|"]
         for (level, variant), runs in sorted(means.items()):
             parent = (arm_parents or {}).get(variant)
-            for base in BASELINES + ((parent,) if parent and parent not in BASELINES else ()):
+            for base in dict.fromkeys(BASELINES + tuple(extra_baselines) + ((parent,) if parent else ())):
                 # source_only is the floor, not a contender; naive_consistency vs naive_synth is listed once
                 if variant in (base, "source_only") or (level, base) not in means or (
                         variant, base) == ("naive_synth", "naive_consistency"):
@@ -479,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
               "from other invocations; docs/protocol.md section 6 lists every command)\n")
     if f"{args.task}_collected" in commands:
         footer += f"Collected: `{commands[args.task + '_collected']}`\n"
-    atomic_write_text(RESULTS / f"sdg_protocol_{args.task}.md", report(args.task, rows, parents(proto)) + footer)
+    atomic_write_text(RESULTS / f"sdg_protocol_{args.task}.md", report(args.task, rows, parents(proto), tuple(proto.get("compare_with") or ())) + footer)
     print(RESULTS / f"sdg_protocol_{args.task}.md")
     return 1 if failed else 0
 

@@ -152,6 +152,11 @@ def test_an_arm_is_its_variant_with_overrides_and_is_compared_with_it(protocol, 
     line = next(ln for ln in text.splitlines() if ln.startswith("| ldm | mdsf_no_align | mdsf | target_mean |"))
     assert "-1.2" in line and line.rstrip().endswith("| 2 |")  # (-1.0 + -1.5) / 2 points, paired by seed
     assert not any(ln.startswith("| ldm | mdsf_no_align | mdsf |") for ln in protocol.report("det", rows).splitlines())
+    # compare_with: every variant also against the named baseline, once
+    text = protocol.report("det", rows, protocol.parents(proto), tuple(proto["compare_with"]) + ("mdsf",))
+    assert sum(ln.startswith("| ldm | mdsf_no_align | mdsf | target_mean |") for ln in text.splitlines()) == 1
+    assert any(ln.startswith("| ldm | mdsf | mdsf_no_align | target_mean |") for ln in
+               protocol.report("det", rows, None, ("mdsf_no_align",)).splitlines())
 
 
 def test_a_bad_arm_or_a_missing_base_is_one_clear_error(protocol, tmp_path):
