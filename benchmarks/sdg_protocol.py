@@ -346,9 +346,14 @@ def figure(task: str, diffs: list[dict]) -> Path:
         return RESULTS / f"sdg_protocol_{task}.png"
     df["label"] = df["variant"] + " (" + df["fidelity"] + ")"
     bases = sorted(df["baseline"].unique())
-    fig, axes = plt.subplots(1, len(bases), figsize=(5.5 * len(bases), 0.5 * df["label"].nunique() + 2), squeeze=False)
+    ncols = min(3, len(bases))  # wrap: five baselines side by side are too narrow to read
+    nrows = math.ceil(len(bases) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, nrows * (0.45 * df["label"].nunique() + 1.6)),
+                             squeeze=False)
+    for ax in axes.flat[len(bases):]:
+        ax.set_visible(False)
     palette = dict(zip(sorted(df["fidelity"].unique()), sns.color_palette("deep")))
-    for ax, base in zip(axes[0], bases):
+    for ax, base in zip(axes.flat, bases):
         sub = df[df["baseline"] == base].sort_values("label")
         y = range(len(sub))
         for yi, (_, r) in zip(y, sub.iterrows()):
