@@ -7,6 +7,8 @@ gives several pseudo-domains per source, naive_consistency stops the source's gr
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -346,3 +348,29 @@ def test_consistency_loss_pulls_the_twin_and_holds_the_source():
     assert torch.all(grad[:2] == 0) and grad[2:].abs().sum() > 0
     same = torch.randn(2, 3, 5, 5)
     assert float(consistency_loss({"m": torch.cat([same, same])}, torch.tensor([[0, 2], [1, 3]]))) == 0.0
+
+
+@pytest.mark.parametrize("variant", ["naive_synth", "naive_consistency"])
+def test_a_variant_without_mdsf_trains_on_several_twins_per_source(variant, tiny_weather, synth_root):
+    """``twins_per_source: 2`` without MDSF: the data-matched baseline draws two twins of different
+    pseudo-domains per source, and its step trains on every row (no fused row is added)."""
+    cfg = load_config(None, [f"data.root={tiny_weather}", f"data.synth_root={synth_root}", "task=seg",
+                             f"variant={variant}", "train.crop_size=[64,64]", "train.warmup_steps=0"])
+    train_set = build_train_set(cfg)
+    torch.manual_seed(0)
+    model = build_model("seg", "mini", variant, 1 + len(cfg.data.synth_domains), hparams={"twins_per_source": 2})
+    assert model.twins_per_source == 2 and model.mdsf is None
+    assert build_model("seg", "mini", variant, 1 + len(cfg.data.synth_domains)).twins_per_source == 1
+    sampler = TwinBatchSampler(train_set.twin_table, 2, seed=0, twins_per_source=model.twins_per_source)
+    items = sampler.batch(0)
+    assert len(items) == 2
+    for it in items:  # each source: its twin plus one of another pseudo-domain
+        assert it.twin >= 0 and len(it.extra) == 1 and it.extra[0][1] != it.domain
+    batch = TwinCollate("seg")([train_set[it] for it in items])
+    assert batch.domains.tolist().count(0) == 2 and len(batch.domains) == 6  # 2 sources + 4 twins
+    optimizer = build_optimizer(model, cfg.train)
+    result = train_step(model, batch, optimizer, torch.device("cpu"), step=1, progress=0.0,
+                        generator=torch.Generator().manual_seed(0))
+    assert math.isfinite(result.loss) and result.images == 6  # every row trained, no fused row added
+    if variant == "naive_consistency":
+        assert result.losses["loss_cons"] > 0

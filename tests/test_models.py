@@ -64,13 +64,20 @@ def test_get_variant_lists_valid_names():
 
 
 def test_default_hparams_and_ranges():
-    assert default_hparams("source_only", "det") == {} == default_hparams("naive_synth", "seg")
+    assert default_hparams("source_only", "det") == {}
+    # every variant without MDSF that trains on twins draws one per source unless told otherwise
+    for variant in ("naive_synth", "naive_consistency", "dfdr"):
+        assert default_hparams(variant, "seg")["twins_per_source"] == 1
+    assert default_hparams("naive_synth", "det") == {"twins_per_source": 1}
+    assert default_hparams("mdsf", "det")["twins_per_source"] == 2 == default_hparams("drsf", "seg")["twins_per_source"]
+    with pytest.raises(ConfigError, match="does not apply to variant 'source_only'"):
+        resolve_hparams("source_only", "det", {"twins_per_source": 2})
     v1 = default_hparams("drsf", "det", method="v1")  # the first reading's defaults, as shipped
     assert (v1["w_align"], v1["w_rea"], v1["w_adv"], v1["alpha"], v1["p_mix"], v1["gamma_init"]) == (1.0, 0.1, 0.1, 0.4, 0.5, 0.1)
     assert resolve_hparams("drsf", "det", {"method": "v1"}) == v1
     hp = default_hparams("drsf", "det")
     assert hp["method"] == "v2" and hp["alpha"] >= 1.0 and hp["twins_per_source"] >= 2
-    assert default_hparams("naive_consistency", "det") == {"w_cons": 1.0}
+    assert default_hparams("naive_consistency", "det") == {"w_cons": 1.0, "twins_per_source": 1}
     assert "alpha" not in default_hparams("dfdr", "det") and "tau" not in default_hparams("mdsf", "seg")
     assert set(HPARAM_RANGES) >= set(hp)
     drawn = random_hparams("drsf", "seg", seed=1)

@@ -239,10 +239,11 @@ class DRSFModel(nn.Module):
 
     @property
     def twins_per_source(self) -> int:
-        """Twins per source image the sampler must draw (several pseudo-domains for MDSF v2)."""
-        if self.mdsf is not None and self.mdsf.v2:
-            return int(self.mdsf.hparams.twins_per_source)
-        return 1
+        """Twins per source image the sampler must draw (several pseudo-domains for MDSF v2, or for a
+        variant without MDSF given ``twins_per_source``; MDSF v1 always pairs one)."""
+        if self.mdsf is not None:
+            return int(self.mdsf.hparams.twins_per_source) if self.mdsf.v2 else 1
+        return int(self.hparams.get("twins_per_source", 1))
 
     def _add_fused(self, maps, aux, domains, pairs, generator):
         """Append fused rows (one plan for every map of ``maps``) and record their source rows."""

@@ -1,7 +1,8 @@
 """DRSF hyperparameters: the one place for their defaults, next to their search ranges.
 
 Keys are the field names of ``DFDRHparams`` and ``MDSFHparams``; a variant owns the keys of the
-blocks it uses (``source_only`` and ``naive_synth`` have none; ``naive_consistency`` owns ``w_cons``).
+blocks it uses (``source_only`` has none; ``naive_consistency`` owns ``w_cons``; every variant that trains
+on twins owns ``twins_per_source``).
 Every default marked "our reading" in ``docs/method.md`` is set here.
 
 ``method`` selects the design: ``v2`` (default) or ``v1``, the first reading, whose defaults are
@@ -29,6 +30,10 @@ V1_DEFAULTS: dict[str, Any] = {
 }
 # naive_consistency's one key: weight of the paired twin-consistency loss.
 CONSISTENCY_DEFAULTS: dict[str, Any] = {"w_cons": 1.0}
+# Every variant that trains on twins draws `twins_per_source` of them per source image, each from a
+# different pseudo-domain. MDSF owns the key (v2 default 2); the variants without MDSF own it with
+# default 1, so `naive_synth` with `twins_per_source: 2` is naive training on the twins MDSF sees.
+SYNTH_DEFAULTS: dict[str, Any] = {"twins_per_source": 1}
 
 # Search ranges: ("log_uniform", lo, hi), ("uniform", lo, hi) or ("choice", [options]). Ranges of the
 # v2 design (a search of method v1 fixes "method" to v1 and draws the same keys).
@@ -99,17 +104,22 @@ def hparam_keys(variant: str) -> tuple[str, ...]:
         keys += tuple(k for k in MDSFHparams.field_names() if k not in keys)  # "method" is shared
     if spec.use_consistency:
         keys += tuple(CONSISTENCY_DEFAULTS)
+    if spec.use_synth and not spec.use_mdsf:
+        keys += tuple(SYNTH_DEFAULTS)
     return keys
 
 
 def default_hparams(variant: str, task: str, method: str = "v2") -> dict[str, Any]:
-    """Default hyperparameters of ``variant`` for ``task`` (a new dict; empty for block-free variants).
+    """Default hyperparameters of ``variant`` for ``task`` (a new dict; empty for source_only).
 
     ``method="v1"`` gives the first reading's defaults (``V1_DEFAULTS``).
     """
     task = normalize_task(task)
     defaults = _task_defaults(task, method)
-    return {k: defaults[k] for k in hparam_keys(variant)}
+    out = {k: defaults[k] for k in hparam_keys(variant)}
+    if not get_variant(variant).use_mdsf:  # the key MDSF shares has its own default without MDSF
+        out.update({k: v for k, v in SYNTH_DEFAULTS.items() if k in out})
+    return out
 
 
 def resolve_hparams(variant: str, task: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
