@@ -374,3 +374,27 @@ def test_a_variant_without_mdsf_trains_on_several_twins_per_source(variant, tiny
     assert math.isfinite(result.loss) and result.images == 6  # every row trained, no fused row added
     if variant == "naive_consistency":
         assert result.losses["loss_cons"] > 0
+
+
+def test_two_twin_naive_synth_trains_like_mdsf_with_fusion_and_alignment_off(tiny_weather, synth_root):
+    """The protocol's data-matched baseline was trained as an ``mdsf`` arm (``eta_max: 0``, ``p_mix: 0``);
+    ``naive_synth`` with ``twins_per_source: 2`` is the same training of the task path, step for step."""
+    cfg = load_config(None, [f"data.root={tiny_weather}", f"data.synth_root={synth_root}", "task=seg",
+                             "variant=naive_synth", "train.crop_size=[64,64]", "train.warmup_steps=0"])
+    train_set = build_train_set(cfg)
+    k = 1 + len(cfg.data.synth_domains)
+    torch.manual_seed(0)
+    naive = build_model("seg", "mini", "naive_synth", k, hparams={"twins_per_source": 2})
+    arm = build_model("seg", "mini", "mdsf", k, hparams={"eta_max": 0.0, "p_mix": 0.0})
+    missing = arm.load_state_dict(naive.state_dict(), strict=False).missing_keys
+    assert missing and all(key.startswith("mdsf.discriminator.") for key in missing)  # only the adversary differs
+    losses = {}
+    for name, model in (("naive", naive), ("arm", arm)):
+        sampler = TwinBatchSampler(train_set.twin_table, 2, seed=0, twins_per_source=model.twins_per_source)
+        optimizer = build_optimizer(model, cfg.train)
+        gen = torch.Generator().manual_seed(0)
+        losses[name] = [train_step(model, TwinCollate("seg")([train_set[it] for it in sampler.batch(b)]), optimizer,
+                                   torch.device("cpu"), step=b + 1, progress=b / 3, generator=gen,
+                                   grad_clip=10.0).losses for b in range(3)]
+    assert [s["loss_task"] for s in losses["naive"]] == [s["loss_task"] for s in losses["arm"]]
+    assert all("loss_adv" in s for s in losses["arm"]) and not any("loss_adv" in s for s in losses["naive"])
