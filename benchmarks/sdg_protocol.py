@@ -487,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
               "from other invocations; docs/protocol.md section 6 lists every command)\n")
     if f"{args.task}_collected" in commands:
         footer += f"Collected: `{commands[args.task + '_collected']}`\n"
-    atomic_write_text(RESULTS / f"sdg_protocol_{args.task}.md", report(args.task, rows, parents(proto), tuple(proto.get("compare_with") or ())) + footer)
+    text = report(args.task, rows, parents(proto), tuple(proto.get("compare_with") or ()))
+    atomic_write_text(RESULTS / f"sdg_protocol_{args.task}.md", text + footer)
     print(RESULTS / f"sdg_protocol_{args.task}.md")
     return 1 if failed else 0
 
