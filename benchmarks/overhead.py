@@ -23,7 +23,6 @@ Writes ``benchmarks/results/overhead.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -53,14 +52,11 @@ def _trainable(model) -> int:
 def measure(task: str, steps: int, overrides: list[str], method: str = "v2", naive_twins: int = 1) -> dict:
     """The three overhead numbers for one task (``naive_twins``: twins per source of the naive_synth
     reference; 2 is the data-matched baseline, the same real images per step as drsf v2)."""
-    cfgs = {v: load_config(ROOT / "configs" / f"mini_{task}.yaml", [f"variant={v}", *overrides])
-            for v in ("source_only", "naive_synth", "drsf")}
-    if naive_twins != 1:
-        cfgs["naive_synth"] = dataclasses.replace(cfgs["naive_synth"], model=dataclasses.replace(
-            cfgs["naive_synth"].model, hparams={**cfgs["naive_synth"].model.hparams, "twins_per_source": naive_twins}))
-    if method != "v2":
-        cfgs["drsf"] = dataclasses.replace(cfgs["drsf"], model=dataclasses.replace(
-            cfgs["drsf"].model, hparams={**cfgs["drsf"].model.hparams, "method": method}))
+    own = {"source_only": [],
+           "naive_synth": [f"model.hparams.twins_per_source={naive_twins}"] if naive_twins != 1 else [],
+           "drsf": [f"model.hparams.method={method}"] if method != "v2" else []}
+    cfgs = {v: load_config(ROOT / "configs" / f"mini_{task}.yaml", [f"variant={v}", *overrides, *extra])
+            for v, extra in own.items()}
     train_set = build_train_set(cfgs["drsf"])
     models, opts = {}, {}
     for v, cfg in cfgs.items():

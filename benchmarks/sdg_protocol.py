@@ -59,8 +59,9 @@ def load_protocol(task: str, path: str | None = None) -> tuple[dict, dict]:
     """(protocol section, run section) of ``configs/protocol/<task>.yaml``.
 
     ``extends: <file>`` (relative to the config) starts from that protocol: the keys this file's
-    ``protocol`` section gives replace the base's, and its ``run`` section, when present, replaces the
-    base's; an inherited ``run`` section reads the (possibly new) ``data_root``.
+    ``protocol`` section gives replace the base's, except ``arms``, which add to the base's by name;
+    its ``run`` section, when present, replaces the base's, and an inherited ``run`` section reads the
+    (possibly new) ``data_root``.
     """
     import yaml
 
@@ -73,7 +74,9 @@ def load_protocol(task: str, path: str | None = None) -> tuple[dict, dict]:
         if not base_path.is_file():
             raise ConfigError(f"{path}: extends {doc['extends']!r}, but {base_path} does not exist")
         proto, run = load_protocol(task, str(base_path))
-        proto = {**proto, **(doc.get("protocol") or {})}
+        mine = doc.get("protocol") or {}
+        arms = {**(proto.get("arms") or {}), **(mine.get("arms") or {})}
+        proto = {**proto, **mine, **({"arms": arms} if arms else {})}
         if "run" in doc:
             return proto, doc["run"]
         run = copy.deepcopy(run)

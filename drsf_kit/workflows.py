@@ -222,10 +222,10 @@ def auto_jobs(device: str = "auto") -> int:
     return default_num_threads()
 
 
-def _train_child(job: tuple) -> str:
-    cfg, on_mismatch, reuse_anyway, data_sizes = job
-    return str(ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False,
-                          data_sizes=data_sizes))
+def _train_child(job: tuple) -> tuple[int, str]:
+    i, cfg, on_mismatch, reuse_anyway, data_sizes = job
+    return i, str(ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False,
+                             data_sizes=data_sizes))
 
 
 def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "refuse", reuse_anyway: bool = False,
@@ -252,9 +252,10 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
     if jobs == 1:
         return [ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=progress,
                            data_sizes=data_sizes, say=say) for cfg in cfgs]
+    folders: dict[int, Path] = {}
     for i, cfg in enumerate(cfgs):  # finished, reused or refused: nothing trains before a refusal
         if i not in train:
-            ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False, say=say)
+            folders[i] = ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False, say=say)
     for i in train:  # one maker of the data, not several processes at once
         cfg = cfgs[i]
         ensure_data(cfg.data.root, sizes=data_sizes, progress=progress)
@@ -264,17 +265,16 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
     # the costliest first (twins, then each block), so that the run left alone at the end is a cheap one
     spec = {i: get_variant(cfgs[i].variant) for i in train}
     train.sort(key=lambda i: -(int(spec[i].use_synth) + int(spec[i].use_dfdr) + int(spec[i].use_mdsf)))
-    work = [(cfgs[i], on_mismatch, reuse_anyway, data_sizes) for i in train]
+    work = [(i, cfgs[i], on_mismatch, reuse_anyway, data_sizes) for i in train]
     bar = tqdm(total=len(work), desc=f"training {len(work)} runs, {jobs} at a time", unit="run", disable=not progress)
     try:
-        for path in imap_side_by_side(_train_child, work, jobs, threads):
+        for i, path in imap_side_by_side(_train_child, work, jobs, threads):
+            folders[i] = Path(path)
             bar.update(1)
-            bar.set_postfix_str(Path(path).name)
+            bar.set_postfix_str(folders[i].name)
     finally:
         bar.close()
-    # every one finished (or reused, already said above) now: their folders
-    return [ensure_run(cfg, on_mismatch=on_mismatch, reuse_anyway=reuse_anyway, progress=False, say=lambda _: None)
-            for cfg in cfgs]
+    return [folders[i] for i in range(len(cfgs))]
 
 
 def require_runs(runs_dir: str | os.PathLike, task: str, variants: Iterable[str], seeds: Iterable[int] = (0,),
