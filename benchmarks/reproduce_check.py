@@ -1,0 +1,72 @@
+"""Did a rerun reproduce a committed results file? Compare two tidy results files row by row.
+
+Example: rerun the detection protocol from scratch in a clean checkout, then compare its report with the
+committed one::
+
+    python benchmarks/reproduce_check.py --old benchmarks/results/sdg_protocol.json \
+        --new /path/to/rerun/benchmarks/results/sdg_protocol.json --task det --out reproduce_det
+
+Writes ``benchmarks/results/<out>.md`` and ``<out>.json``: per (task, fidelity, variant) the matched
+measurements, how many are bitwise equal, the largest absolute difference (in metric units, fractions)
+and the rows found on one side only. Exits 0 when everything matched and is equal, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    """Compare, print the table, write the outputs."""
+    from drsf_kit.errors import DataError
+    from drsf_kit.evaluation.reproduce import compare_rows, read_rows, reproduced
+    from drsf_kit.evaluation.tables import frame_to_markdown
+    from drsf_kit.utils.io import atomic_write_json, atomic_write_text
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", required=True, help="the committed results JSON")
+    ap.add_argument("--new", required=True, help="the rerun's results JSON")
+    ap.add_argument("--task", default=None, help="compare one task's rows only (det or seg)")
+    ap.add_argument("--out", default=None, help="write benchmarks/results/<out>.md and .json")
+    ap.add_argument("--note", default="", help="a line for the report (what was rerun, on which commit)")
+    args = ap.parse_args(argv)
+
+    try:
+        old, new = read_rows(args.old), read_rows(args.new)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.task:
+        old = [r for r in old if r.get("task") == args.task]
+        new = [r for r in new if r.get("task") == args.task]
+    try:
+        table = compare_rows(old, new, names=(args.old, args.new))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    same = reproduced(table)
+    verdict = ("every measurement matched and is bitwise equal" if same else
+               "NOT reproduced: see the rows with equal < matched, a difference, or rows on one side only")
+    caption = (f"Rerun vs committed results ({len(old)} committed rows, {len(new)} rerun rows"
+               f"{', task ' + args.task if args.task else ''}): {verdict}.")
+    text = frame_to_markdown(table, caption=caption, index=False)
+    print(text)
+    if args.out:
+        out = ROOT / "benchmarks" / "results" / args.out
+        command = "python benchmarks/reproduce_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        header = f"# {args.out}\n\n`{command}`\n\n" + (f"{args.note}\n\n" if args.note else "")
+        atomic_write_text(out.with_suffix(".md"), header + text + "\n")
+        atomic_write_json(out.with_suffix(".json"), {
+            "benchmark": "reproduce_check", "command": command, "note": args.note,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "reproduced": same,
+            "rows": table.astype(object).where(table.notna(), None).to_dict(orient="records")})
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
