@@ -7,8 +7,9 @@ committed one::
         --new /path/to/rerun/benchmarks/results/sdg_protocol.json --task det --out reproduce_det
 
 Writes ``benchmarks/results/<out>.md`` and ``<out>.json``: per (task, fidelity, variant) the matched
-measurements, how many are bitwise equal, the largest absolute difference (in metric units, fractions)
-and the rows found on one side only. Exits 0 when everything matched and is equal, 1 otherwise.
+measurements, how many are bitwise equal and how many within ``--atol``, the largest absolute difference
+(in metric units, fractions), the metrics that differ and the rows found on one side only. Exits 0 when
+everything matched within ``--atol`` (default 0: bitwise), 1 otherwise, 2 on a bad file.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new", required=True, help="the rerun's results JSON")
     ap.add_argument("--task", default=None, help="compare one task's rows only (det or seg)")
     ap.add_argument("--out", default=None, help="write benchmarks/results/<out>.md and .json")
+    ap.add_argument("--atol", type=float, default=0.0,
+                    help="largest absolute difference that still counts as reproduced (default 0: bitwise)")
     ap.add_argument("--note", default="", help="a line for the report (what was rerun, on which commit)")
     args = ap.parse_args(argv)
 
@@ -45,13 +48,14 @@ def main(argv=None) -> int:
         old = [r for r in old if r.get("task") == args.task]
         new = [r for r in new if r.get("task") == args.task]
     try:
-        table = compare_rows(old, new, names=(args.old, args.new))
+        table = compare_rows(old, new, names=(args.old, args.new), atol=args.atol)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     same = reproduced(table)
-    verdict = ("every measurement matched and is bitwise equal" if same else
-               "NOT reproduced: see the rows with equal < matched, a difference, or rows on one side only")
+    within = "bitwise equal" if args.atol == 0 else f"within {args.atol:g} (equal: bitwise)"
+    verdict = (f"every measurement matched and is {within}" if same else
+               "NOT reproduced: see the rows with close < matched (metrics under differing) or rows on one side only")
     caption = (f"Rerun vs committed results ({len(old)} committed rows, {len(new)} rerun rows"
                f"{', task ' + args.task if args.task else ''}): {verdict}.")
     text = frame_to_markdown(table, caption=caption, index=False)
@@ -63,7 +67,7 @@ def main(argv=None) -> int:
         atomic_write_text(out.with_suffix(".md"), header + text + "\n")
         atomic_write_json(out.with_suffix(".json"), {
             "benchmark": "reproduce_check", "command": command, "note": args.note,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "reproduced": same,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "atol": args.atol, "reproduced": same,
             "rows": table.astype(object).where(table.notna(), None).to_dict(orient="records")})
     return 0 if same else 1
 

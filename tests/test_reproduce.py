@@ -44,7 +44,23 @@ def test_differences_undefined_values_and_unmatched_rows_are_counted():
     assert table.loc["naive_synth", "only_old"] == 1 and table.loc["naive_synth", "only_new"] == 0
     assert table.loc["drsf", "equal"] == 1 and math.isnan(table.loc["drsf", "max_abs_diff"])
     assert table.loc["drsf", "only_new"] == 1
+    assert table.loc["naive_synth", "differing"] == "map50_voc07" and table.loc["drsf", "differing"] == "ap50_voc07"
     assert not reproduced(table.reset_index())
+
+
+def test_a_tolerance_accepts_float_noise_but_not_real_changes():
+    # a calibration error summed in another order: 1e-9 apart; the headline metric equal
+    old = _committed() + [_row("drsf", 0, "fog", 0.0941440753751632, metric="ece")]
+    new = _committed() + [_row("drsf", 0, "fog", 0.09414407331653264, metric="ece")]
+    strict = compare_rows(old, new).set_index("variant")
+    assert strict.loc["drsf", "equal"] == 2 and strict.loc["drsf", "close"] == 2
+    assert strict.loc["drsf", "differing"] == "ece" and not reproduced(strict.reset_index())
+    loose = compare_rows(old, new, atol=1e-6)
+    assert reproduced(loose) and set(loose["close"]) == {2, 3} and set(loose["differing"]) == {""}
+    assert list(loose["equal"]) == list(strict["equal"])  # bitwise equality is still reported
+    moved = compare_rows(old, [dict(r, value=0.5) if r["variant"] == "drsf" and r["metric"] == "map50_voc07" else r
+                               for r in new], atol=1e-6)
+    assert not reproduced(moved)
 
 
 def test_levels_are_not_mixed_up():

@@ -4,8 +4,9 @@ A results file (``benchmarks/results/sdg_protocol.json`` and the like) holds one
 metric[, class]). A rerun of the same command on other code, another day or another machine gives a
 second such file. ``compare_rows`` matches the two row by row on the columns that name a measurement
 (task, variant, seed, fidelity, domain, split, metric, class, protocol) and says, per
-(task, fidelity, variant), how many rows were matched, how many are bitwise equal and the largest
-absolute difference; rows present on one side only are counted, never dropped silently.
+(task, fidelity, variant), how many rows were matched, how many are bitwise equal or within a tolerance,
+the largest absolute difference and which metrics differ; rows present on one side only are counted,
+never dropped silently.
 
 Values are compared as stored: fractions in [0, 1] for the kit's metrics, ``None`` where a metric is
 undefined (two ``None`` are equal; ``None`` against a number is a difference of NaN, counted as unequal).
@@ -76,10 +77,13 @@ def _difference(old, new) -> float:
 
 
 def compare_rows(old: Iterable[Mapping], new: Iterable[Mapping], keys: Sequence[str] = KEY_COLUMNS,
-                 group: Sequence[str] = GROUP_COLUMNS, names: tuple[str, str] = ("old", "new")) -> pd.DataFrame:
-    """``names`` label the two sides in errors (the script passes the file paths). One row per group: ``matched``, ``equal`` (bitwise), ``max_abs_diff`` over matched rows (NaN
-    when a value is undefined on one side only), ``only_old`` and ``only_new`` (rows without a partner).
-    Sorted by the group columns."""
+                 group: Sequence[str] = GROUP_COLUMNS, names: tuple[str, str] = ("old", "new"),
+                 atol: float = 0.0) -> pd.DataFrame:
+    """One row per group: ``matched``, ``equal`` (bitwise), ``close`` (within ``atol``), ``max_abs_diff``
+    over matched rows (NaN when a value is undefined on one side only), ``differing`` (the metrics with
+    a difference above ``atol``, comma-separated), ``only_old`` and ``only_new`` (rows without a
+    partner). Sorted by the group columns. ``names`` label the two sides in errors (the script passes
+    the file paths)."""
     a = _frame(old, keys, str(names[0]))
     b = _frame(new, keys, str(names[1]))
     merged = a.merge(b, on=list(keys), how="outer", suffixes=("_old", "_new"), indicator=True)
@@ -87,17 +91,22 @@ def compare_rows(old: Iterable[Mapping], new: Iterable[Mapping], keys: Sequence[
     for name, part in merged.groupby(list(group), sort=True, dropna=False):
         both = part[part["_merge"] == "both"]
         diffs = [_difference(o, n) for o, n in zip(both["value_old"], both["value_new"])]
-        equal = sum(1 for d in diffs if d == 0.0)  # |new - old| is 0 only for equal floats
+        far = sorted({m for m, d in zip(both["metric"], diffs) if not d <= atol})  # NaN counts as far
         row = dict(zip(group, name if isinstance(name, tuple) else (name,)))
-        row.update(matched=len(both), equal=equal,
+        row.update(matched=len(both),
+                   equal=sum(1 for d in diffs if d == 0.0),  # |new - old| is 0 only for equal floats
+                   close=sum(1 for d in diffs if d <= atol),
                    max_abs_diff=(math.nan if any(math.isnan(d) for d in diffs) else max(diffs, default=0.0)),
+                   differing=",".join(map(str, far)),
                    only_old=int((part["_merge"] == "left_only").sum()),
                    only_new=int((part["_merge"] == "right_only").sum()))
         out.append(row)
-    return pd.DataFrame(out, columns=[*group, "matched", "equal", "max_abs_diff", "only_old", "only_new"])
+    return pd.DataFrame(out, columns=[*group, "matched", "equal", "close", "max_abs_diff", "differing",
+                                      "only_old", "only_new"])
 
 
 def reproduced(table: pd.DataFrame) -> bool:
-    """True when every measurement was matched and every matched value is bitwise equal."""
-    return bool(len(table)) and bool((table["equal"] == table["matched"]).all()
+    """True when every measurement was matched and every matched value is within the table's tolerance
+    (bitwise equal with the default ``atol=0``)."""
+    return bool(len(table)) and bool((table["close"] == table["matched"]).all()
                                      and (table["only_old"] == 0).all() and (table["only_new"] == 0).all())
