@@ -62,7 +62,11 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         out = ROOT / "benchmarks" / "results" / args.out
-        command = "python benchmarks/reproduce_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        given = list(argv if argv is not None else sys.argv[1:])
+        if "--note" in given:  # the note is printed below the command, not inside it
+            i = given.index("--note")
+            del given[i:i + 2]
+        command = "python benchmarks/reproduce_check.py " + " ".join(a for a in given if not a.startswith("--note="))
         header = f"# {args.out}\n\n`{command}`\n\n" + (f"{args.note}\n\n" if args.note else "")
         atomic_write_text(out.with_suffix(".md"), header + text + "\n")
         atomic_write_json(out.with_suffix(".json"), {

@@ -94,9 +94,11 @@ def test_script_writes_the_report_and_exit_code(tmp_path, monkeypatch, load_benc
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(json.dumps({"rows": _committed()}))
     new.write_text(json.dumps({"rows": _committed()}))
-    assert script.main(["--old", str(old), "--new", str(new), "--task", "det", "--out", "rep"]) == 0
+    assert script.main(["--old", str(old), "--new", str(new), "--task", "det", "--out", "rep",
+                        "--note", "rerun on commit x"]) == 0
     doc = json.loads((tmp_path / "benchmarks" / "results" / "rep.json").read_text())
     assert doc["reproduced"] is True and {r["variant"] for r in doc["rows"]} == {"drsf", "naive_synth"}
+    assert doc["note"] == "rerun on commit x" and "--note" not in doc["command"] and "--out rep" in doc["command"]
     changed = _committed()
     changed[0] = dict(changed[0], value=0.4)
     new.write_text(json.dumps({"rows": changed}))
