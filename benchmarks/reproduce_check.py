@@ -47,6 +47,11 @@ def main(argv=None) -> int:
     if args.task:
         old = [r for r in old if r.get("task") == args.task]
         new = [r for r in new if r.get("task") == args.task]
+    for path, rows in ((args.old, old), (args.new, new)):
+        if not rows:
+            what = f"no rows of task {args.task!r}" if args.task else "no rows"
+            print(f"error: {path}: {what} to compare", file=sys.stderr)
+            return 2
     try:
         table = compare_rows(old, new, names=(args.old, args.new), atol=args.atol)
     except DataError as err:

@@ -108,3 +108,4 @@ def test_script_writes_the_report_and_exit_code(tmp_path, monkeypatch, load_benc
     doc = json.loads((tmp_path / "benchmarks" / "results" / "rep.json").read_text())
     assert doc["reproduced"] is False
     assert script.main(["--old", str(tmp_path / "nope.json"), "--new", str(new)]) == 2
+    assert script.main(["--old", str(old), "--new", str(new), "--task", "sgm"]) == 2  # a typo compares nothing
