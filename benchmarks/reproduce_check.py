@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
     """Compare, print the table, write the outputs."""
     from drsf_kit.errors import DataError
-    from drsf_kit.evaluation.reproduce import compare_rows, read_rows, reproduced
+    from drsf_kit.evaluation.reproduce import compare_rows, reproduced
+    from drsf_kit.evaluation.results import read_rows_file
     from drsf_kit.evaluation.tables import frame_to_markdown
     from drsf_kit.utils.io import atomic_write_json, atomic_write_text
 
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        old, new = read_rows(args.old), read_rows(args.new)
+        old, new = read_rows_file(args.old), read_rows_file(args.new)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

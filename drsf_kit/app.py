@@ -29,7 +29,6 @@ environment variables (``DRSF_APP_*``); the page is ``app/drsf_dashboard.ipynb``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import signal
@@ -80,20 +79,12 @@ def _has_results(folder: Path) -> bool:
 
 
 def load_rows_file(path: str | os.PathLike):
-    """Tidy result rows from a JSON file: a list of rows, or an object with the list under ``rows``."""
+    """Tidy result rows from a JSON file (``drsf_kit.evaluation.results.read_rows_file``) as a DataFrame."""
     import pandas as pd
 
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    rows = data.get("rows") if isinstance(data, dict) else data
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise DataError(path, "expected a JSON list of result rows, or an object with such a list under 'rows'")
-    return pd.DataFrame(rows)
+    from drsf_kit.evaluation.results import read_rows_file
+
+    return pd.DataFrame(read_rows_file(path))
 
 
 def resolve_results(runs: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> ResultsSource:

@@ -9,7 +9,8 @@ import math
 import pytest
 
 from drsf_kit.errors import DataError
-from drsf_kit.evaluation.reproduce import compare_rows, read_rows, reproduced
+from drsf_kit.evaluation.reproduce import compare_rows, reproduced
+from drsf_kit.evaluation.results import read_rows_file
 
 
 def _row(variant, seed, domain, value, fidelity="ldm", metric="map50_voc07", cls=None, run=None):
@@ -76,16 +77,17 @@ def test_a_measurement_named_twice_is_refused():
         compare_rows(_committed() + [_committed()[0]], _committed(), names=("committed.json", "rerun.json"))
 
 
-def test_read_rows_errors_name_the_file(tmp_path):
+def test_read_rows_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "broken.json"
     bad.write_text("{not json")
     with pytest.raises(DataError, match="broken.json: not valid JSON"):
-        read_rows(bad)
+        read_rows_file(bad)
     with pytest.raises(DataError, match="missing.json: no such results file"):
-        read_rows(tmp_path / "missing.json")
+        read_rows_file(tmp_path / "missing.json")
     (tmp_path / "obj.json").write_text(json.dumps({"rows": "nope"}))
-    with pytest.raises(DataError, match="obj.json: expected an object with a 'rows' list"):
-        read_rows(tmp_path / "obj.json")
+    with pytest.raises(DataError,
+                       match="obj.json: expected a JSON list of result rows, or an object with such a list under 'rows'"):
+        read_rows_file(tmp_path / "obj.json")
 
 
 def test_script_writes_the_report_and_exit_code(tmp_path, monkeypatch, load_benchmark):

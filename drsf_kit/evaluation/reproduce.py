@@ -8,16 +8,14 @@ second such file. ``compare_rows`` matches the two row by row on the columns tha
 the largest absolute difference and which metrics differ; rows present on one side only are counted,
 never dropped silently.
 
-Values are compared as stored: fractions in [0, 1] for the kit's metrics, ``None`` where a metric is
+Rows come from ``drsf_kit.evaluation.results.read_rows_file`` (the dashboard's reader too). Values
+are compared as stored: fractions in [0, 1] for the kit's metrics, ``None`` where a metric is
 undefined (two ``None`` are equal; ``None`` against a number is a difference of NaN, counted as unequal).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -28,21 +26,6 @@ from drsf_kit.errors import DataError
 # renamed run folder or a report that labels roles differently still matches.
 KEY_COLUMNS = ("task", "variant", "seed", "fidelity", "domain", "split", "metric", "class", "protocol")
 GROUP_COLUMNS = ("task", "fidelity", "variant")
-
-
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    """The ``rows`` list of a results JSON (an object with ``rows``, or a bare list of rows)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(path, "no such results file") from None
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
-    rows = data.get("rows") if isinstance(data, dict) else data
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise DataError(path, "expected an object with a 'rows' list of result rows")
-    return rows
 
 
 def _frame(rows: Iterable[Mapping], keys: Sequence[str], side: str) -> pd.DataFrame:

@@ -102,6 +102,27 @@ def segmentation_rows(
     return rows
 
 
+def read_rows_file(path: str | os.PathLike) -> list[dict]:
+    """Tidy result rows from one JSON report (``benchmarks/results/*.json``): a list of rows, or an
+    object with the list under ``rows``. Raises ``DataError`` naming the file when it is missing,
+    unreadable, not JSON or not such a list."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, "no such results file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    rows = data.get("rows") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(path, "expected a JSON list of result rows, or an object with such a list under 'rows'")
+    return rows
+
+
 def find_results_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """Every results file named by ``paths``: files as given, folders searched recursively."""
     if isinstance(paths, (str, os.PathLike)):
