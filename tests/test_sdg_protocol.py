@@ -134,6 +134,13 @@ def test_an_arm_is_its_variant_with_overrides_and_is_compared_with_it(protocol, 
     sproto, srun = protocol.load_protocol("seg", str(protocol.ROOT / "configs" / "protocol" / "seg_confirm.yaml"))
     assert srun["data"]["root"] == sproto["data_root"] == "data/mini-weather-protocol-b1"
     assert srun["task"] == "seg" and protocol.load_protocol("seg")[1]["data"]["root"] == "data/mini-weather-protocol"
+    # the detection confirmation is det.yaml on a new build: the same train config, split and warm start
+    dproto, drun = protocol.load_protocol("det", str(protocol.ROOT / "configs" / "protocol" / "det_confirm.yaml"))
+    assert drun["data"].pop("root") == dproto["data_root"] == "data/mini-weather-protocol-b1"
+    base_run_copy = {**base_run, "data": {k: v for k, v in base_run["data"].items() if k != "root"}}
+    assert drun == base_run_copy and dproto["build"]["seed"] == 1 and dproto["build"]["seed"] != base["build"]["seed"]
+    assert {k: dproto[k] for k in ("n_val", "val_images", "pretrain", "seeds")} == {
+        k: base[k] for k in ("n_val", "val_images", "pretrain", "seeds")}
     assert protocol.parents(proto) == {"mdsf_no_align": "mdsf", "mdsf_no_fuse": "mdsf", "mdsf_twins_only": "mdsf"}
     todo = protocol.jobs(proto, None, ["ldm"], [0])
     assert [j["variant"] for j in todo] == proto["variants"]["ldm"] and all(j["level"] == "ldm" for j in todo)
