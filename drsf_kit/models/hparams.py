@@ -78,35 +78,41 @@ def normalize_task(task: str) -> str:
 METHODS = ("v2", "v1")
 
 
-def _task_defaults(task: str, method: str = "v2") -> dict[str, Any]:
+def _block_defaults(variant: str, task: str, method: str) -> list[dict[str, Any]]:
+    """The default tables of the blocks ``variant`` uses, in order (DFDR, MDSF, consistency, twins).
+
+    Each block owns its keys; ``method`` is the one key DFDR and MDSF share (same value in both).
+    """
     if method not in METHODS:
         raise ConfigError(f"hparam method {method!r} is unknown; valid: {', '.join(METHODS)}")
-    defaults = {f.name: f.default for f in fields(DFDRHparams)}
-    defaults.update({f.name: f.default for f in fields(MDSFHparams)})
-    defaults.update(CONSISTENCY_DEFAULTS)
-    defaults["method"] = method
-    if method == "v1":
-        defaults.update(V1_DEFAULTS)
-    if task == "seg":
-        # The mini segmenter has ~1 M parameters and a 160-channel bottleneck: an 8-wide discriminator
-        # keeps MDSF under 2% of the model (16 would cost ~2.7%).
-        defaults["disc_hidden"] = 8
-    return defaults
+    spec = get_variant(variant)
+
+    def table(cls) -> dict[str, Any]:
+        out = {f.name: f.default for f in fields(cls)}
+        out["method"] = method
+        if method == "v1":
+            out.update({k: v for k, v in V1_DEFAULTS.items() if k in out})
+        if task == "seg" and "disc_hidden" in out:
+            # The mini segmenter has ~1 M parameters and a 160-channel bottleneck: an 8-wide discriminator
+            # keeps MDSF under 2% of the model (16 would cost ~2.7%).
+            out["disc_hidden"] = 8
+        return out
+
+    blocks = []
+    if spec.use_dfdr:
+        blocks.append(table(DFDRHparams))
+    if spec.use_mdsf:
+        blocks.append(table(MDSFHparams))  # owns twins_per_source (v2 default 2; v1 pairs one twin)
+    if spec.use_consistency:
+        blocks.append(dict(CONSISTENCY_DEFAULTS))
+    if spec.use_synth and not spec.use_mdsf:
+        blocks.append(dict(SYNTH_DEFAULTS))
+    return blocks
 
 
 def hparam_keys(variant: str) -> tuple[str, ...]:
     """The hparam keys ``variant`` uses (those of its blocks)."""
-    spec = get_variant(variant)
-    keys: tuple[str, ...] = ()
-    if spec.use_dfdr:
-        keys += DFDRHparams.field_names()
-    if spec.use_mdsf:
-        keys += tuple(k for k in MDSFHparams.field_names() if k not in keys)  # "method" is shared
-    if spec.use_consistency:
-        keys += tuple(CONSISTENCY_DEFAULTS)
-    if spec.use_synth and not spec.use_mdsf:
-        keys += tuple(SYNTH_DEFAULTS)
-    return keys
+    return tuple(default_hparams(variant, "det"))
 
 
 def default_hparams(variant: str, task: str, method: str = "v2") -> dict[str, Any]:
@@ -114,11 +120,9 @@ def default_hparams(variant: str, task: str, method: str = "v2") -> dict[str, An
 
     ``method="v1"`` gives the first reading's defaults (``V1_DEFAULTS``).
     """
-    task = normalize_task(task)
-    defaults = _task_defaults(task, method)
-    out = {k: defaults[k] for k in hparam_keys(variant)}
-    if not get_variant(variant).use_mdsf:  # the key MDSF shares has its own default without MDSF
-        out.update({k: v for k, v in SYNTH_DEFAULTS.items() if k in out})
+    out: dict[str, Any] = {}
+    for block in _block_defaults(variant, normalize_task(task), method):
+        out.update({k: v for k, v in block.items() if k not in out})
     return out
 
 
