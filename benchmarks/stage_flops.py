@@ -94,10 +94,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stage_flops.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    measured_path = ROOT / "benchmarks" / "results" / "overhead_v2_matched.json"
-    measured = json.loads(measured_path.read_text()) if measured_path.is_file() else {}
-    measured_v2_path = ROOT / "benchmarks" / "results" / "overhead_v2.json"
-    measured_v2 = json.loads(measured_v2_path.read_text()) if measured_v2_path.is_file() else {}
+    def committed(name: str) -> dict:
+        path = ROOT / "benchmarks" / "results" / name
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    measured, measured_v2 = committed("overhead_v2_matched.json"), committed("overhead_v2.json")
     doc = {"benchmark": "stage_flops", "command": "python benchmarks/stage_flops.py", "image_size": list(SIZE),
            "torch": torch.__version__, "tasks": {}}
     lines = ["# Training-forward arithmetic per stage, and what it predicts for MDSF designs", "",
@@ -123,7 +124,6 @@ def main(argv=None) -> int:
                          "with_block_cost": round(ratio * block, 3) if block and not baseline else None,
                          "measured": (measured_v2.get(task) or {}).get("train_step_ratio") if design == "v2" else None})
         doc["tasks"][task] = {"fractions": {k: round(v, 4) for k, v in frac.items()}, "block_cost_per_row": block,
-                              "measured_v2_ratio": (measured_v2.get(task) or {}).get("train_step_ratio"),
                               "designs": rows}
         lines += [f"## {task}", "", "| stage | share of a training forward |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in frac.items() if k != "gflops_per_row"]

@@ -1,19 +1,11 @@
 """The arithmetic behind the MDSF step-cost estimates (benchmarks/stage_flops.py)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def flops():
-    spec = importlib.util.spec_from_file_location("stage_flops", ROOT / "benchmarks" / "stage_flops.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def flops(load_benchmark):
+    return load_benchmark("stage_flops")
 
 
 def test_predicted_rows_on_a_hand_computed_model(flops):
