@@ -5,7 +5,8 @@ One command per task (``--task det`` or ``seg``), configured by ``configs/protoc
 1. data: the mini-weather build with 500 images per target domain, the source ``train`` split cut into
    ``fit`` (training) and ``val`` (held out for selection); pseudo-domains (fog, dusk-rain, night; no
    twin of night_rainy, the *unseen* condition) at each fidelity level (``clean``: exact twins, ``ldm``:
-   the generator failure modes of ``drsf_kit.synth.fidelity``);
+   the generator failure modes of ``drsf_kit.synth.fidelity``, ``ldm_gap``: those plus the appearance gap,
+   a generator's weather instead of the real one; a config may define its own under ``levels``);
 2. one warm start (``drsf pretrain``, source training images only) shared by every run;
 3. every (fidelity, variant, seed) run through ``drsf_kit.train.engine.fit`` (runs are paired by seed:
    same warm start, same source order; ``source_only`` does not read twins, so one run per seed serves
@@ -17,7 +18,7 @@ Resumable: finished runs (``done`` + validation file) are skipped, an interrupte
 checkpoint. Usage::
 
     python benchmarks/sdg_protocol.py --task det [--jobs 2] [--variants source_only,naive_synth]
-        [--seeds 0,1,2,3,4] [--fidelity clean,ldm] [--report-only] [--prepare-only]
+        [--seeds 0,1,2,3,4] [--fidelity clean,ldm,ldm_gap] [--report-only] [--prepare-only]
 
 A protocol YAML of your own (``--config``) writes its report to ``<output_dir>/report/`` unless
 ``--results DIR`` says otherwise, so a variation never overwrites the committed results.
@@ -92,11 +93,25 @@ def synth_root(proto: dict, level: str) -> Path:
     return Path(proto["synth_out"]) / level / "procedural"
 
 
+def level_profile(proto: dict, level: str) -> tuple[float, float]:
+    """(failure-mode strength, appearance gap) of ``level``: the protocol's ``levels`` entry
+    (``{name: {fidelity: <level or strength>, appearance_gap: g}}``) or the named level of the kit."""
+    from drsf_kit.errors import ConfigError
+    from drsf_kit.synth.fidelity import check_gap, parse_level
+
+    spec = (proto.get("levels") or {}).get(level)
+    if spec is None:
+        return parse_level(level)
+    if not isinstance(spec, dict) or set(spec) - {"fidelity", "appearance_gap"}:
+        raise ConfigError(f"protocol level {level!r} must be a mapping with 'fidelity' and/or 'appearance_gap', got {spec!r}")
+    strength, gap = parse_level(spec.get("fidelity", 0.0))
+    return strength, check_gap(spec["appearance_gap"]) if "appearance_gap" in spec else gap
+
+
 def prepare(task: str, proto: dict, run: dict, levels: list[str], progress: bool = True) -> Path:
     """Build the data, the val split, the twins of every level and the warm start; returns the weights file."""
     from drsf_kit.data.mini_weather import holdout_split, make_mini_weather
     from drsf_kit.synth.base import SynthConfig
-    from drsf_kit.synth.fidelity import parse_fidelity
     from drsf_kit.synth.runner import run_synth
     from drsf_kit.train.pretrain import pretrain
 
@@ -104,9 +119,10 @@ def prepare(task: str, proto: dict, run: dict, levels: list[str], progress: bool
     make_mini_weather(root, progress=progress, **proto["build"])
     holdout_split(root, int(proto["n_val"]), run["data"]["source_domain"])
     for level in levels:
+        strength, gap = level_profile(proto, level)
         run_synth(SynthConfig(data=root, out=str(Path(proto["synth_out"]) / level), source=run["data"]["source_domain"],
                               domains=tuple(run["data"]["synth_domains"]), split="train",
-                              fidelity=parse_fidelity(level), progress=progress))
+                              fidelity=strength, appearance_gap=gap, progress=progress))
     return pretrain(pretrain_config(task, proto, run), progress=progress)
 
 
@@ -434,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="protocol YAML (default configs/protocol/<task>.yaml)")
     ap.add_argument("--variants", default=None, help="comma list; default: the config's per-level lists")
     ap.add_argument("--seeds", default=None, help="comma list (default: the config's)")
-    ap.add_argument("--fidelity", default="clean,ldm", help="comma list of levels (default %(default)s)")
+    ap.add_argument("--fidelity", default=None, help="comma list of levels (default: every level of the config)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in all (default 2)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs trained side by side, each with threads/jobs torch threads (on 2 cores a "
@@ -453,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS = Path(args.results) if args.results else Path(proto["output_dir"]) / "report"
         OUT_JSON = RESULTS / "sdg_protocol.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    levels = [s.strip() for s in args.fidelity.split(",") if s.strip()]
+    levels = [s.strip() for s in args.fidelity.split(",") if s.strip()] if args.fidelity else list(proto["variants"])
+    args.fidelity = ",".join(levels)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(proto["seeds"])
     variants = [s.strip() for s in args.variants.split(",")] if args.variants else None
     command = "python benchmarks/sdg_protocol.py " + " ".join(argv if argv is not None else sys.argv[1:])

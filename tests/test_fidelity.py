@@ -1,4 +1,5 @@
-"""Generator failure modes of the procedural backend: seeded, recorded in the manifest, no effect at 0."""
+"""Generator failure modes and the appearance gap of the procedural backend: seeded, recorded in the
+manifest, no effect at 0."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 
 from drsf_kit.errors import ConfigError
-from drsf_kit.synth.fidelity import KINDS, parse_fidelity, perturb_image, perturb_objects
+from drsf_kit.synth.fidelity import (GAP_KINDS, KINDS, LEVELS, appearance_gap, check_gap, parse_fidelity,
+                                     parse_level, perturb_image, perturb_objects)
 from drsf_kit.synth.procedural import apply_domain
 
 
@@ -68,6 +70,77 @@ def test_manifest_rows_record_fidelity_and_counts(tiny_weather, tmp_path):
     assert all("perturbations" not in r and "fidelity" not in r for r in clean)
     assert all(r["fidelity"] == 1.0 and set(r["perturbations"]) == set(KINDS) for r in ldm)
     assert sum(sum(r["perturbations"].values()) for r in ldm) > 0
+
+
+@pytest.mark.parametrize("domain", ["daytime_foggy", "night_sunny"])
+def test_gap_zero_leaves_the_ldm_twin_bitwise_as_it_was(domain):
+    img, boxes = _scene()
+    ldm, info = apply_domain(img, domain, 11, 1.0, boxes)
+    same, info0 = apply_domain(img, domain, 11, 1.0, boxes, 0.0)
+    assert np.array_equal(ldm, same) and info == info0 and "appearance_gap" not in info0
+
+
+def test_gap_is_seeded_recorded_and_pulls_a_night_twin_toward_grey_and_its_source():
+    img, boxes = _scene()
+    base, _ = apply_domain(img, "night_sunny", 4, 1.0, boxes)
+    a, ia = apply_domain(img, "night_sunny", 4, 1.0, boxes, 0.8)
+    b, ib = apply_domain(img, "night_sunny", 4, 1.0, boxes, 0.8)
+    c, ic = apply_domain(img, "night_sunny", 5, 1.0, boxes, 0.8)
+    assert np.array_equal(a, b) and ia == ib and ia["appearance_gap"] != ic["appearance_gap"]
+    drawn = ia["appearance_gap"]
+    assert drawn["gap"] == 0.8 and set(drawn) == {"gap", *GAP_KINDS}
+    assert 0.8 * 0.3 <= drawn["kept_source"] <= 0.8 * 0.6 and 0.8 * 0.4 <= drawn["grey_pull"] <= 0.8 * 0.8
+    # the gap draws from its own generator: the failure-mode counts are those of the twin without it
+    assert ia["perturbations"] == apply_domain(img, "night_sunny", 4, 1.0, boxes)[1]["perturbations"]
+    # a dark night twin comes out lighter, and closer to its daytime source
+    assert a.mean() > base.mean() + 10
+    assert np.abs(a.astype(float) - img).mean() < np.abs(base.astype(float) - img).mean()
+
+
+def test_appearance_gap_arithmetic_on_a_flat_image():
+    twin = np.full((4, 6, 3), 0.1, np.float32)
+    source = np.full((4, 6, 3), 0.7, np.float32)
+    rng = np.random.default_rng(0)
+    out, drawn = appearance_gap(twin, source, 1.0, rng)
+    keep, pull = drawn["kept_source"], drawn["grey_pull"]
+    mixed = 0.1 * (1 - keep) + 0.7 * keep
+    assert np.allclose(out, mixed + pull * (0.5 - mixed), atol=1e-4)
+    same, nothing = appearance_gap(twin, source, 0.0, rng)
+    assert same is twin and nothing == {}
+
+
+def test_gap_only_twin_has_no_failure_modes(tiny_weather, tmp_path):
+    from drsf_kit.data.manifest import read_manifests
+    from drsf_kit.synth import SynthConfig
+    from drsf_kit.synth.runner import run_synth
+
+    run_synth(SynthConfig(data=str(tiny_weather), out=str(tmp_path / "g"), domains=("night_sunny",),
+                          limit=3, appearance_gap=0.5, progress=False))
+    rows = read_manifests(tmp_path / "g" / "procedural")
+    assert len(rows) == 3
+    assert all("perturbations" not in r and r["appearance_gap"]["gap"] == 0.5 for r in rows)
+
+
+def test_gap_outside_the_procedural_backend_or_range_is_refused(tiny_weather, tmp_path):
+    from drsf_kit.synth import SynthConfig
+    from drsf_kit.synth.runner import run_synth
+
+    with pytest.raises(ConfigError, match="appearance-gap must be in"):
+        run_synth(SynthConfig(data=str(tiny_weather), out=str(tmp_path), appearance_gap=1.5, progress=False))
+    with pytest.raises(ConfigError, match="backend 'img2img'"):
+        run_synth(SynthConfig(data=str(tiny_weather), out=str(tmp_path), backend="img2img", fidelity=1.0,
+                              progress=False))
+    assert not any(tmp_path.iterdir())
+
+
+def test_levels_and_gap_parsing():
+    assert parse_level("clean") == (0.0, 0.0) and parse_level("ldm") == (1.0, 0.0)
+    assert parse_level("ldm_gap") == LEVELS["ldm_gap"] and LEVELS["ldm_gap"][1] > 0
+    assert parse_level("0.5") == (0.5, 0.0)
+    assert check_gap("0.25") == 0.25
+    for bad in ("x", -0.1, 1.01):
+        with pytest.raises(ConfigError):
+            check_gap(bad)
 
 
 def test_parse_fidelity():

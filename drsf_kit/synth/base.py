@@ -72,6 +72,7 @@ class SynthConfig:
     condition: str = "seg"  # controlnet condition: seg (ADE20K-palette mask) | edges (OpenCV Canny)
     jpeg_quality: int = 95  # quality of the saved JPEG twins
     fidelity: float = 0.0  # procedural: strength of the generator failure modes (synth.fidelity; 0 = clean)
+    appearance_gap: float = 0.0  # procedural: generator weather instead of real weather (synth.fidelity; 0..1)
     progress: bool = True  # show a tqdm bar
 
 

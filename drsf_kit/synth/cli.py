@@ -42,18 +42,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="regenerate finished images")
     p.add_argument("--shard", default=None, help="I/N: process sorted ids with position %% N == I")
     p.add_argument("--fidelity", default="clean",
-                   help="procedural: generator failure modes, clean | ldm | a strength >= 0 (default clean)")
+                   help="procedural: generator failure modes, clean | ldm | ldm_gap | a strength >= 0 (default clean)")
+    p.add_argument("--appearance-gap", type=float, default=None,
+                   help="procedural: appearance gap in [0, 1] (default: the --fidelity level's, 0 for a number)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
     """Turn parsed CLI options into a SynthConfig (ConfigError when --data is missing)."""
     from drsf_kit.errors import ConfigError
-    from drsf_kit.synth.fidelity import parse_fidelity
+    from drsf_kit.synth.fidelity import check_gap, parse_level
 
     if not args.data:
         raise ConfigError("--data ROOT is required (the dataset root in DWD layout)")
     domains = tuple(d.strip() for d in args.domains.split(",") if d.strip())
+    strength, gap = parse_level(args.fidelity)
+    if args.appearance_gap is not None:
+        gap = check_gap(args.appearance_gap)
     return SynthConfig(
         data=args.data, out=args.out, source=args.source, domains=domains, backend=args.backend,
         model=args.model, controlnet=args.controlnet, per_image=args.per_image, seed=args.seed,
@@ -61,7 +66,8 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         strength=args.strength, guidance=args.guidance, prompts=args.prompts, split=args.split,
         limit=args.limit, min_consistency=args.min_consistency, overwrite=args.overwrite,
         shard=parse_shard(args.shard), size=args.size, max_boxes=args.max_boxes,
-        condition=args.condition, progress=not args.no_progress, fidelity=parse_fidelity(args.fidelity),
+        condition=args.condition, progress=not args.no_progress, fidelity=strength,
+        appearance_gap=gap,
     )
 
 

@@ -9,6 +9,16 @@ module degrades them in those ways so a benchmark can test methods in the regime
 describes. One knob, ``strength`` (``FIDELITY_LEVELS``: ``clean`` = 0, ``ldm`` = 1), scales every
 rate; at 0 nothing is drawn and the twin is bitwise the clean one.
 
+A second knob, the *appearance gap* (``gap`` in [0, 1]), imitates how a generator's weather differs from
+real weather, which label failures alone do not: latent diffusion samples keep their mean brightness
+near mid-grey (the non-zero terminal SNR of the common noise schedules; Lin et al., "Common Diffusion
+Noise Schedules and Sample Steps are Flawed", WACV 2024), so a generated night is lighter and a
+generated fog darker than the real ones; and an image-conditioned edit keeps part of its source's
+appearance (SDEdit's realism/faithfulness trade-off; Meng et al., ICLR 2022), so a daytime photo turned
+into "night" still carries daylight colours. ``appearance_gap`` applies both after the weather. A named
+level is a (strength, gap) pair (``LEVELS``); ``ldm_gap`` is the ``ldm`` failures plus the gap set in
+docs/protocol.md (on source_only and naive_synth only, before any DRSF run).
+
 Everything is seeded by the twin's own seed (a generator separate from the weather's draws) and
 ``perturb_objects``/``perturb_image`` return the counts per kind, which the manifest row records.
 """
@@ -20,9 +30,11 @@ import numpy as np
 from drsf_kit.errors import ConfigError
 from drsf_kit.synth.filters import box_blur
 
-# Named levels; any float >= 0 is accepted too. `ldm` is calibrated in docs/synth.md against the box
-# fidelity reported for GLIGEN and InstanceDiffusion.
-FIDELITY_LEVELS = {"clean": 0.0, "ldm": 1.0}
+# Named levels: (strength of the failure modes, appearance gap). `ldm` is calibrated in docs/synth.md
+# against the box fidelity reported for GLIGEN and InstanceDiffusion; `ldm_gap`'s gap in docs/protocol.md.
+LEVELS = {"clean": (0.0, 0.0), "ldm": (1.0, 0.0), "ldm_gap": (1.0, 1.0)}
+# strength per level name; any float >= 0 is accepted too
+FIDELITY_LEVELS = {name: strength for name, (strength, _gap) in LEVELS.items()}
 
 # Per-box probabilities at strength 1 (mutually exclusive, drawn once per labelled box).
 P_MISSING = 0.22  # the box is kept, the object is not drawn
@@ -36,6 +48,12 @@ P_DRIFT = 0.8  # probability of a global style drift (tint, saturation, tone cur
 
 KINDS = ("missing", "shifted", "reshaped", "hallucinated", "texture", "smoothed", "style_drift")
 
+# The appearance gap at gap 1 (each twin draws its own amounts; both scale linearly with the gap).
+KEEP_SOURCE = (0.3, 0.6)  # share of the source image's appearance left in the twin (under-translation)
+GREY_PULL = (0.4, 0.8)  # share of the distance from the twin's mean brightness to mid-grey that is closed
+MID_GREY = 0.5
+GAP_KINDS = ("kept_source", "grey_pull")
+
 
 def parse_fidelity(value) -> float:
     """A level name (``clean``, ``ldm``) or a non-negative number -> strength; ConfigError otherwise."""
@@ -48,6 +66,46 @@ def parse_fidelity(value) -> float:
     if not np.isfinite(strength) or strength < 0:
         raise ConfigError(f"fidelity strength must be a finite number >= 0, got {value!r}")
     return strength
+
+
+def parse_level(value) -> tuple[float, float]:
+    """(strength, appearance gap) of a level name (``LEVELS``) or of a bare strength (gap 0)."""
+    if isinstance(value, str) and value in LEVELS:
+        return LEVELS[value]
+    return parse_fidelity(value), 0.0
+
+
+def check_gap(value) -> float:
+    """The appearance gap as a float in [0, 1]; ConfigError otherwise."""
+    try:
+        gap = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"appearance gap must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= gap <= 1.0:
+        raise ConfigError(f"appearance gap must be a number in [0, 1], got {value!r}")
+    return gap
+
+
+def gap_rng(seed: int) -> np.random.Generator:
+    """The appearance gap's generator of a twin: independent of the weather's and the failure modes' draws,
+    so a gap of 0 leaves every other draw, and the twin, as it was."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 104729])))
+
+
+def appearance_gap(img: np.ndarray, source: np.ndarray, gap: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A generator's weather instead of the real one, on a float [H, W, 3] twin in [0, 1] made from ``source``.
+
+    Keeps a share of the source's appearance (under-translation), then moves the twin's mean brightness
+    toward mid-grey by an additive shift (contrast kept). Returns the new image and the amounts drawn
+    (``kept_source``, ``grey_pull``); at ``gap`` 0 the image is returned as it is and nothing is drawn.
+    """
+    if gap <= 0:
+        return img, {}
+    keep = gap * float(rng.uniform(*KEEP_SOURCE))
+    pull = gap * float(rng.uniform(*GREY_PULL))
+    out = img * (1.0 - keep) + source * keep
+    out = np.clip(out + pull * (MID_GREY - float(out.mean())), 0.0, 1.0).astype(np.float32)
+    return out, {"kept_source": round(keep, 4), "grey_pull": round(pull, 4)}
 
 
 def fidelity_rng(seed: int) -> np.random.Generator:

@@ -169,28 +169,34 @@ def check_domain(domain: str) -> None:
 
 
 def apply_domain(rgb: np.ndarray, domain: str, seed: int, fidelity: float = 0.0,
-                 boxes=None) -> tuple[np.ndarray, dict]:
+                 boxes=None, gap: float = 0.0) -> tuple[np.ndarray, dict]:
     """Apply ``domain``'s effects to a uint8 [H,W,3] image; returns (uint8 image, effect parameters).
 
     ``fidelity`` > 0 adds the generator failure modes of ``drsf_kit.synth.fidelity`` (objects of the
     labelled ``boxes`` missing, shifted, reshaped; hallucinated objects before the weather; texture,
-    smoothing and style artefacts after it); their counts land in ``info["perturbations"]``. At 0 no
-    draw is made and the output is the clean one. The result depends only on the arguments.
+    smoothing and style artefacts after it); their counts land in ``info["perturbations"]``. ``gap`` > 0
+    adds the appearance gap (``fidelity.appearance_gap``) right after the weather; its amounts land in
+    ``info["appearance_gap"]``. At 0 no draw is made for either and the output is the clean one. The
+    result depends only on the arguments.
     """
+    from drsf_kit.synth.fidelity import appearance_gap, gap_rng, perturb_image, perturb_objects
+
     check_domain(domain)
     rng = np.random.default_rng(seed)
     src = rgb.astype(np.float32) * (1.0 / 255.0)
     horizon = estimate_horizon(src)
     img = src
     info: dict = {"horizon": horizon}
-    if fidelity > 0:
-        from drsf_kit.synth.fidelity import perturb_image, perturb_objects
-
+    if fidelity > 0 or gap > 0:
         frng = fidelity_rng(seed)
         img, counts = perturb_objects(img, boxes, fidelity, frng)
         img, more = _apply_effects(img, src, horizon, rng, domain, info)
+        img, drawn = appearance_gap(img, src, gap, gap_rng(seed))
         img, late = perturb_image(img, fidelity, frng)
-        info["perturbations"] = {**counts, **late}
+        if fidelity > 0:
+            info["perturbations"] = {**counts, **late}
+        if gap > 0:
+            info["appearance_gap"] = {"gap": gap, **drawn}
         out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return out, info
     img, _ = _apply_effects(img, src, horizon, rng, domain, info)
@@ -230,14 +236,16 @@ class ProceduralGenerator(Generator):
         from PIL import Image
 
         results = []
+        strength = float(getattr(self.cfg, "fidelity", 0.0) or 0.0)
+        gap = float(getattr(self.cfg, "appearance_gap", 0.0) or 0.0)
         for item, seed in zip(items, seeds):
-            strength = float(getattr(self.cfg, "fidelity", 0.0) or 0.0)
-            arr, info = apply_domain(np.asarray(item.image.convert("RGB")), domain, seed, strength, item.boxes)
+            arr, info = apply_domain(np.asarray(item.image.convert("RGB")), domain, seed, strength, item.boxes, gap)
             image = Image.fromarray(arr)
-            extra = {"effects": info}
+            extra = {"effects": {k: v for k, v in info.items() if k not in ("perturbations", "appearance_gap")}}
             if strength > 0:  # clean rows stay exactly as before
-                extra = {"effects": {k: v for k, v in info.items() if k != "perturbations"},
-                         "fidelity": strength, "perturbations": info["perturbations"]}
+                extra.update(fidelity=strength, perturbations=info["perturbations"])
+            if gap > 0:
+                extra["appearance_gap"] = info["appearance_gap"]
             results.append(GeneratedItem(
                 image=image, crop=None, size=[image.width, image.height],
                 prompt=f"procedural {'+'.join(DOMAIN_EFFECTS[domain])}", extra=extra,

@@ -58,6 +58,11 @@ def validate_config(cfg: SynthConfig) -> None:
             raise ConfigError(f"{name} must be at least {low}, got {value}")
     if not 0.0 <= cfg.min_consistency <= 1.0:
         raise ConfigError(f"--min-consistency must be in [0, 1], got {cfg.min_consistency}")
+    if not 0.0 <= cfg.appearance_gap <= 1.0:
+        raise ConfigError(f"--appearance-gap must be in [0, 1], got {cfg.appearance_gap}")
+    if (cfg.fidelity > 0 or cfg.appearance_gap > 0) and cfg.backend != "procedural":
+        raise ConfigError(f"--fidelity and --appearance-gap imitate a generator's failures on the procedural "
+                          f"backend's exact twins; backend {cfg.backend!r} makes its own")
     if cfg.shard is not None:
         parse_shard(f"{cfg.shard[0]}/{cfg.shard[1]}")
 
