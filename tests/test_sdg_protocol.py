@@ -175,3 +175,21 @@ def test_a_bad_arm_or_a_missing_base_is_one_clear_error(protocol, tmp_path):
     bad.write_text("extends: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="nowhere.yaml"):
         protocol.load_protocol("det", str(bad))
+
+
+def test_levels_name_their_failure_strength_and_appearance_gap(protocol, tmp_path):
+    from drsf_kit.errors import ConfigError
+    from drsf_kit.synth.fidelity import LEVELS
+
+    proto, _ = protocol.load_protocol("det", str(protocol.ROOT / "configs/protocol/det_gap_calibration.yaml"))
+    assert protocol.level_profile(proto, "gap075") == (1.0, 0.75)
+    assert protocol.level_profile(proto, "gap100") == (1.0, 1.0)
+    assert protocol.level_profile(proto, "clean") == (0.0, 0.0)
+    assert protocol.level_profile(proto, "ldm_gap") == LEVELS["ldm_gap"]
+    # the calibration reuses the protocol's runs (same output folder) and trains no DRSF variant
+    base, _ = protocol.load_protocol("det")
+    assert proto["output_dir"] == base["output_dir"]
+    assert {v for vs in proto["variants"].values() for v in vs} == {"source_only", "naive_synth"}
+    for bad in ({"appearance_gap": 2.0}, {"strength": 1.0}, "ldm"):
+        with pytest.raises(ConfigError, match="appearance gap|protocol level"):
+            protocol.level_profile({"levels": {"x": bad}}, "x")
