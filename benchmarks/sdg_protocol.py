@@ -290,6 +290,41 @@ def target_means(rows: list[dict], task: str, metric: str) -> dict:
     return out
 
 
+def regime(means: dict, reference: str = "clean") -> list[dict]:
+    """How much of the exact-twin gain naive synthetic training keeps at each other level.
+
+    Per seed shared by source_only and naive_synth at both levels, the gains ``g = naive_synth -
+    source_only`` (target mean, points) at ``level`` and at ``reference``; returns per level the ratio of
+    the mean gains ``R = mean(g_level) / mean(g_reference)`` and the paired margin ``g_level - 0.5 *
+    g_reference`` with its 95% t interval (R <= 0.5 exactly when the mean margin is <= 0).
+    """
+    from drsf_kit.evaluation.paired import paired_difference
+
+    def gains(level):
+        so, ns = means.get((level, "source_only"), {}), means.get((level, "naive_synth"), {})
+        return {s: ns[s]["target_mean"] - so[s]["target_mean"] for s in set(so) & set(ns)}
+
+    ref = gains(reference)
+    out = []
+    for level in sorted({lv for lv, _ in means} - {reference}):
+        mine = gains(level)
+        seeds = sorted(set(mine) & set(ref))
+        if not seeds:
+            continue
+        g, r = {s: mine[s] for s in seeds}, {s: ref[s] for s in seeds}
+        margin = paired_difference(g, {s: 0.5 * r[s] for s in seeds})
+        out.append({"fidelity": level, "reference": reference, "n": len(seeds),
+                    "gain": statistics.mean(g.values()), "reference_gain": statistics.mean(r.values()),
+                    "ratio": statistics.mean(g.values()) / statistics.mean(r.values()),
+                    "margin": margin.mean, "low": margin.low, "high": margin.high})
+    return out
+
+
+def _interval(low: float, high: float) -> str:
+    """``[low, high]`` in signed points, or ``-`` without an interval (one seed)."""
+    return "-" if math.isnan(low) else f"[{low:+.1f}, {high:+.1f}]"
+
+
 def _fmt(values: list[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -325,6 +360,16 @@ def report(task: str, rows: list[dict], arm_parents: dict[str, str] | None = Non
             cells += [_fmt([e[k] for e in runs.values()]) for k in ("target_mean", "seen_mean", "val")]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        ratios = regime(means)
+        if ratios:
+            lines += [f"### Regime, {metric}: naive_synth's gain over source_only against the clean level's "
+                      "(the DRSF paper's regime: at most half)", "",
+                      "| fidelity | seeds | gain (points) | clean gain | ratio R | gain - half the clean gain | 95% interval |",
+                      "|---|---|---|---|---|---|---|"]
+            for r in ratios:
+                lines.append(f"| {r['fidelity']} | {r['n']} | {r['gain']:+.1f} | {r['reference_gain']:+.1f} | "
+                             f"{r['ratio']:.2f} | {r['margin']:+.1f} | {_interval(r['low'], r['high'])} |")
+            lines.append("")
         lines += [f"### Paired differences, {metric} (per seed, 95% paired-t interval)", "",
                   "| fidelity | variant | vs | quantity | mean | 95% interval | n |", "|---|---|---|---|---|---|---|"]
         for (level, variant), runs in sorted(means.items()):
@@ -343,7 +388,7 @@ def report(task: str, rows: list[dict], arm_parents: dict[str, str] | None = Non
                     diffs.append({"metric": metric, "fidelity": level, "variant": variant, "baseline": base,
                                   "quantity": quantity, **d.as_dict()})
                     lines.append(f"| {level} | {variant} | {base} | {quantity} | {d.mean:+.1f} | "
-                                 f"[{d.low:+.1f}, {d.high:+.1f}] | {d.n} |")
+                                 f"{_interval(d.low, d.high)} | {d.n} |")
         lines.append("")
     if diffs:
         figure(task, diffs)

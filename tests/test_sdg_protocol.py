@@ -193,3 +193,21 @@ def test_levels_name_their_failure_strength_and_appearance_gap(protocol, tmp_pat
     for bad in ({"appearance_gap": 2.0}, {"strength": 1.0}, "ldm"):
         with pytest.raises(ConfigError, match="appearance gap|protocol level"):
             protocol.level_profile({"levels": {"x": bad}}, "x")
+
+
+def test_regime_ratio_and_margin_by_hand(protocol, tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, "RESULTS", tmp_path)
+    rows = []
+    # target mean = the one target's score: source_only 10 / 20, clean naive 50 / 60, gap naive 25 / 35
+    for seed, (so, clean, gap) in {0: (0.10, 0.50, 0.25), 1: (0.20, 0.60, 0.35)}.items():
+        for level in ("clean", "gap"):
+            rows += _rows("source_only", seed, {"night_sunny": so}, val=0.0, fidelity=level)
+        rows += _rows("naive_synth", seed, {"night_sunny": clean}, val=0.0, fidelity="clean")
+        rows += _rows("naive_synth", seed, {"night_sunny": gap}, val=0.0, fidelity="gap")
+    (r,) = protocol.regime(protocol.target_means(rows, "det", "map50_voc07"))
+    # gains: clean 40, 40; gap 15, 15 -> R = 15 / 40; margins 15 - 20 = -5 on both seeds (sd 0)
+    assert r["fidelity"] == "gap" and r["n"] == 2
+    assert r["ratio"] == pytest.approx(0.375) and r["margin"] == pytest.approx(-5.0)
+    assert r["low"] == pytest.approx(-5.0) and r["high"] == pytest.approx(-5.0)
+    text = protocol.report("det", rows)
+    assert "| gap | 2 | +15.0 | +40.0 | 0.38 | -5.0 | [-5.0, -5.0] |" in text
