@@ -170,3 +170,22 @@ def test_box_recall_counts_boxes_a_detector_finds():
     r = box_recall(Fake(), items)
     assert r == {"boxes": 4, "found": 2, "recall": 0.5}
     assert box_recall(Fake(), items, score=0.1)["found"] == 4
+
+
+def test_gap_falls_back_to_the_generated_scene_so_a_missing_object_stays_missing():
+    img, boxes = _scene()
+    for seed in range(50):  # the first seed whose single box comes back missing (at strength 2 every box fails)
+        plain, info = apply_domain(img, "daytime_clear", seed, 2.0, boxes[:1])
+        if info["perturbations"]["missing"] == 1:
+            break
+    else:
+        pytest.fail("no seed drew a missing object")
+    out, _ = apply_domain(img, "daytime_clear", seed, 2.0, boxes[:1], 1.0)
+    x0, y0, x1, y1 = boxes[0].astype(int)
+
+    def redness(a):
+        region = a[y0:y1, x0:x1].astype(float) / 255
+        return (region[..., 0] - region[..., 1]).mean()
+
+    # the red object (R - G = 0.75) would show through if the gap blended the real source back in
+    assert redness(out) < redness(plain) + 0.1

@@ -93,11 +93,13 @@ def gap_rng(seed: int) -> np.random.Generator:
 
 
 def appearance_gap(img: np.ndarray, source: np.ndarray, gap: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """A generator's weather instead of the real one, on a float [H, W, 3] twin in [0, 1] made from ``source``.
+    """A generator's weather instead of the real one, on a float [H, W, 3] twin in [0, 1].
 
-    Keeps a share of the source's appearance (under-translation), then moves the twin's mean brightness
-    toward mid-grey by an additive shift (contrast kept). Returns the new image and the amounts drawn
-    (``kept_source``, ``grey_pull``); at ``gap`` 0 the image is returned as it is and nothing is drawn.
+    ``source`` is the twin's scene before its weather, object failures included (so a missing object
+    stays missing). Keeps a share of that daylight appearance (under-translation), then moves the twin's
+    mean brightness toward mid-grey by an additive shift (contrast kept). Returns the new image and the
+    amounts drawn (``kept_source``, ``grey_pull``); at ``gap`` 0 the image is returned as it is and
+    nothing is drawn.
     """
     if gap <= 0:
         return img, {}

@@ -190,8 +190,9 @@ def apply_domain(rgb: np.ndarray, domain: str, seed: int, fidelity: float = 0.0,
     if fidelity > 0 or gap > 0:
         frng = fidelity_rng(seed)
         img, counts = perturb_objects(img, boxes, fidelity, frng)
+        scene = img  # the generated scene before its weather: what an under-translated twin falls back to
         img, more = _apply_effects(img, src, horizon, rng, domain, info)
-        img, drawn = appearance_gap(img, src, gap, gap_rng(seed))
+        img, drawn = appearance_gap(img, scene, gap, gap_rng(seed))
         img, late = perturb_image(img, fidelity, frng)
         if fidelity > 0:
             info["perturbations"] = {**counts, **late}
