@@ -189,3 +189,19 @@ def test_gap_falls_back_to_the_generated_scene_so_a_missing_object_stays_missing
 
     # the red object (R - G = 0.75) would show through if the gap blended the real source back in
     assert redness(out) < redness(plain) + 0.1
+
+
+def test_synth_options_give_the_level_and_let_the_gap_be_overridden():
+    import argparse
+
+    from drsf_kit.synth.cli import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args(["--data", "d", "--fidelity", "ldm_gap"]))
+    assert (cfg.fidelity, cfg.appearance_gap) == LEVELS["ldm_gap"]
+    cfg = config_from_args(p.parse_args(["--data", "d", "--fidelity", "ldm", "--appearance-gap", "0.3"]))
+    assert (cfg.fidelity, cfg.appearance_gap) == (1.0, 0.3)
+    assert config_from_args(p.parse_args(["--data", "d"])).appearance_gap == 0.0
+    with pytest.raises(ConfigError, match="appearance gap"):
+        config_from_args(p.parse_args(["--data", "d", "--appearance-gap", "3"]))
