@@ -324,6 +324,35 @@ def twin_scenes(ctx: NotebookContext, n: int = 3, task: str = "det", domains=Non
     return scenes
 
 
+def fidelity_scenes(ctx: NotebookContext, domain: str = "night_sunny", levels=("clean", "ldm", "ldm_gap"),
+                    n: int = 2, source_domain: str = "daytime_clear") -> dict[str, dict]:
+    """``{source_id: {column: image [H,W,3] uint8}}``: each of the first ``n`` source images, its
+    procedural ``domain`` twin at every fidelity level (made here, in memory, with the image's boxes),
+    and a real ``domain`` image of another scene for comparison."""
+    import numpy as np
+
+    from drsf_kit.data import voc
+    from drsf_kit.data.dwd import DWDDetection
+    from drsf_kit.synth.fidelity import parse_level
+    from drsf_kit.synth.procedural import apply_domain
+    from drsf_kit.synth.runner import load_source_item
+
+    source = DWDDetection(ctx.data_root, source_domain, "train", progress=False)
+    target = DWDDetection(ctx.data_root, domain, "test", progress=False)
+    scenes = {}
+    for k, source_id in enumerate(sorted(source.ids)[:n]):
+        item = load_source_item(source, source_id, with_mask=False)
+        rgb = np.asarray(item.image.convert("RGB"))
+        scene = {source_domain: rgb}
+        for level in levels:
+            strength, gap = parse_level(level)
+            scene[f"{domain} twin, {level}"] = apply_domain(rgb, domain, k, strength, item.boxes, gap)[0]
+        real = voc.load_rgb(target.image_path(k % len(target)))
+        scene[f"real {domain} (another scene)"] = real
+        scenes[source_id] = scene
+    return scenes
+
+
 def save_png(data: bytes, name: str, out_dir: str | os.PathLike | None = None) -> Path:
     """Save PNG bytes (e.g. a widget's picture) atomically as ``<figures>/<name>.png``."""
     if not isinstance(data, (bytes, bytearray)) or not bytes(data[:8]) == b"\x89PNG\r\n\x1a\n":

@@ -180,3 +180,21 @@ def test_environment_table(tmp_path):
     table = nbk.environment_table(ctx)
     assert table.loc["torch", "status"] == "ok" and table.loc["papermill", "status"] == "ok"
     assert table.loc["device", "value"] == "cpu -> cpu"
+
+
+def test_fidelity_scenes_show_each_level_of_a_twin_next_to_a_real_image(tiny_weather, tmp_path):
+    import numpy as np
+
+    from drsf_kit import notebooks as nbk
+    from drsf_kit.viz import overview
+
+    ctx = nbk.setup(SMOKE=False, DATA_ROOT=str(tiny_weather), OUTPUT_DIR=str(tmp_path))
+    scenes = nbk.fidelity_scenes(ctx, "night_sunny", n=2)
+    assert len(scenes) == 2
+    scene = next(iter(scenes.values()))
+    assert list(scene) == ["daytime_clear", "night_sunny twin, clean", "night_sunny twin, ldm",
+                           "night_sunny twin, ldm_gap", "real night_sunny (another scene)"]
+    assert len({a.shape for a in scene.values()}) == 1
+    clean, gap = scene["night_sunny twin, clean"], scene["night_sunny twin, ldm_gap"]
+    assert gap.mean() > clean.mean() + 10  # a generator's night: lighter than the recipe's
+    assert overview.twins_figure(scenes) is not None
