@@ -315,7 +315,7 @@ def regime(means: dict, reference: str = "clean") -> list[dict]:
         margin = paired_difference(g, {s: 0.5 * r[s] for s in seeds})
         out.append({"fidelity": level, "reference": reference, "n": len(seeds),
                     "gain": statistics.mean(g.values()), "reference_gain": statistics.mean(r.values()),
-                    "ratio": statistics.mean(g.values()) / statistics.mean(r.values()),
+                    "ratio": statistics.mean(g.values()) / statistics.mean(r.values()) if any(r.values()) else math.nan,
                     "margin": margin.mean, "low": margin.low, "high": margin.high})
     return out
 

@@ -49,7 +49,7 @@ P_DRIFT = 0.8  # probability of a global style drift (tint, saturation, tone cur
 KINDS = ("missing", "shifted", "reshaped", "hallucinated", "texture", "smoothed", "style_drift")
 
 # The appearance gap at gap 1 (each twin draws its own amounts; both scale linearly with the gap).
-KEEP_SOURCE = (0.5, 0.9)  # share of the source image's appearance left in the twin (under-translation)
+KEEP_SOURCE = (0.5, 0.9)  # share of the twin's daylight scene left in it (under-translation)
 GREY_PULL = (0.5, 0.9)  # share of the distance from the twin's mean brightness to mid-grey that is closed
 MID_GREY = 0.5
 GAP_KINDS = ("kept_source", "grey_pull")
