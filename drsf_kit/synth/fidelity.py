@@ -86,10 +86,15 @@ def check_gap(value) -> float:
     return gap
 
 
+def _stream(seed: int, salt: int) -> np.random.Generator:
+    """One of a twin's independent random streams: ``seed`` and a per-purpose ``salt``."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, salt])))
+
+
 def gap_rng(seed: int) -> np.random.Generator:
     """The appearance gap's generator of a twin: independent of the weather's and the failure modes' draws,
     so a gap of 0 leaves every other draw, and the twin, as it was."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 104729])))
+    return _stream(seed, 104729)
 
 
 def appearance_gap(img: np.ndarray, source: np.ndarray, gap: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -112,7 +117,7 @@ def appearance_gap(img: np.ndarray, source: np.ndarray, gap: float, rng: np.rand
 
 def fidelity_rng(seed: int) -> np.random.Generator:
     """The perturbation generator of a twin: independent of the weather's ``default_rng(seed)``."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 7919])))
+    return _stream(seed, 7919)
 
 
 def _int_box(box, w: int, h: int) -> tuple[int, int, int, int]:
