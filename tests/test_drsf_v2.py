@@ -60,7 +60,9 @@ def test_v1_model_losses_match_the_first_reading(task):
     out = model(images, targets, domains=torch.tensor([0, 0, 1, 2]), pairs=torch.tensor([[0, 2], [1, 3]]),
                 progress=0.4, generator=torch.Generator().manual_seed(3))
     got = {k: round(float(v.detach()), 6) for k, v in out.items()}
-    assert got == pytest.approx(V1_DRSF_LOSSES_45B661B[task], abs=2e-6)
+    # 1e-5: the detector's classifier loss sums over many RoIs, and CPUs with other vector units order
+    # that sum differently (2.109447 vs 2.109452 measured at 2f71edb); a changed reading moves far more
+    assert got == pytest.approx(V1_DRSF_LOSSES_45B661B[task], abs=1e-5)
 
 
 def test_v1_block_outputs_match_the_first_reading():

@@ -23,6 +23,7 @@ from drsf_kit.models.hparams import resolve_hparams, split_hparams
 from drsf_kit.models.mdsf import MDSF, grl_coefficient, mix_features
 from drsf_kit.models.mdsf_v2 import adversarial_loss_v2, append_fused, discriminator_verdict, fusion_plan, reversal_weight
 from drsf_kit.models.variants import get_variant
+from drsf_kit.utils.precision import full_precision
 
 HEAD = "head"
 _X = "__x__"  # key of the running tensor while MDSF mixes a body stage together with collected maps
@@ -343,6 +344,7 @@ class DRSFModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
+@full_precision()
 def consistency_loss(maps, pairs: torch.Tensor) -> torch.Tensor:
     """``naive_consistency``: each twin's head maps pulled to its source's (stop-gradient on the source).
 

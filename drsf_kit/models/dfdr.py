@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drsf_kit.errors import ConfigError
+from drsf_kit.utils.precision import full_precision
 
 ENTROPY_MODES = ("spatial", "zscore", "domain_posterior")
 REASSEMBLY_MODES = ("residual", "swap")
@@ -123,6 +124,7 @@ class AlignTerms(NamedTuple):
     collapse: torch.Tensor
 
 
+@full_precision()
 def channel_entropy(f: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """Normalised spatial entropy of every channel: ``[N, C, H, W] -> [N, C]`` in [0, 1].
 
@@ -141,6 +143,7 @@ def channel_entropy(f: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     return ent.clamp(0.0, 1.0)
 
 
+@full_precision()
 def zscore_entropy(f: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """``channel_entropy`` of each channel's map z-scored over its positions: blind to the channel's scale.
 
@@ -155,6 +158,7 @@ def zscore_entropy(f: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     return channel_entropy((x - mean) / (std + 1e-5), tau)
 
 
+@full_precision()
 def channel_statistics(f: torch.Tensor, two_pass: bool = False) -> torch.Tensor:
     """Per-channel (mean, log std) of a map: ``[N, C, H, W] -> [N, C, 2]`` float32 (style statistics).
 
@@ -191,9 +195,10 @@ class ChannelDomainPosterior(nn.Module):
         """Return (logits [N, C, K+1], normalised entropy [N, C])."""
         # Detached input: the classifier learns to read domains, it must not teach the backbone to write them.
         stats = channel_statistics(f.detach(), two_pass=not self.training)
-        logits = torch.einsum("ncs,csk->nck", stats, self.weight.float()) + self.bias.float()
-        logp = F.log_softmax(logits, dim=-1)
-        ent = -(logp.exp() * logp).sum(-1) / math.log(max(self.num_domains, 2))
+        with full_precision():  # an einsum is a batched matmul: autocast would run it in half precision
+            logits = torch.einsum("ncs,csk->nck", stats, self.weight.float()) + self.bias.float()
+            logp = F.log_softmax(logits, dim=-1)
+            ent = -(logp.exp() * logp).sum(-1) / math.log(max(self.num_domains, 2))
         return logits, ent.clamp(0.0, 1.0)
 
 
@@ -251,7 +256,8 @@ class DFDR(nn.Module):
         private = f - shared  # == (1 - a) * f, and shared + private reproduces f exactly
         gamma = self.gamma.to(f.dtype)[None, :, None, None]
         features = shared + gamma * private
-        private_logits = self.domain_head(private.float().mean(dim=(2, 3)).to(self.domain_head.weight.dtype)).float()
+        with full_precision():  # the logits feed a loss: fp32 even under autocast
+            private_logits = self.domain_head(private.float().mean(dim=(2, 3))).float()
         return DFDROutput(features, shared, private, a.float(), ent, private_logits, posterior_logits)
 
     def _forward_v2(self, f: torch.Tensor) -> DFDROutput:
@@ -288,7 +294,8 @@ class DFDR(nn.Module):
             fd = f.detach().float()
             scale = fd.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-6).rsqrt()
             priv_in = ((1.0 - a.float())[:, :, None, None] * fd * scale).mean(dim=(2, 3))
-            private_logits = self.domain_head(priv_in.to(self.domain_head.weight.dtype)).float()
+            with full_precision():  # the logits feed a loss: fp32 even under autocast
+                private_logits = self.domain_head(priv_in.to(self.domain_head.weight.dtype)).float()
         return DFDROutput(features, shared, private, a.float(), ent, private_logits, posterior_logits, soft)
 
     def swap(self, out: DFDROutput, pairs: torch.Tensor) -> torch.Tensor:
@@ -320,6 +327,7 @@ def _check_pairs(pairs: torch.Tensor | None, n: int) -> torch.Tensor:
     return pairs
 
 
+@full_precision()
 def align_loss(out: DFDROutput, pairs: torch.Tensor | None, rho: float = 0.5) -> AlignTerms:
     """L_align and the gate-collapse guard, in float32.
 
@@ -337,6 +345,7 @@ def align_loss(out: DFDROutput, pairs: torch.Tensor | None, rho: float = 0.5) ->
     return AlignTerms(align, collapse)
 
 
+@full_precision()
 def reassembly_loss(out: DFDROutput, domains: torch.Tensor) -> torch.Tensor:
     """L_rea: cross-entropy of the linear domain classifier on ``GAP(F_pri)`` over the K+1 domains."""
     if out.private_logits is None:
@@ -345,6 +354,7 @@ def reassembly_loss(out: DFDROutput, domains: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out.private_logits.float(), domains)
 
 
+@full_precision()
 def posterior_loss(out: DFDROutput, domains: torch.Tensor) -> torch.Tensor:
     """Training signal of the per-channel domain posterior (``entropy_mode="domain_posterior"``)."""
     if out.posterior_logits is None:
@@ -354,6 +364,7 @@ def posterior_loss(out: DFDROutput, domains: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out.posterior_logits.reshape(n * c, k), domains.repeat_interleave(c))
 
 
+@full_precision()
 def invariance_loss(out: DFDROutput, pairs: torch.Tensor | None) -> torch.Tensor:
     """v2 L_align: twins' whole shared maps agree position by position, the source's map held fixed.
 
@@ -396,6 +407,7 @@ def _dfdr_losses_v2(out: DFDROutput, domains: torch.Tensor, pairs: torch.Tensor 
     return losses
 
 
+@full_precision()
 def dfdr_losses(out: DFDROutput, domains: torch.Tensor, pairs: torch.Tensor | None, hp: DFDRHparams) -> dict:
     """The weighted DFDR loss terms a model adds to its loss dict."""
     if hp.method == "v2":
@@ -411,6 +423,7 @@ def dfdr_losses(out: DFDROutput, domains: torch.Tensor, pairs: torch.Tensor | No
     return losses
 
 
+@full_precision()
 def dfdr_stats(out: DFDROutput, module: DFDR) -> dict[str, float]:
     """Floats for the training log: gate mean/std, entropy mean, gamma mean (v2: also saturation, spread)."""
     with torch.no_grad():

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drsf_kit.errors import ConfigError
+from drsf_kit.utils.precision import full_precision
 
 DISC_INPUT_NORMS = ("rms", "none")
 METHODS = ("v2", "v1")
@@ -171,6 +172,7 @@ def mix_features(z_a: torch.Tensor, z_b: torch.Tensor, lam: torch.Tensor | float
     return lam * z_a + (1.0 - lam) * z_b
 
 
+@full_precision()
 def soft_domain_labels(d_a: torch.Tensor, d_b: torch.Tensor, lam: torch.Tensor, num_domains: int) -> torch.Tensor:
     """``y = lam e(d_a) + (1 - lam) e(d_b)``, ``[P, K+1]`` float32; every row sums to 1."""
     lam = torch.as_tensor(lam, dtype=torch.float32, device=d_a.device).reshape(-1, 1)
@@ -205,6 +207,7 @@ def grl_coefficient(progress: float, eta_max: float = 1.0) -> float:
     return float(eta_max) * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
 
 
+@full_precision()
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over rows of ``-sum_k target_k log softmax(logits)_k`` in float32."""
     return -(target.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
@@ -258,8 +261,9 @@ class StatsDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Domain logits ``[N, K+1]`` (float32)."""
-        z = rms_normalize(x).float().flatten(2)
-        stats = torch.cat([z.mean(dim=-1), 0.5 * torch.log(z.var(dim=-1, unbiased=False) + 1e-5)], dim=1)
+        with full_precision():  # style statistics of a half-precision map lose their tails
+            z = rms_normalize(x.float()).flatten(2)
+            stats = torch.cat([z.mean(dim=-1), 0.5 * torch.log(z.var(dim=-1, unbiased=False) + 1e-5)], dim=1)
         return self.fc2(F.leaky_relu(self.fc1(stats.to(self.fc1.weight.dtype)), 0.2)).float()
 
 

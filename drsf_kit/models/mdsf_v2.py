@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from drsf_kit.models.mdsf import MDSF, grad_reverse, mix_features, sample_lambda, soft_domain_labels
+from drsf_kit.utils.precision import full_precision
 
 # How fast the running accuracy forgets (about the last 20 steps count).
 RUNNING_DECAY = 0.95
@@ -109,6 +110,7 @@ def reversal_weight(progress: float, hp) -> float:
     return 0.0 if float(progress) < hp.adv_warmup else float(hp.eta_max)
 
 
+@full_precision()
 def _targets(mdsf: MDSF, domains: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Class ids the discriminator is scored on and per-row weights that balance the classes."""
     if mdsf.hparams.disc_labels == "binary":
@@ -121,6 +123,7 @@ def _targets(mdsf: MDSF, domains: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return cls, weights
 
 
+@full_precision()
 def _log_probs(mdsf: MDSF, logits: torch.Tensor) -> torch.Tensor:
     logp = F.log_softmax(logits.float(), dim=1)
     if mdsf.hparams.disc_labels == "binary":  # p(synthetic) = sum of the pseudo-domains' probabilities
@@ -173,6 +176,7 @@ def confusion_loss(mdsf: MDSF, real: torch.Tensor, cls: torch.Tensor) -> torch.T
     return -logp[:, present].mean(dim=1).mean() - torch.log(torch.tensor(float(present.numel())))
 
 
+@full_precision()
 def _health(mdsf: MDSF, logp: torch.Tensor, cls: torch.Tensor, coeff: float, fused: int, n: int) -> dict[str, float]:
     """Accuracy before this batch's update (held out for the batch), next to the prior and chance."""
     with torch.no_grad():

@@ -9,11 +9,18 @@ stay in fp32 under either dtype (``drsf_kit.models.box_coding``; the models cast
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from typing import Iterator
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Ops CUDA's autocast refuses while it is on, whatever their inputs' dtype ("unsafe to autocast"): their
+# half-precision backward is unstable, so CUDA raises where CPU autocast lets them run. A region that
+# needs one turns autocast off (``drsf_kit.utils.precision.full_precision``) or uses the logits form.
+CUDA_AUTOCAST_BANNED = ("binary_cross_entropy",)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -57,3 +64,25 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
 def describe(dtype: torch.dtype | None) -> str:
     """``fp32``, ``bf16`` or ``fp16``: the name a log row carries."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+class _CudaAutocastBans(TorchFunctionMode):
+    """Raise on the ops CUDA's autocast bans whenever CPU autocast is on (see ``cuda_autocast_on_cpu``)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in CUDA_AUTOCAST_BANNED and torch.is_autocast_enabled("cpu"):
+            raise RuntimeError(f"torch.nn.functional.{name} is unsafe to autocast: CUDA's autocast refuses it "
+                               "(emulated on the CPU); compute it in full precision or in its logits form")
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def cuda_autocast_on_cpu(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
+    """CPU autocast in ``dtype`` with CUDA's bans: a CPU test of what a GPU run's first step will meet.
+
+    Convolutions and matrix products run in ``dtype`` as on a GPU, and the ops CUDA's autocast refuses
+    (``CUDA_AUTOCAST_BANNED``) raise as they would there; inside ``full_precision`` they run.
+    """
+    with _CudaAutocastBans(), torch.autocast("cpu", dtype=dtype):
+        yield
