@@ -128,10 +128,10 @@ def run_trial(cfg, train_set, n_train: int, hp: dict, steps: int, seed: int):
 
 # ------------------------------------------------------------------------------------------- protocol mode
 def _protocol_trial(work: tuple) -> dict:
-    import sdg_protocol
+    from drsf_kit.workflows import protocol
 
     task, proto, run, job, weights = work
-    return sdg_protocol.run_job(task, proto, run, job, weights)
+    return protocol.run_job(task, proto, run, job, weights)
 
 
 def protocol_trials(variant: str, task: str, block: str, first: int, trials: int, method: str) -> list[tuple[str, dict]]:
@@ -154,14 +154,15 @@ def protocol_search(args) -> int:
 
     from tqdm.auto import tqdm
 
-    import sdg_protocol
+    from drsf_kit.workflows import protocol
+    from drsf_kit.train.rundir import RunDir
     from drsf_kit.train.selection import PRIMARY_METRIC, validation_score
     from drsf_kit.utils.io import atomic_write_text
     from drsf_kit.utils.runtime import imap_side_by_side
 
-    proto, run = sdg_protocol.load_protocol(args.task, args.protocol_config)
+    proto, run = protocol.load_protocol(args.task, args.protocol_config)
     proto = {**proto, "output_dir": f"{proto['output_dir']}_search"}
-    weights = sdg_protocol.prepare(args.task, proto, run, ["ldm"])  # made or found
+    weights = protocol.prepare(args.task, proto, run, ["ldm"])  # made or found
     work, names = [], []
     for name, hp in protocol_trials(args.variant, args.task, args.block, args.first_trial, args.trials, args.method):
         trial_run = copy.deepcopy(run)
@@ -181,8 +182,8 @@ def protocol_search(args) -> int:
     command = "python benchmarks/search_hparams.py " + " ".join(sys.argv[1:])
     rows = []
     for (task, proto_, trial_run, job, _), (name, hp) in zip(work, names):
-        cfg = sdg_protocol.run_config(task, proto_, trial_run, job, weights)
-        val_file = cfg.run_dir / "validation_ldm.json"
+        cfg = protocol.run_config(task, proto_, trial_run, job, weights)
+        val_file = RunDir(cfg.run_dir).validation_path("ldm")
         if not val_file.is_file():
             continue
         val_rows = json.loads(val_file.read_text())["rows"]

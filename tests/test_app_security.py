@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from drsf_kit.app import free_port, voila_command
+from drsf_kit.workflows.app import free_port, voila_command
 
 
 def _flag(cmd: list[str], name: str) -> str:
@@ -29,7 +29,7 @@ def test_voila_command_secures_the_server(tmp_path):
     settings = eval(_flag(cmd, "Voila.tornado_settings"))  # noqa: S307 (the literal traitlets parses)
     assert settings["allow_remote_access"] is False and settings["local_hostnames"] == ["localhost"]
     assert _flag(cmd, "VoilaConfiguration.show_tracebacks") == "False"
-    assert _flag(cmd, "VoilaConfiguration.multi_kernel_manager_class") == "drsf_kit.app_kernels.CappedKernelManager"
+    assert _flag(cmd, "VoilaConfiguration.multi_kernel_manager_class") == "drsf_kit.workflows.app_kernels.CappedKernelManager"
     assert _flag(cmd, "CappedKernelManager.max_kernels") == "3"
     assert _flag(cmd, "MappingKernelManager.cull_idle_timeout") == "120"
     assert _flag(cmd, "MappingKernelManager.cull_connected") == "True"
@@ -39,7 +39,7 @@ def test_kernel_cap_refuses_with_503():
     pytest.importorskip("jupyter_server")
     from tornado.web import HTTPError
 
-    from drsf_kit.app_kernels import CappedKernelManager
+    from drsf_kit.workflows.app_kernels import CappedKernelManager
 
     manager = CappedKernelManager(max_kernels=2)
     manager.list_kernel_ids = lambda: ["a", "b"]
@@ -101,7 +101,8 @@ def test_served_app_needs_its_token_checks_host_caps_and_culls_kernels(tmp_path)
 
 
 def test_no_token_is_explicit_and_says_so(tmp_path, monkeypatch, capsys):
-    import drsf_kit.app as app
+    import drsf_kit.workflows.app as app
+    from drsf_kit.cli import main
 
     started = []
 
@@ -119,10 +120,10 @@ def test_no_token_is_explicit_and_says_so(tmp_path, monkeypatch, capsys):
     page.write_text("{}")
     rows = tmp_path / "rows.json"
     rows.write_text("[]")
-    assert app.main(["--runs", str(rows), "--notebook", str(page), "--no-token"]) == 0
+    assert main(["app", "--runs", str(rows), "--notebook", str(page), "--no-token"]) == 0
     out = capsys.readouterr().out
     assert "--no-token: no token is asked" in out and "trusted single-user machine" in out
     assert re.search(r"serving http://127\.0\.0\.1:\d+/  ", out) and _flag(started[0], "Voila.token") == ""
-    assert app.main(["--runs", str(rows), "--notebook", str(page)]) == 0  # the default: a token
+    assert main(["app", "--runs", str(rows), "--notebook", str(page)]) == 0  # the default: a token
     assert re.search(r"serving http://127\.0\.0\.1:\d+/\?token=\w{48}", capsys.readouterr().out)
     assert len(_flag(started[1], "Voila.token")) == 48

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from drsf_kit import cli
-from drsf_kit.batch import (
+from drsf_kit.workflows.sweep import (
     expand_grid,
     params_hash,
     parse_assignment,

@@ -194,7 +194,7 @@ def test_gap_falls_back_to_the_generated_scene_so_a_missing_object_stays_missing
 def test_synth_options_give_the_level_and_let_the_gap_be_overridden():
     import argparse
 
-    from drsf_kit.synth.cli import add_arguments, config_from_args
+    from drsf_kit.cli.synth import add_arguments, config_from_args
 
     p = argparse.ArgumentParser()
     add_arguments(p)

@@ -234,7 +234,7 @@ def test_drsf_gap_cli_bad_stage_message(tmp_path, capsys):
 
 
 def test_run_gap_writes_every_figure_and_comparison(tmp_path):
-    from drsf_kit.analysis.cli import run_gap
+    from drsf_kit.workflows.gap import run_gap
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, 2, 1),

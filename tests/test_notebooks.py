@@ -2,7 +2,7 @@
 
 Structure: opens with a Markdown cell stating its question, exactly one cell tagged ``parameters``
 (with ``SMOKE``), imports from drsf_kit, no ``def``/``class``/``lambda``, committed without outputs,
-ends by saving a figure or table through ``drsf_kit.notebooks``.
+ends by saving a figure or table through ``drsf_kit.workflows.notebook``.
 
 Execution: the notebooks share one smoke workspace (``OUTPUT_DIR``) in the order they are numbered, as
 ``make demo`` runs them; each still builds what it needs when it is missing. Nothing is skipped: a
@@ -94,7 +94,7 @@ def test_notebook_structure(path):
             assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), (
                 f"{path.name}: notebooks define no functions, classes or lambdas (move it into the package)"
             )
-    assert ("drsf_kit", "notebooks") in _imports(nb), "use the package helpers: from drsf_kit import notebooks as nbk"
+    assert ("drsf_kit.workflows", "notebook") in _imports(nb), "use the package helpers: from drsf_kit.workflows import notebook as nbk"
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert SAVE_CALL.search(code_cells[-1].source), "the last code cell saves a figure or a table"
     assert nb.metadata.get("kernelspec", {}).get("language") == "python"
@@ -107,7 +107,7 @@ def smoke_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(path, smoke_dir):
-    from drsf_kit.batch import execute_notebook
+    from drsf_kit.workflows.sweep import execute_notebook
 
     nb = _read(path)
     _import_all(nb)
@@ -122,7 +122,7 @@ def test_notebook_runs_in_smoke_mode(path, smoke_dir):
 
 # ----------------------------------------------------------------------------------- the package helpers
 def test_setup_resolves_paths_and_checks_parameters(tmp_path, monkeypatch):
-    from drsf_kit import notebooks as nbk
+    from drsf_kit.workflows import notebook as nbk
     from drsf_kit.errors import ConfigError
 
     monkeypatch.chdir(ROOT / "notebooks")  # Jupyter starts kernels in the notebook's folder
@@ -155,7 +155,7 @@ def test_save_figure_and_table(tmp_path):
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from drsf_kit import notebooks as nbk
+    from drsf_kit.workflows import notebook as nbk
     from drsf_kit.errors import ConfigError
 
     ctx = nbk.setup(SMOKE=True, OUTPUT_DIR=str(tmp_path))
@@ -174,7 +174,7 @@ def test_save_figure_and_table(tmp_path):
 
 
 def test_environment_table(tmp_path):
-    from drsf_kit import notebooks as nbk
+    from drsf_kit.workflows import notebook as nbk
 
     ctx = nbk.setup(SMOKE=True, OUTPUT_DIR=str(tmp_path), DEVICE="cpu")
     table = nbk.environment_table(ctx)
@@ -185,7 +185,7 @@ def test_environment_table(tmp_path):
 def test_fidelity_scenes_show_each_level_of_a_twin_next_to_a_real_image(tiny_weather, tmp_path):
     import numpy as np
 
-    from drsf_kit import notebooks as nbk
+    from drsf_kit.workflows import notebook as nbk
     from drsf_kit.viz import overview
 
     ctx = nbk.setup(SMOKE=False, DATA_ROOT=str(tiny_weather), OUTPUT_DIR=str(tmp_path))

@@ -133,6 +133,7 @@ def test_supervised_trains_on_source_split_scores_source_test_only_and_loads_as_
 ])
 def test_cli_defaults_follow_the_objective(argv, expected):
     from drsf_kit.cli import build_parser
+    from drsf_kit.cli.pretrain import config_from_args
 
-    cfg = pt.config_from_args(build_parser().parse_args(argv))
+    cfg = config_from_args(build_parser().parse_args(argv))
     assert (cfg.steps, cfg.batch_size, cfg.lr) == expected

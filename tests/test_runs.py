@@ -194,7 +194,7 @@ def test_fit_refuses_resume_with_another_variant(tiny_weather, synth_root, tmp_p
 
 def test_ensure_run_refuses_a_finished_run_of_another_config(tmp_path):
     """Notebooks' ensure_run never reuses a finished run trained with other settings without being told."""
-    from drsf_kit import notebooks as nbk
+    from drsf_kit.workflows import notebook as nbk
 
     ctx = nbk.setup(SMOKE=True, OUTPUT_DIR=str(tmp_path))
     cfg = nbk.run_config(ctx, "det", "drsf")

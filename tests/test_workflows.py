@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from drsf_kit import workflows
+from drsf_kit.workflows import runs as workflows
 from drsf_kit.config import config_to_dict
 from drsf_kit.errors import ConfigError
 from drsf_kit.train.rundir import RunDir
@@ -97,7 +97,7 @@ def test_shipped_warm_start_files_are_recorded():
         assert cfg.model.init_weights == f"data/warm_start/mini_{task}_source_only.pt" and weights.is_file()
         assert weights.stat().st_size < 8 * 2**20, "keep the shipped warm start small"
         assert hashlib.sha256(weights.read_bytes()).hexdigest() in readme
-        assert f"python -m drsf_kit.workflows warm-start --task {task}" in readme
+        assert f"drsf warm-start --task {task}" in readme
 
 
 def test_a_relative_warm_start_is_found_from_a_sub_folder(tmp_path, monkeypatch):
@@ -140,7 +140,7 @@ def test_protocol_comparison_labels_both_sources():
 
 
 def test_ensure_runs_trains_side_by_side_and_refuses_before_training(tiny_weather, synth_root, tmp_path):
-    from drsf_kit.notebooks import SMOKE_DET, SMOKE_TRAIN
+    from drsf_kit.workflows.notebook import SMOKE_DET, SMOKE_TRAIN
 
     over = [f"output_dir={tmp_path}", f"data.root={tiny_weather}", f"data.synth_root={synth_root}", "device=cpu",
             "model.init_weights=", *SMOKE_TRAIN, *SMOKE_DET]

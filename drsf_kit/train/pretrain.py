@@ -1,4 +1,4 @@
-"""`drsf pretrain`: a warm start of the mini backbones trained on source images only, the kit's stand-in for ImageNet weights.
+"""A warm start (``drsf pretrain``) of the mini backbones trained on source images only, the kit's stand-in for ImageNet weights.
 
 Two objectives (``objective``), both reading only the **source training split**:
 
@@ -31,7 +31,6 @@ existing file with the same key is reused, so every benchmark run shares one war
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -42,8 +41,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from drsf_kit.config import config_from_dict
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.models.backbones import mini_detection_body, mini_segmentation_body
+from drsf_kit.train.checkpoint import load_checkpoint
+from drsf_kit.train.engine import fit
+from drsf_kit.train.rundir import RunDir
 from drsf_kit.utils.io import atomic_write_json
+from drsf_kit.utils.runtime import seed_everything
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # both mini models normalise their inputs with these
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,7 +109,6 @@ def weights_path(cfg: PretrainConfig) -> Path:
 
 def build_body(task: str, profile: str) -> nn.Module:
     """The randomly initialised body the detector or segmenter of ``profile`` uses."""
-    from drsf_kit.models.backbones import mini_detection_body, mini_segmentation_body
 
     if profile != "mini":
         raise ConfigError(f"drsf pretrain trains the mini bodies only, got profile {profile!r} "
@@ -209,7 +213,6 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, overwrite: bool = False
     """
     from tqdm.auto import tqdm
 
-    from drsf_kit.utils.runtime import seed_everything
 
     path = weights_path(cfg)
     if path.is_file() and not overwrite:
@@ -264,7 +267,6 @@ def load_key(cfg: PretrainConfig) -> str:
 def supervised_run_config(cfg: PretrainConfig, run_dir: Path):
     """The ``source_only`` RunConfig of a supervised warm start: source ``split`` only, scored on the
     source test split only (no target domain is named, so none is read), AdamW with a cosine schedule."""
-    from drsf_kit.config import config_from_dict
 
     return config_from_dict({
         "task": cfg.task, "variant": "source_only", "seed": cfg.seed, "device": "cpu",
@@ -288,8 +290,6 @@ def export_weights(run_dir: str | Path, out: str | Path, body_only: bool = False
     (``body.*``, for ``model.pretrained_backbone``), from ``checkpoints/last.pt``; floating tensors in
     fp16 with ``half`` (a few MB; the model loads them into its fp32 weights).
     """
-    from drsf_kit.train.checkpoint import load_checkpoint
-    from drsf_kit.train.rundir import RunDir
 
     run = RunDir(run_dir)
     if not run.is_finished():
@@ -310,74 +310,17 @@ def export_weights(run_dir: str | Path, out: str | Path, body_only: bool = False
 
 def _pretrain_supervised(cfg: PretrainConfig, path: Path, progress: bool) -> Path:
     """Train (or resume) the source_only run of ``cfg`` under ``<out>/runs/`` and keep its weights."""
-    from drsf_kit.train.engine import fit
-    from drsf_kit.utils.io import read_jsonl
 
     source_image_paths(cfg.data_root, cfg.source_domain, cfg.split)  # a clear error before any training
     run_dir = Path(cfg.out) / "runs" / path.stem
     t0 = time.perf_counter()
     fit(supervised_run_config(cfg, run_dir), resume=True, start_over=True, progress=progress)
     export_weights(run_dir, path, half=False)  # full precision: every protocol run starts from these bytes
-    results = run_dir / "results.jsonl"
     scores = {f"{row['domain']}/{row['metric']}": round(float(row["value"]), 4)
-              for row in (read_jsonl(results) if results.is_file() else [])
+              for row in RunDir(run_dir).result_rows()
               if row.get("class") is None and row.get("value") is not None}
     atomic_write_json(path.with_suffix(".json"), {
         "config": asdict(cfg), "key": cache_key(cfg), "load_as": f"model.{load_key(cfg)}", "run": str(run_dir),
         "seconds_this_call": round(time.perf_counter() - t0, 1),
         "threads": torch.get_num_threads(), "source_test_scores": scores})
     return path
-
-
-# ------------------------------------------------------------------------------------------- CLI
-# `drsf pretrain` defaults of the supervised warm start, per task: the protocol's settings (measured in
-# docs/protocol.md section 3: 2,400 steps of 4 images, about 10.5 min on 2 cores, source test mAP50 91.4 /
-# mIoU 74.2). The dataclass defaults (300 steps of 32 images) are SimCLR's.
-SUPERVISED_CLI_DEFAULTS = {"det": {"steps": 2400, "batch_size": 4, "lr": 0.002},
-                           "seg": {"steps": 2400, "batch_size": 4, "lr": 0.006}}
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """`drsf pretrain`: train (or find) the cached warm start and print its path."""
-    p = subparsers.add_parser("pretrain", help="warm start of the mini backbone from source training images only",
-                              description=__doc__.splitlines()[0])
-    d = PretrainConfig()
-    p.add_argument("--task", default=d.task, choices=["det", "seg"])
-    p.add_argument("--data", default=d.data_root, help="DWD-layout data root (default %(default)s)")
-    p.add_argument("--source", default=d.source_domain)
-    p.add_argument("--split", default=d.split, help="source split to read (default %(default)s)")
-    sup = SUPERVISED_CLI_DEFAULTS
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"optimizer steps (default: supervised {sup['det']['steps']}, simclr {d.steps})")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"images per step (default: supervised {sup['det']['batch_size']}, simclr {d.batch_size})")
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"peak learning rate (default: supervised det {sup['det']['lr']}, seg {sup['seg']['lr']}; "
-                        f"simclr {d.lr})")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--objective", default=d.objective, choices=["supervised", "simclr"],
-                   help="supervised: source_only run on the split's images and labels, whole model kept; "
-                        "simclr: no labels (default %(default)s)")
-    p.add_argument("--out", default=d.out, help="cache folder (default %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="retrain even when the cached file exists")
-    p.add_argument("--print-path", action="store_true", help="only print where the file would be")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_run)
-    return p
-
-
-def config_from_args(args) -> PretrainConfig:
-    """The PretrainConfig of parsed CLI options; an option left out takes its objective's default."""
-    d = PretrainConfig()
-    base = SUPERVISED_CLI_DEFAULTS[args.task] if args.objective == "supervised" else \
-        {"steps": d.steps, "batch_size": d.batch_size, "lr": d.lr}
-    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
-    chosen = {k: base[k] if v is None else v for k, v in given.items()}
-    return PretrainConfig(task=args.task, data_root=args.data, source_domain=args.source, split=args.split,
-                          seed=args.seed, objective=args.objective, out=args.out, **chosen)
-
-
-def _run(args) -> int:
-    cfg = config_from_args(args)
-    print(weights_path(cfg) if args.print_path else pretrain(cfg, progress=not args.no_progress, overwrite=args.overwrite))
-    return 0

@@ -42,6 +42,8 @@ LAST = "last.pt"
 DONE = "done"
 LOCK = "lock"
 STEP_PREFIX = "step_"
+VALIDATION_PREFIX = "validation_"  # the protocol's validation_<level>.json
+PROTOCOL_TIME = "protocol_time.json"
 
 # keys that say where a run lives or how it reports, not what it trains: not part of its identity
 IDENTITY_EXCLUDED = frozenset({
@@ -232,6 +234,15 @@ class RunDir:
         """Where the checkpoint of ``step`` goes."""
         return self.checkpoints / f"{STEP_PREFIX}{int(step):08d}.pt"
 
+    def validation_path(self, level: str) -> Path:
+        """The protocol's training-domain validation rows of this run at fidelity ``level``."""
+        return self.path / f"{VALIDATION_PREFIX}{level}.json"
+
+    @property
+    def protocol_time_path(self) -> Path:
+        """The protocol's timing of this run (training and test, validation)."""
+        return self.path / PROTOCOL_TIME
+
     # state
     def exists(self) -> bool:
         """The folder exists and holds something (besides a lock)."""
@@ -396,6 +407,17 @@ class RunDir:
             if self.last_checkpoint.is_file() and self.last_checkpoint.samefile(bad):
                 self.last_checkpoint.unlink()
         return None
+
+
+def has_results(folder: str | Path) -> bool:
+    """Some run below ``folder`` (or ``folder`` itself) holds evaluation rows."""
+    folder = Path(folder)
+    return folder.is_dir() and any(folder.rglob(RESULTS))
+
+
+def runs_with_checkpoint(folder: str | Path) -> list[RunDir]:
+    """Every run below ``folder`` that holds a newest checkpoint (``checkpoints/last.pt``), sorted by path."""
+    return [RunDir(path.parent.parent) for path in sorted(Path(folder).rglob(f"{CHECKPOINTS}/{LAST}"))]
 
 
 def _step_of(path: Path) -> int:

@@ -1,6 +1,6 @@
 """Overview tables and figures for the notebooks: a dataset check per domain, samples per domain, the
 twins of a few scenes, the synthetic manifests, and training curves. Each returns a DataFrame or a
-matplotlib Figure (no pyplot state), which ``drsf_kit.notebooks.save_table/save_figure`` write out.
+matplotlib Figure (no pyplot state), which ``drsf_kit.workflows.notebook.save_table/save_figure`` write out.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ class Server:
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
-    from drsf_kit.app import free_port as pick
+    from drsf_kit.workflows.app import free_port as pick
 
     return pick()
 

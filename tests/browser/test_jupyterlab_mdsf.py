@@ -36,7 +36,7 @@ def _prepare(tmp: Path) -> Path:
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    from drsf_kit import notebooks as nbk
+    from drsf_kit.workflows import notebook as nbk
 
     params = dict(PARAMS, OUTPUT_DIR=str(tmp / "work"))
     ctx = nbk.setup(SMOKE=True, OUTPUT_DIR=params["OUTPUT_DIR"])

@@ -1,4 +1,4 @@
-"""The Voilà app (`python -m drsf_kit.app`): how it picks its results, and the dashboard in Chromium.
+"""The Voilà app (`drsf app`): how it picks its results, and the dashboard in Chromium.
 
 The browser test serves a folder of runs whose result rows have known values, then drives the page as
 a person would (clicks on the DFDR toggle, the variant list and the domain list) and checks that the
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from drsf_kit.app import (
+from drsf_kit.workflows.app import (
     PAGE,
     TEMPLATES,
     ResultsSource,
@@ -105,7 +105,7 @@ def test_voila_command_and_env(tmp_path):
 def test_page_parts_headless(tmp_path):
     """What the page's cells build, without a browser: the dashboard over the runs, the explorer on an
     untrained model when no drsf/mdsf run has a checkpoint, on rendered scenes and procedural twins."""
-    from drsf_kit.app import demo_scenes, explorer_model, page_dashboard, page_explorer
+    from drsf_kit.workflows.app import demo_scenes, explorer_model, page_dashboard, page_explorer
 
     _write_runs(tmp_path / "runs")
     source = ResultsSource("runs", tmp_path / "runs")
@@ -135,8 +135,8 @@ def _torch_equal(a, b) -> bool:
 @pytest.mark.slow
 def test_explorer_uses_a_run_made_by_workflows(tmp_path):
     """The app reads runs the one orchestration path made: a 3-step drsf segmenter feeds the explorer."""
-    from drsf_kit import notebooks as nbk
-    from drsf_kit.app import explorer_model
+    from drsf_kit.workflows import notebook as nbk
+    from drsf_kit.workflows.app import explorer_model
 
     ctx = nbk.setup(SMOKE=True, OUTPUT_DIR=str(tmp_path))
     run_dir = nbk.ensure_run(ctx, "seg", "drsf", progress=False)
@@ -176,7 +176,7 @@ def test_voila_dashboard_controls_change_table_and_chart(tmp_path, start_server,
     runs = tmp_path / "runs"
     _write_runs(runs)
     port = bt.free_port()
-    server = start_server([sys.executable, "-m", "drsf_kit.app", "--runs", str(runs), "--port", str(port)],
+    server = start_server([sys.executable, "-m", "drsf_kit", "app", "--runs", str(runs), "--port", str(port)],
                           bt.root, bt.server_env(tmp_path))
     url = server.wait_for_line(r"serving (http://127\.0\.0\.1:\d+/\?token=\w+)", timeout=180).group(1)
     assert url.startswith(f"http://127.0.0.1:{port}/?token=")  # the page asks for the printed token

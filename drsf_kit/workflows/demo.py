@@ -1,24 +1,25 @@
 """`drsf demo` (and `make demo`): the whole kit on the embedded mini-weather data.
 
-Steps: render the embedded benchmark into ``data/mini-weather`` (``workflows.ensure_data``; skipped
+Steps: render the embedded benchmark into ``data/mini-weather`` (``runs.ensure_data``; skipped
 when already there), check it, then execute the ordered notebooks ``notebooks/00_*`` to ``09_*`` with
 papermill on their demo parameters, writing executed copies to ``runs/demo/notebooks/``. The training
 notebooks (04, 05) fine-tune every variant from the warm starts shipped in ``data/warm_start/``
-(``configs/demo_*.yaml``), one run per CPU core side by side (``workflows.ensure_runs``), so the
+(``configs/demo_*.yaml``), one run per CPU core side by side (``runs.ensure_runs``), so the
 dashboard that closes the demo shows trained models; notebooks 06-09 only read those runs. Figures land in ``figures/`` and the results table in ``runs/demo/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
-from drsf_kit import workflows
 from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR
+from drsf_kit.data.check import check_dataset, format_report
 from drsf_kit.errors import ConfigError
+from drsf_kit.workflows import runs
+from drsf_kit.workflows.sweep import execute_notebook
 
 DEFAULT_DATA = Path(DEFAULT_DATA_ROOT)
 # The demo trains 5 variants x 2 tasks from the shipped warm starts, on the schedule of
@@ -26,26 +27,9 @@ DEFAULT_DATA = Path(DEFAULT_DATA_ROOT)
 DEMO_NOTEBOOKS = tuple(f"{i:02d}_" for i in range(10))  # 00 .. 09; 10 is the sweep notebook
 
 
-def add_parser(subparsers) -> None:
-    """Register `drsf demo`."""
-    p = subparsers.add_parser("demo", help="build the embedded data and run notebooks 00-09 in order")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="where the embedded data goes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the embedded benchmark")
-    p.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="notebook folder")
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_RUNS_DIR), help="executed notebooks and results")
-    p.add_argument("--smoke", action="store_true", help="run the notebooks with SMOKE=True (minutes less)")
-    p.add_argument("--skip-notebooks", action="store_true", help="only build and check the data")
-    p.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 00 01")
-    p.add_argument("--max-steps", type=int, default=0,
-                   help="training steps per demo run (default 0: the schedule of configs/demo_*.yaml)")
-    p.set_defaults(func=run_demo)
-
-
 def _build_data(root: Path, seed: int) -> int:
-    from drsf_kit.data.check import check_dataset, format_report
-
     t0 = time.perf_counter()
-    workflows.ensure_data(root, sizes={}, seed=seed, progress=True)  # the default build, made or found
+    runs.ensure_data(root, sizes={}, seed=seed, progress=True)  # the default build, made or found
     print(f"[demo] embedded data ready in {root} ({time.perf_counter() - t0:.1f} s)")
     report = check_dataset(root, format="dwd", progress=False)
     print(format_report(report))
@@ -54,15 +38,15 @@ def _build_data(root: Path, seed: int) -> int:
 
 def _missing_warm_starts() -> str:
     """A line naming the demo configs' warm-start files that are absent (empty when all are there)."""
-    root = workflows.project_root()
+    root = runs.project_root()
     gone = []
     for task in ("det", "seg"):
         try:
-            weights = workflows.run_config(task, "source_only", root=root).model.init_weights
+            weights = runs.run_config(task, "source_only", root=root).model.init_weights
         except ConfigError as exc:
             return str(exc)
-        if weights and not workflows.resolve_path(weights, root).is_file():
-            gone.append(f"{weights} (python -m drsf_kit.workflows warm-start --task {task}; data/README.md)")
+        if weights and not runs.resolve_path(weights, root).is_file():
+            gone.append(f"{weights} (drsf warm-start --task {task}; data/README.md)")
     return f"the demo's warm start is missing: {', '.join(gone)}" if gone else ""
 
 
@@ -74,9 +58,7 @@ def _notebooks(folder: Path, only: list[str] | None) -> list[Path]:
 
 
 def _run_notebooks(books: list[Path], out: Path, data_root: Path, smoke: bool, max_steps: int) -> list[tuple[str, str, float]]:
-    import papermill
-
-    from drsf_kit.batch import execute_notebook
+    import papermill  # optional heavy dependency: only the notebook steps need it
 
     out.mkdir(parents=True, exist_ok=True)
     summary = []
@@ -101,28 +83,30 @@ def _run_notebooks(books: list[Path], out: Path, data_root: Path, smoke: bool, m
     return summary
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(data: Path = DEFAULT_DATA, seed: int = 0, notebooks: Path = Path("notebooks"),
+             out: Path = Path(DEFAULT_RUNS_DIR), smoke: bool = False, skip_notebooks: bool = False,
+             only: list[str] | None = None, max_steps: int = 0) -> int:
     """Build and check the embedded data, then run the demo notebooks; returns the exit code."""
     t_start = time.perf_counter()
-    code = _build_data(args.data, args.seed)
+    code = _build_data(data, seed)
     if code:
         print("[demo] the embedded data has problems (see above); stopping", file=sys.stderr)
         return code
-    if args.skip_notebooks:
+    if skip_notebooks:
         return 0
     missing = _missing_warm_starts()
     if missing:
         print(f"[demo] {missing}; stopping", file=sys.stderr)
         return 1
-    books = _notebooks(args.notebooks, args.only)
+    books = _notebooks(notebooks, only)
     if not books:
-        print(f"[demo] no notebooks found in {args.notebooks}; data step done")
+        print(f"[demo] no notebooks found in {notebooks}; data step done")
         return 0
-    summary = _run_notebooks(books, args.out, args.data, args.smoke, args.max_steps)
+    summary = _run_notebooks(books, out, data, smoke, max_steps)
     print("\n| notebook | status | seconds |\n|---|---|---|")
     for name, status, secs in summary:
         print(f"| {name} | {status} | {secs:.0f} |")
     print(f"\n[demo] finished in {(time.perf_counter() - t_start) / 60:.1f} min")
-    print(f"[demo] executed notebooks: {args.out / 'notebooks'}")
+    print(f"[demo] executed notebooks: {out / 'notebooks'}")
     print("[demo] figures: figures/   results tables: runs/demo/")
     return 0 if all(s == "ok" for _, s, _ in summary) else 1

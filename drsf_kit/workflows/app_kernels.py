@@ -2,7 +2,7 @@
 
 Every view of the page starts a kernel of about 850 MB; without a cap a few anonymous requests
 exhaust the machine's memory. A request beyond the cap is answered 503 with one line, no traceback.
-Idle kernels are culled by the base class (``cull_idle_timeout``, set by ``drsf_kit.app``). Voilà's
+Idle kernels are culled by the base class (``cull_idle_timeout``, set by ``drsf_kit.workflows.app``). Voilà's
 server process imports this module (``--VoilaConfiguration.multi_kernel_manager_class``).
 """
 

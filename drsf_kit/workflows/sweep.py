@@ -1,4 +1,4 @@
-"""Run one notebook over a grid of parameters with papermill (`drsf batch`).
+"""Run one notebook over a grid of parameters with papermill (what `drsf batch` calls).
 
 Every grid point gets its own folder ``<out>/<notebook-stem>-<hash>/`` where ``hash`` is the first
 10 hex digits of the SHA-1 of the point's parameters as canonical JSON, so the same parameters always
@@ -246,6 +246,11 @@ def check_notebook_file(notebook: str | os.PathLike) -> None:
         raise DataError(path, f"not a notebook: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise DataError(path, "not a notebook: the JSON holds no 'cells' list")
+    from drsf_kit.utils.notebooks import kernelspec_problem
+
+    problem = kernelspec_problem(data)
+    if problem:  # papermill needs the kernel's name and language to read the parameters cell
+        raise DataError(path, problem)
 
 
 def check_parameters(notebook: str | os.PathLike, names: Iterable[str]) -> None:
@@ -323,49 +328,3 @@ def format_summary(df) -> str:
     table = df[SUMMARY_COLUMNS].copy()
     table["seconds"] = table["seconds"].map(lambda s: f"{s:.1f}")
     return table.to_string(index=False)
-
-
-def _run_cli(args) -> int:
-    grid = parse_grid(args.grid)
-    base = dict(parse_assignment(p) for p in (args.parameter or []))
-    df = run_grid(
-        args.notebook,
-        grid,
-        out_dir=args.out,
-        base_parameters=base,
-        kernel_name=args.kernel,
-        timeout=args.timeout,
-        progress=not args.no_progress,
-    )
-    print(format_summary(df))
-    failed = df[df["status"] == "failed"]
-    for _, row in failed.iterrows():
-        print(f"failed: {row['point']}: see {Path(row['folder']) / 'error.txt'}", file=sys.stderr)
-    return 1 if len(failed) else 0
-
-
-def add_parser(subparsers) -> None:
-    """Register ``drsf batch NOTEBOOK --grid ... [--out DIR] [-p KEY=VALUE ...]``."""
-    parser = subparsers.add_parser(
-        "batch",
-        help="run a notebook over a parameter grid with papermill",
-        description="Run NOTEBOOK once per point of a parameter grid (papermill). Each point writes into "
-        "OUT/<notebook-stem>-<hash of its parameters>/; points already done are skipped; a failed "
-        "point is recorded in its error.txt and the exit code is 1 at the end.",
-    )
-    parser.add_argument("notebook", help="the .ipynb to run (needs a cell tagged 'parameters')")
-    parser.add_argument(
-        "--grid",
-        nargs="+",
-        default=[],
-        metavar="KEY=V1,V2",
-        help='grid axes, e.g. --grid "VARIANTS=source_only,naive_synth,drsf SEED=0,1,2"',
-    )
-    parser.add_argument("--out", default="runs/batch", help="folder for the point folders (default: runs/batch)")
-    parser.add_argument(
-        "-p", "--parameter", action="append", metavar="KEY=VALUE", help="a value shared by every point (repeatable)"
-    )
-    parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: this Python interpreter)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell (default: none)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=_run_cli)

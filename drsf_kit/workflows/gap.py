@@ -1,88 +1,53 @@
-"""``drsf gap``: measure how far each pseudo-domain sits from each real target, in one call.
+"""Measure how far each pseudo-domain sits from each real target, in one call (what ``drsf gap`` runs).
 
 Writes ``gap_table.{csv,md,json}`` to ``--out`` and PNG figures (t-SNE, PCA, gap heatmap, channel
 entropy / DFDR gates, attribution across one scene's twins) to ``--figures`` (``<out>/figures``).
-``run_gap`` is the same code path for notebooks and tests.
+``run_gap`` is the one code path of the command, the notebooks and the tests.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+
+import pandas as pd
+import torch
+
+from drsf_kit.analysis import features as F
+from drsf_kit.analysis.attribution import attribution_maps, auto_target
+from drsf_kit.analysis.embedding import pca_embed, tsne_embed
+from drsf_kit.analysis.entropy import channel_stats_by_domain
+from drsf_kit.analysis.gap import compare_gap_tables, gap_matrix, gap_table
+from drsf_kit.data.classes import SOURCE_DOMAIN
+from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.evaluation.tables import frame_to_markdown
+from drsf_kit.train import load_run
+from drsf_kit.utils.io import atomic_write_json, atomic_write_text
+from drsf_kit.utils.runtime import resolve_device
+from drsf_kit.viz.plots import (
+    gate_histograms,
+    plot_embedding,
+    plot_gap_change,
+    plot_gap_heatmap,
+    plot_map_grid,
+    save_figure,
+)
 
 DEFAULT_OUT = "outputs/gap"
 DEFAULT_CACHE = "data/cache/features"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``drsf gap``."""
-    p = subparsers.add_parser(
-        "gap", help="feature-space gap between pseudo-domains and real targets (tables + figures)",
-        description="Extract features of real and synthetic images at one stage of a model, measure "
-                    "MMD / Frechet distance / domain-classifier accuracy for every (pseudo-domain, real "
-                    "target) pair and the source, and draw t-SNE, PCA, heatmap, entropy and attribution figures.")
-    p.add_argument("--data", required=True, help="DWD-layout root with the real domains")
-    p.add_argument("--synth", default=None, help="folder of generated pseudo-domains (manifest.jsonl files)")
-    p.add_argument("--run", default=None, help="run folder of a trained model (default: an untrained backbone)")
-    p.add_argument("--stage", default=None, help="stage (module name) to take features from")
-    p.add_argument("--limit", type=int, default=64, help="images per domain and kind (default 64)")
-    p.add_argument("--split", default=None, choices=("train", "test", "all"),
-                   help="image set of every real domain (default: source train, targets all)")
-    p.add_argument("--task", choices=("det", "seg"), default="det", help="backbone family without --run")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--figures", default=None, help="figure folder (default <out>/figures)")
-    p.add_argument("--cache", default=DEFAULT_CACHE, help=f"feature cache folder (default {DEFAULT_CACHE}); "
-                   "'none' disables it")
-    p.add_argument("--compare", default=None, help="an earlier gap_table.json to compare with (before/after)")
-    p.add_argument("--metric", choices=("mmd", "frechet", "domain_acc"), default="mmd",
-                   help="metric that picks the closest pseudo-domain (default mmd)")
-    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda[:N]")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--size", type=int, nargs=2, default=[180, 320], metavar=("H", "W"),
-                   help="every image is resized to H x W before the model (default 180 320)")
-    p.add_argument("--ig-steps", type=int, default=16, help="integrated-gradients steps (default 16)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-figures", action="store_true", help="tables only")
-    p.set_defaults(func=_main)
-    return p
-
-
-def _main(args: argparse.Namespace) -> int:
-    result = run_gap(args.data, args.synth, run_dir=args.run, stage=args.stage, limit=args.limit, split=args.split,
-                     task=args.task, out_dir=args.out, figures_dir=args.figures,
-                     cache_dir=None if str(args.cache).lower() == "none" else args.cache,
-                     compare=args.compare, closest_by=args.metric, device=args.device,
-                     batch_size=args.batch_size, seed=args.seed, figures=not args.no_figures,
-                     size=tuple(args.size), ig_steps=args.ig_steps)
-    print(f"stage {result['stage']} of {result['model']}; {result['n_images']} images")
-    for line in result["summary"]:
-        print(line)
-    print(f"tables: {result['out_dir']}")
-    if result["figures"]:
-        print(f"figures: {', '.join(str(p) for p in result['figures'])}")
-    return 0
-
-
 def _load_model(run_dir, task: str, seed: int):
-    from drsf_kit.analysis.features import default_backbone
-
     if run_dir is None:
-        return default_backbone(task, seed=seed), f"untrained {task} backbone (seed {seed})"
-    from drsf_kit.errors import ConfigError
-
+        return F.default_backbone(task, seed=seed), f"untrained {task} backbone (seed {seed})"
     if not Path(run_dir).is_dir():
         raise ConfigError(f"run folder not found: {run_dir}")
-    from drsf_kit.train import load_run
-
     model, _cfg = load_run(run_dir)
     return model, f"run {Path(run_dir).name}"
 
 
 def _summary(table) -> list[str]:
     """One line per real target: the closest pseudo-domain, its distance and the source's distance."""
-    import pandas as pd
-
     closest_by = table.attrs.get("closest_by", "mmd")
     col = "proxy_a_distance" if closest_by == "domain_acc" else closest_by
     lines = []
@@ -115,16 +80,6 @@ def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, 
     Returns:
         ``{"table", "summary", "stage", "model", "n_images", "out_dir", "tables", "figures"}``.
     """
-    import pandas as pd
-
-    from drsf_kit.analysis import features as F
-    from drsf_kit.analysis.gap import compare_gap_tables, gap_table
-    from drsf_kit.data.classes import SOURCE_DOMAIN
-    from drsf_kit.errors import ConfigError
-    from drsf_kit.evaluation.tables import frame_to_markdown
-    from drsf_kit.utils.io import atomic_write_json, atomic_write_text
-    from drsf_kit.utils.runtime import resolve_device
-
     records = F.collect_domain_images(data_root, synth_root, split=split, limit=limit, seed=seed)
     groups = F.source_first(records)
     if model is None:
@@ -175,10 +130,6 @@ def run_gap(data_root, synth_root=None, run_dir=None, stage: str | None = None, 
 
 def _read_table(path):
     """A gap table from a ``gap_table.json`` or ``.csv`` written earlier."""
-    import pandas as pd
-
-    from drsf_kit.errors import DataError
-
     path = Path(path)
     if not path.exists():
         raise DataError(path, "gap table to compare with not found")
@@ -193,8 +144,6 @@ def _read_table(path):
 def _scene(records, limit_cols: int = 6) -> dict:
     """One scene for the attribution figure: a source image and its synthetic twins (same source id);
     without twins, the source image and the first image of each real target."""
-    from drsf_kit.data.classes import SOURCE_DOMAIN
-
     sources = [r for r in records if r.kind == "real" and r.domain == SOURCE_DOMAIN]
     synth = [r for r in records if r.kind == "synthetic"]
     for src in sources:
@@ -220,23 +169,6 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
     domain, attribution across one scene's domains, and the before/after change when ``comparison``
     is given.
     """
-    import torch
-
-    from drsf_kit.analysis.attribution import attribution_maps, auto_target
-    from drsf_kit.analysis.embedding import pca_embed, tsne_embed
-    from drsf_kit.analysis.entropy import channel_stats_by_domain
-    from drsf_kit.analysis.features import load_image, resolve_module
-    from drsf_kit.analysis.gap import gap_matrix
-    from drsf_kit.errors import ConfigError
-    from drsf_kit.viz.plots import (
-        gate_histograms,
-        plot_embedding,
-        plot_gap_change,
-        plot_gap_heatmap,
-        plot_map_grid,
-        save_figure,
-    )
-
     groups = [r.group for r in records]
     n = len(records)
     written = []
@@ -265,11 +197,11 @@ def write_figures(model, records, pooled, table, fig_dir: Path, stage: str, comp
         written.append(save_figure(gate_histograms({g: s["gate"] for g, s in stats.items()}, what="gate",
                                                    title="DFDR gate values per domain"), fig_dir / "gates.png"))
 
-    scene = {g: load_image(p, size) for g, p in _scene(records).items()}
+    scene = {g: F.load_image(p, size) for g, p in _scene(records).items()}
     first = next(iter(scene.values()))
     fn, what = auto_target(model, first, stage)
     try:
-        resolve_module(model, stage)
+        F.resolve_module(model, stage)
         layer, methods = stage, ("gradcam", "integrated_gradients")
     except ConfigError:  # a stage that is no module (e.g. a kit model's "head.0"): gradients only
         layer, methods = None, ("integrated_gradients",)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    drsf app                     # or: python -m drsf_kit.app
+    drsf app
     drsf app --runs runs/sweep   # results of any folder of runs
     drsf app --port 8866
     drsf app --no-token          # trusted single-user machines only
@@ -28,7 +28,6 @@ environment variables (``DRSF_APP_*``); the page is ``app/drsf_dashboard.ipynb``
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import signal
@@ -39,14 +38,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ipywidgets as widgets
+import numpy as np
+import torch
+
 from drsf_kit.config import DEFAULT_RUNS_DIR
-from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.data.classes import SOURCE_DOMAIN
+from drsf_kit.data.mini_weather.scene import render_scene
+from drsf_kit.data.mini_weather.weather import render_domain
+from drsf_kit.errors import ConfigError, DataError, DrsfError
+from drsf_kit.evaluation.results import read_rows_file
+from drsf_kit.models import build_model
+from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS
+from drsf_kit.synth.procedural import apply_domain
+from drsf_kit.train.evaluate import load_run
+from drsf_kit.train.rundir import has_results, runs_with_checkpoint
+from drsf_kit.viz.widgets import ablation_dashboard, mdsf_explorer
+from drsf_kit.workflows.runs import project_root
 
 HOST = "127.0.0.1"
 DEMO_RUNS = Path(DEFAULT_RUNS_DIR)
 BENCHMARK_ROWS = Path("benchmarks/results/sdg_mini.json")
 # the page and its Voilà template live next to the package in the source tree (app/), not in the wheel
-APP_DIR = Path(__file__).resolve().parents[1] / "app"
+APP_DIR = Path(__file__).resolve().parents[2] / "app"
 PAGE = APP_DIR / "drsf_dashboard.ipynb"
 TEMPLATES = APP_DIR / "jupyter"  # a Jupyter data folder holding the page's Voilà template ("drsf")
 ENV_PATH, ENV_KIND = "DRSF_APP_RESULTS", "DRSF_APP_KIND"
@@ -74,15 +88,9 @@ class ResultsSource:
 
 
 # ---------------------------------------------------------------------------------------------- results
-def _has_results(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.rglob("results.jsonl"))
-
-
 def load_rows_file(path: str | os.PathLike):
     """Tidy result rows from a JSON file (``drsf_kit.evaluation.results.read_rows_file``) as a DataFrame."""
     import pandas as pd
-
-    from drsf_kit.evaluation.results import read_rows_file
 
     return pd.DataFrame(read_rows_file(path))
 
@@ -93,19 +101,17 @@ def resolve_results(runs: str | os.PathLike | None = None, root: str | os.PathLi
     Trains nothing. Raises ``DataError`` when ``runs`` is given but holds no results, ``ConfigError``
     naming the commands that make results when none are found.
     """
-    from drsf_kit.workflows import project_root
-
     root = Path(root) if root is not None else project_root()
     if runs is not None:
         path = Path(runs).expanduser().resolve()  # as typed: relative to the working folder
         if path.is_file() and path.suffix == ".json":
             load_rows_file(path)  # fail now, in the terminal, rather than on the page
             return ResultsSource("runs", path)
-        if path.is_file() or _has_results(path):
+        if path.is_file() or has_results(path):
             return ResultsSource("runs", path)
         problem = "does not exist" if not path.exists() else "holds no results.jsonl (train or evaluate a run first)"
         raise DataError(path, problem)
-    if _has_results(root / DEMO_RUNS):
+    if has_results(root / DEMO_RUNS):
         return ResultsSource("demo", (root / DEMO_RUNS).resolve())
     if (root / BENCHMARK_ROWS).is_file():
         return ResultsSource("benchmark", (root / BENCHMARK_ROWS).resolve())
@@ -117,15 +123,6 @@ def resolve_results(runs: str | os.PathLike | None = None, root: str | os.PathLi
 def demo_scenes(n: int = 3, height: int = 180, width: int = 320, seed: int = 0, domains=None) -> dict:
     """``{scene: {domain: image [3,H,W] in [0,1]}}``: rendered clear-day scenes and their pseudo-domain
     twins made by the procedural generator (the twins MDSF mixes during training)."""
-    import numpy as np
-    import torch
-
-    from drsf_kit.data.classes import SOURCE_DOMAIN
-    from drsf_kit.data.mini_weather.scene import render_scene
-    from drsf_kit.data.mini_weather.weather import render_domain
-    from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS
-    from drsf_kit.synth.procedural import apply_domain
-
     def tensor(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0
 
@@ -142,23 +139,14 @@ def demo_scenes(n: int = 3, height: int = 180, width: int = 320, seed: int = 0, 
 def explorer_model(source: ResultsSource | None):
     """``(model, domain_names, note)``: a trained ``drsf``/``mdsf`` run of ``source`` when one has a
     checkpoint, else an untrained mini segmenter with both blocks."""
-    from drsf_kit.data.classes import SOURCE_DOMAIN
-    from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS
-
-    from drsf_kit.train.rundir import CHECKPOINTS, LAST, RunDir
-
     folder = source.path if source is not None and source.path.is_dir() else None
-    candidates = sorted(folder.rglob(f"{CHECKPOINTS}/{LAST}")) if folder is not None else []
-    for ckpt in candidates:
-        run = ckpt.parent.parent
+    for run_dir in runs_with_checkpoint(folder) if folder is not None else []:
+        run = run_dir.path
         try:
-            config = RunDir(run).read_config() or {}
+            config = run_dir.read_config() or {}
         except (OSError, DataError):
             continue  # not a run folder we can rebuild; look further
         if config.get("variant") in MIXING_VARIANTS:
-            from drsf_kit.errors import DrsfError
-            from drsf_kit.train.evaluate import load_run
-
             try:
                 model, cfg = load_run(run)
             except DrsfError as exc:  # an old or foreign checkpoint: say so in the terminal, try the next
@@ -166,8 +154,6 @@ def explorer_model(source: ResultsSource | None):
                 continue
             names = [cfg.data.source_domain, *cfg.data.synth_domains]
             return model, names, f"trained run {run} ({model.trained_steps} steps)"
-    from drsf_kit.models import build_model
-
     model = build_model(task="seg", profile="mini", variant="drsf", num_domains=1 + len(DEFAULT_SYNTH_DOMAINS)).eval()
     note = ("an untrained mini segmenter (no drsf/mdsf run with a checkpoint among the results): "
             "mixing works, predictions are noise")
@@ -192,10 +178,6 @@ def page_dashboard(source: ResultsSource | None = None):
     """The ablation dashboard over ``source`` (default ``page_results()``), under a line naming it."""
     import html
 
-    import ipywidgets as widgets
-
-    from drsf_kit.viz.widgets import ablation_dashboard
-
     source = source or page_results()
     note = widgets.HTML(f"<p><b>Results:</b> {html.escape(source.note)}.</p>")
     note.add_class("drsf-results-source")
@@ -206,10 +188,6 @@ def page_dashboard(source: ResultsSource | None = None):
 def page_explorer(source: ResultsSource | None = None, n_scenes: int = 3):
     """The MDSF interpolation explorer on rendered scenes and their procedural twins."""
     import html
-
-    import ipywidgets as widgets
-
-    from drsf_kit.viz.widgets import mdsf_explorer
 
     model, names, note = explorer_model(source if source is not None else page_results())
     line = widgets.HTML(f"<p><b>Model:</b> {html.escape(note)}.</p>")
@@ -245,22 +223,36 @@ def voila_command(notebook: str | os.PathLike, port: int, host: str = HOST, toke
     kit's ``drsf`` template: found through ``voila_env``'s ``JUPYTER_PATH``).
 
     Args:
-        token: the token every request must carry (empty: none, for trusted loopback use).
+        token: the token every request must carry (empty: none, for trusted loopback use); it is not put
+            on the command line: pass it in the server's environment with ``token_env``.
         idle_timeout: seconds before an idle kernel (connected or not) is culled; 0 never.
-        max_kernels: live kernels at most (``drsf_kit.app_kernels.CappedKernelManager``).
+        max_kernels: live kernels at most (``drsf_kit.workflows.app_kernels.CappedKernelManager``).
     """
     # Voilà turns the Host-header check off by default; the server only listens on loopback, and the
     # check stops a web page from reaching it under another name (DNS rebinding)
     tornado = {"allow_remote_access": False, "local_hostnames": ["localhost"]}
     return [sys.executable, "-m", "voila", str(notebook), f"--port={port}", f"--Voila.ip={host}",
             "--Voila.port_retries=0", "--no-browser", "--theme=light", "--template=drsf",
-            f"--Voila.token={token}", f"--Voila.tornado_settings={tornado!r}",
+            # a token travels in the server's environment (TOKEN_ENV, see token_env), never on its command line
+            "--Voila.auto_token=True" if token else "--Voila.token=", f"--Voila.tornado_settings={tornado!r}",
             "--VoilaConfiguration.show_tracebacks=False",
-            "--VoilaConfiguration.multi_kernel_manager_class=drsf_kit.app_kernels.CappedKernelManager",
+            "--VoilaConfiguration.multi_kernel_manager_class=drsf_kit.workflows.app_kernels.CappedKernelManager",
             f"--CappedKernelManager.max_kernels={int(max_kernels)}",
             f"--MappingKernelManager.cull_idle_timeout={int(idle_timeout)}",
             f"--MappingKernelManager.cull_interval={max(1, min(60, int(idle_timeout) or 60))}",
             "--MappingKernelManager.cull_connected=True"]
+
+
+TOKEN_ENV = "JUPYTER_TOKEN"  # where Jupyter's server reads its token when none is configured
+
+
+def token_env(env: dict, token: str) -> dict:
+    """``env`` with the server's token in ``TOKEN_ENV`` (readable by this user only, unlike a command
+    line, which every user sees in ``ps``); without a token, any inherited one is removed."""
+    env = {k: v for k, v in env.items() if k not in (TOKEN_ENV, f"{TOKEN_ENV}_FILE")}
+    if token:
+        env[TOKEN_ENV] = token
+    return env
 
 
 def voila_env(source: ResultsSource, base: dict | None = None) -> dict:
@@ -294,7 +286,7 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 120.0, 
 
 def _stop(process: subprocess.Popen) -> None:
     """SIGTERM the server and every process below it (kernels run in their own sessions), then SIGKILL."""
-    import psutil
+    import psutil  # optional dependency of the app (pip install .[app])
 
     try:
         family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
@@ -324,8 +316,6 @@ def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None,
 
     ``token=False`` serves without a token (anyone who can reach 127.0.0.1 may use the page).
     """
-    from drsf_kit.workflows import project_root
-
     page = Path(notebook).resolve() if notebook else PAGE
     if not page.is_file():
         raise DataError(page, "the app's notebook is missing (the app runs from a source checkout of the kit)")
@@ -337,7 +327,7 @@ def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None,
         raise ConfigError("--max-kernels must be at least 1 and --idle-timeout at least 0")
     secret = secrets.token_hex(24) if token else ""
     command = voila_command(page, port, token=secret, idle_timeout=idle_timeout, max_kernels=max_kernels)
-    process = subprocess.Popen(command, cwd=str(page.parent), env=voila_env(source))
+    process = subprocess.Popen(command, cwd=str(page.parent), env=token_env(voila_env(source), secret))
     # SIGTERM (e.g. from a service manager) stops the server the same way Ctrl+C does
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -354,47 +344,3 @@ def serve(runs=None, port: int = 0, notebook: str | os.PathLike | None = None,
     finally:
         signal.signal(signal.SIGTERM, previous)
         _stop(process)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `drsf app` / `python -m drsf_kit.app`."""
-    p.add_argument("--runs", default=None, help="folder of runs, results.jsonl or JSON rows file "
-                   "(default: runs/demo, else benchmarks/results/sdg_mini.json; `drsf demo` makes runs/demo)")
-    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--notebook", default=None, help="page to serve (default app/drsf_dashboard.ipynb)")
-    p.add_argument("--no-token", action="store_true",
-                   help="serve without a token: trusted single-user machines only (anyone on the machine can use it)")
-    p.add_argument("--idle-timeout", type=int, default=IDLE_TIMEOUT,
-                   help=f"seconds before an idle page kernel is shut down (default {IDLE_TIMEOUT}; 0 never)")
-    p.add_argument("--max-kernels", type=int, default=MAX_KERNELS,
-                   help=f"page kernels running at once at most, about 850 MB each (default {MAX_KERNELS})")
-
-
-def _run(args: argparse.Namespace) -> int:
-    return serve(args.runs, args.port, args.notebook, token=not args.no_token, idle_timeout=args.idle_timeout,
-                 max_kernels=args.max_kernels)
-
-
-def add_parser(subparsers) -> None:
-    """Register `drsf app`."""
-    p = subparsers.add_parser("app", help="serve the ablation dashboard and MDSF explorer on 127.0.0.1 (Voilà)")
-    add_arguments(p)
-    p.set_defaults(func=_run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m drsf_kit.app [--runs DIR] [--port N]`; errors print as one line."""
-    from drsf_kit.errors import DrsfError
-
-    parser = argparse.ArgumentParser(prog="python -m drsf_kit.app", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except DrsfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

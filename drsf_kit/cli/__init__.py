@@ -1,36 +1,39 @@
 """The `drsf` command line: one sub-command per verb, each a thin call into the package.
 
-Every sub-command lives in its own module, which exposes ``add_parser(subparsers)``; that function
-registers the sub-command and sets ``func`` (called with the parsed ``argparse.Namespace``; it returns
-the process exit code). Sub-commands whose module is not part of this installation are left out.
+Every verb lives in its own module of this package, which exposes ``add_parser(subparsers)``; that
+function registers the sub-command and sets ``func`` (called with the parsed ``argparse.Namespace``; it
+returns the process exit code). Only this package parses arguments: the libraries below it and the
+workflows (``drsf_kit.workflows``) are plain functions.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-# verb -> module providing add_parser(subparsers) (or "module:function" naming another registrar);
-# the order is the order of `drsf --help`. `eval` scores a run folder, which the training package owns.
-COMMAND_MODULES = {
-    "data": "drsf_kit.data.cli",
-    "synth": "drsf_kit.synth.cli",
-    "train": "drsf_kit.train.cli",
-    "pretrain": "drsf_kit.train.pretrain",
-    "eval": "drsf_kit.train.cli:add_eval_parser",
-    "gap": "drsf_kit.analysis.cli",
-    "batch": "drsf_kit.batch",
-    "demo": "drsf_kit.demo",
-    "app": "drsf_kit.app",
+from drsf_kit import __version__
+from drsf_kit.cli import app, batch, data, demo, gap, pretrain, protocol, synth, train, warm_start
+from drsf_kit.errors import DrsfError
+
+# verb -> function registering it on the sub-parsers; the order is the order of `drsf --help`
+COMMANDS = {
+    "data": data.add_parser,
+    "synth": synth.add_parser,
+    "pretrain": pretrain.add_parser,
+    "train": train.add_parser,
+    "eval": train.add_eval_parser,
+    "gap": gap.add_parser,
+    "protocol": protocol.add_parser,
+    "batch": batch.add_parser,
+    "demo": demo.add_parser,
+    "warm-start": warm_start.add_parser,
+    "app": app.add_parser,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with every available sub-command registered."""
-    from drsf_kit import __version__
-
+    """Return the top-level parser with every sub-command registered."""
     parser = argparse.ArgumentParser(
         prog="drsf",
         description="drsf_kit: single-domain generalization with synthetic data (DFDR + MDSF).",
@@ -39,16 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for verb, target in COMMAND_MODULES.items():
-        module_name, _, registrar = target.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            # Only a missing sub-command module is tolerated; a missing dependency is a real error.
-            if exc.name == module_name:
-                continue
-            raise
-        getattr(module, registrar or "add_parser")(sub)
+    for register in COMMANDS.values():
+        register(sub)
     return parser
 
 
@@ -58,8 +53,6 @@ def known_error_message(exc: BaseException) -> str | None:
     Known: the kit's own errors (``DrsfError``) and file-system refusals naming a path (an unwritable
     or full output folder, a path that is a file where a folder is due).
     """
-    from drsf_kit.errors import DrsfError
-
     if isinstance(exc, DrsfError):
         return str(exc)
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
@@ -72,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line as given (recorded by some verbs)
     if extra:
         # KEY=VALUE overrides may also follow the options (`drsf train --config c.yaml --resume seed=1`):
         # argparse stops collecting a positional list at the first option, so gather the rest here

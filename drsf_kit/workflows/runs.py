@@ -1,6 +1,6 @@
 """The one path that makes the data, the pseudo-domains and the runs exist.
 
-The notebooks (through ``drsf_kit.notebooks``), ``drsf demo``, the app and ``benchmarks/sdg_mini.py``
+The notebooks (through ``drsf_kit.workflows.notebook``), ``drsf demo``, the app and ``benchmarks/sdg_mini.py``
 all come here; none of them keeps its own copy of "is this run done and usable":
 
 - ``ensure_data``: a DWD-layout folder, rendering the embedded mini-weather benchmark when the folder
@@ -23,8 +23,17 @@ import shlex
 from pathlib import Path
 from typing import Iterable
 
-from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR, RunConfig
+from tqdm.auto import tqdm
+
+from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR, RunConfig, config_to_dict, load_config
+from drsf_kit.data.mini_weather import make_mini_weather
 from drsf_kit.errors import ConfigError
+from drsf_kit.models import get_variant
+from drsf_kit.synth import GENERATORS, SynthConfig, run_synth
+from drsf_kit.train import fit
+from drsf_kit.train.pretrain import export_weights
+from drsf_kit.train.rundir import IDENTITY_EXCLUDED, RESUMABLE, RunDir, config_diff, describe_diff
+from drsf_kit.utils.runtime import default_num_threads, imap_side_by_side, resolve_device
 
 # the demo's configs: the mini models fine-tuned from the warm starts shipped in data/warm_start/
 DEMO_CONFIG = "configs/demo_{task}.yaml"
@@ -54,7 +63,7 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
     for folder in (here, *here.parents):
         if _is_project(folder):
             return folder
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     return checkout if _is_project(checkout) else here
 
 
@@ -72,8 +81,6 @@ def ensure_data(root: str | os.PathLike, sizes: dict | None = None, seed: int = 
     or found with exactly those sizes. Without, an existing folder is returned as it is, and a missing
     one is rendered with the default sizes only when it is a ``mini-weather`` folder.
     """
-    from drsf_kit.data.mini_weather import make_mini_weather
-
     root = Path(root)
     if sizes is not None:
         return make_mini_weather(root, seed=seed, progress=progress, **sizes)
@@ -89,8 +96,6 @@ def ensure_synth(data_root: str | os.PathLike, synth_root: str | os.PathLike, se
                  domains: Iterable[str] | None = None, progress: bool = False) -> Path:
     """The pseudo-domain folder ``synth_root`` (``<out>/<backend>``), generating the missing twins of
     ``data_root`` with the backend the folder is named after (the procedural one needs no weights)."""
-    from drsf_kit.synth import GENERATORS, SynthConfig, run_synth
-
     synth_root = Path(synth_root)
     if synth_root.name not in GENERATORS:
         raise ConfigError(f"pseudo-domain folder {str(synth_root)!r} must end in a backend folder: "
@@ -116,8 +121,6 @@ def run_config(task: str, variant: str, seed: int = 0, overrides: Iterable[str] 
     made here and one made by ``drsf train`` from the project root have the same identity; the model
     builder finds a relative file from a sub-folder too (a notebook kernel starts in ``notebooks/``).
     """
-    from drsf_kit.config import load_config
-
     path = resolve_path(config, root) if config else demo_config_path(task, root)
     return load_config(path, [f"task={task}", f"variant={variant}", f"seed={seed}", *overrides])
 
@@ -144,9 +147,6 @@ def make_hint(cfg: RunConfig, root: str | os.PathLike | None = None) -> str:
 def run_status(cfg: RunConfig) -> tuple[str, list[str]]:
     """``(state, differing keys)`` of the folder of ``cfg``: ``missing``, ``unfinished``, ``done`` (same
     config) or ``other`` (finished with another config; the keys differ outside the bookkeeping ones)."""
-    from drsf_kit.config import config_to_dict
-    from drsf_kit.train.rundir import IDENTITY_EXCLUDED, RunDir, config_diff
-
     run = RunDir(cfg.run_dir)
     if not run.is_run():
         return "missing", []
@@ -166,11 +166,6 @@ def ensure_run(cfg: RunConfig, on_mismatch: str = "refuse", reuse_anyway: bool =
     ``"retrain"`` (the training notebooks, where changed parameters mean a new run). The data and, for
     the variants that train on twins, the pseudo-domains are made first when missing.
     """
-    from drsf_kit.config import config_to_dict
-    from drsf_kit.models import get_variant
-    from drsf_kit.train import fit
-    from drsf_kit.train.rundir import RESUMABLE, RunDir, config_diff, describe_diff
-
     run = RunDir(cfg.run_dir)
     action, state, keys = _plan(cfg, on_mismatch, reuse_anyway)
     if action == "done":
@@ -215,8 +210,6 @@ def auto_jobs(device: str = "auto") -> int:
     Two one-thread processes on two cores get more done than one two-thread process: a mini model's
     operations are too small for torch's threads to keep both cores busy (docs/runs.md).
     """
-    from drsf_kit.utils.runtime import default_num_threads, resolve_device
-
     if resolve_device(device).type == "cuda":
         return 1
     return default_num_threads()
@@ -241,10 +234,6 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
     rounding, not the recipe.
     Interrupting stops every process; the next call resumes each run from its newest checkpoint.
     """
-    from tqdm.auto import tqdm
-
-    from drsf_kit.models import get_variant
-    from drsf_kit.utils.runtime import default_num_threads, imap_side_by_side
 
     cfgs = list(cfgs)
     train = [i for i, cfg in enumerate(cfgs) if _plan(cfg, on_mismatch, reuse_anyway)[0] == "train"]
@@ -285,8 +274,6 @@ def require_runs(runs_dir: str | os.PathLike, task: str, variants: Iterable[str]
     share one config apart from ``variant`` and ``seed`` (and the bookkeeping keys), so that one table
     never mixes, say, 100-step and 300-step runs; ``reuse_anyway`` accepts them as they are.
     """
-    from drsf_kit.train.rundir import IDENTITY_EXCLUDED, RunDir, config_diff, describe_diff
-
     runs_dir = Path(runs_dir)
     found, configs = [], []
     for variant in variants:
@@ -317,31 +304,8 @@ def make_warm_start(task: str, root: str | os.PathLike | None = None, progress: 
     """The demo's warm start of ``task``: a ``source_only`` run of ``configs/mini_<task>.yaml`` (source
     images and labels only, the full from-scratch schedule) in ``runs/warm_start``, its weights exported
     to ``data/warm_start/mini_<task>_source_only.pt``."""
-    from drsf_kit.train.pretrain import export_weights
-
     root = Path(root or project_root())
     cfg = run_config(task, "source_only", 0, [f"output_dir={resolve_path(WARM_START_RUNS, root)}"],
                      config=f"configs/mini_{task}.yaml", root=root)
     run = ensure_run(cfg, progress=progress)
     return export_weights(run, resolve_path(WARM_START.format(task=task), root))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m drsf_kit.workflows warm-start --task det|seg``: (re)make a shipped warm start and print
-    its path and sha256."""
-    import argparse
-    import hashlib
-
-    parser = argparse.ArgumentParser(prog="python -m drsf_kit.workflows", description=main.__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("warm-start", help="train the source-only run and export its weights for the demo")
-    p.add_argument("--task", choices=["det", "seg"], required=True)
-    p.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    path = make_warm_start(args.task, progress=not args.no_progress)
-    print(f"{path} sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,8 @@
 """What the notebooks call: their parameters as run-config keys, where things go, saving figures and tables.
 
+Every function a notebook calls lives here (the notebooks define nothing); the data, pseudo-domains and
+runs come from ``drsf_kit.workflows.runs``.
+
 Every notebook's ``parameters`` cell sets upper-case names and then calls::
 
     ctx = nbk.setup(SMOKE=SMOKE, DATA_ROOT=DATA_ROOT, ..., OUTPUT_DIR=OUTPUT_DIR)
@@ -7,8 +10,8 @@ Every notebook's ``parameters`` cell sets upper-case names and then calls::
 The names that mean a run-config key (``PARAMETER_KEYS``: ``VARIANT`` is ``variant``, ``MAX_STEPS`` is
 ``train.max_steps``, ``INIT_WEIGHTS`` is ``model.init_weights`` ...) are checked by
 ``config.py`` itself, so a bad value gets the same message as in a YAML file, prefixed with the
-parameter's name. Data, pseudo-domains and runs are made by ``drsf_kit.workflows`` (the one path the
-demo, the app and the benchmarks use too); the helpers here only add the notebook's folders.
+parameter's name. Data, pseudo-domains and runs are made by ``drsf_kit.workflows.runs`` (the one path
+the demo, the app and the benchmarks use too); the helpers here only add the notebook's folders.
 
 ``setup`` resolves relative paths against the project root (the folder holding ``pyproject.toml``, so a
 notebook behaves the same whether Jupyter starts it in ``notebooks/`` or papermill in the root), and
@@ -28,22 +31,143 @@ notebooks (04, 05) make runs; the others only read them and say which command ma
 from __future__ import annotations
 
 import os
+import platform
 import re
+import sys
+import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-from drsf_kit import workflows
-from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR, DEFAULT_SYNTH_ROOT
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from drsf_kit import __version__
+from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR, DEFAULT_SYNTH_ROOT, config_from_dict
+from drsf_kit.data import voc
+from drsf_kit.data.classes import DWD_DOMAINS
+from drsf_kit.data.dwd import DWDDetection
+from drsf_kit.data.paired import PairedSynthetic
 from drsf_kit.errors import ConfigError
-from drsf_kit.notebook_params import KEEP_CONFIG, PARAMETER_KEYS, check_parameters  # noqa: F401  (nbk.check_parameters)
+from drsf_kit.evaluation.results import HEADLINE_METRIC, load_results, read_rows_file
+from drsf_kit.evaluation.tables import frame_to_markdown, protocol_comparison
+from drsf_kit.models import VARIANTS, build_model
+from drsf_kit.synth.fidelity import parse_level
+from drsf_kit.synth.procedural import apply_domain
+from drsf_kit.synth.runner import load_source_item
+from drsf_kit.train import evaluate_run
+from drsf_kit.train.evaluate import read_run_config
+from drsf_kit.train.rundir import RunDir
 from drsf_kit.utils.io import atomic_write_bytes, atomic_write_text
-from drsf_kit.workflows import project_root, resolve_path  # noqa: F401  (the notebooks call nbk.resolve_path)
+from drsf_kit.utils.runtime import default_num_threads, resolve_device
+from drsf_kit.viz.plots import save_figure as write_figure
+from drsf_kit.workflows import runs
+from drsf_kit.workflows.runs import project_root, resolve_path
 
 SMOKE_DIRNAME = "runs/smoke"
 FIGURE_FORMATS = ("png", "pdf", "svg")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CURRENT: dict[str, "NotebookContext"] = {}
+
+
+# ----------------------------------------------------------------------------------------- parameters
+# Parameters that are run-config keys: config.py checks them (and the runs use them under that key).
+PARAMETER_KEYS = {
+    "TASK": "task", "VARIANT": "variant", "SEED": "seed", "DEVICE": "device", "RUNS_DIR": "output_dir",
+    "DATA_ROOT": "data.root", "SYNTH_ROOT": "data.synth_root", "PROTOCOL": "data.protocol",
+    "MAX_STEPS": "train.max_steps", "BATCH_SOURCE": "train.batch_source", "LR": "train.lr",
+    "PRETRAINED_BACKBONE": "model.pretrained_backbone", "INIT_WEIGHTS": "model.init_weights",
+}
+# list parameters whose every item is a run-config key's value
+LIST_KEYS = {"VARIANTS": "variant", "SEEDS": "seed"}
+KEEP_CONFIG = {"MAX_STEPS": 0}  # a parameter at this value keeps the config's own (nothing to check)
+
+
+def _as_list(name: str, value: Any) -> list:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        value = [value]
+    if not value:
+        raise ConfigError(f"parameter {name}={value!r}: expected a non-empty list")
+    return list(value)
+
+
+def _check_key(name: str, key: str, value: Any) -> Any:
+    """``value`` as config.py reads it under ``key`` (a nested mapping through ``config_from_dict``)."""
+    tree: dict = {}
+    node = tree
+    *sections, last = key.split(".")
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[last] = value
+    try:
+        cfg = config_from_dict(tree)
+    except ConfigError as exc:
+        raise ConfigError(f"parameter {name}={value!r}: {exc}") from None
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"parameter {name}={value!r}: expected True or False")
+    return value
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"parameter {name}={value!r}: expected an integer >= 1")
+    return value
+
+
+def _check_jobs(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"parameter {name}={value!r}: expected an integer >= 0 (0: one run per CPU core, one on a GPU)")
+    return value
+
+
+def _check_domains(name: str, value: Any) -> list[str]:
+    value, valid = _as_list(name, value), DWD_DOMAINS
+    bad = [v for v in value if v not in valid]
+    if bad:
+        raise ConfigError(f"parameter {name}: unknown value(s) {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
+    return value
+
+
+# notebook-only parameters (no run-config key): their own small checks
+OWN_CHECKS = {
+    "SMOKE": _check_bool, "REUSE_ANYWAY": _check_bool, "N_IMAGES": _check_count, "JOBS": _check_jobs,
+    "DOMAINS": _check_domains, "SYNTH_DOMAINS": _check_domains, "EVAL_DOMAINS": _check_domains,
+    "OUTPUT_DIR": lambda name, value: "" if value in (None, "") else str(_check_key(name, "output_dir", value)),
+}
+
+
+def check_parameters(**params: Any) -> dict[str, Any]:
+    """Check every known parameter; names must be upper case.
+
+    Run-config parameters (``PARAMETER_KEYS``, ``LIST_KEYS``) are read by ``config.py``; the
+    notebook-only ones by ``OWN_CHECKS``. Returns the parameters with normalised values (a comma string
+    for a list parameter becomes a list). Raises ``ConfigError`` naming the parameter and the problem.
+    """
+    out = {}
+    for name, value in params.items():
+        if name != name.upper() or not name.isidentifier():
+            raise ConfigError(f"parameter {name!r}: notebook parameters are UPPER_CASE identifiers")
+        if name in PARAMETER_KEYS and not (name in KEEP_CONFIG and value == KEEP_CONFIG[name]):
+            checked = _check_key(name, PARAMETER_KEYS[name], value)
+            out[name] = value if isinstance(value, (str, os.PathLike)) else checked
+        elif name in LIST_KEYS:
+            out[name] = [_check_key(name, LIST_KEYS[name], v) for v in _as_list(name, value)]
+        elif name in OWN_CHECKS:
+            out[name] = OWN_CHECKS[name](name, value)
+        else:
+            out[name] = value
+    return out
 
 
 # -------------------------------------------------------------------------------------------- the context
@@ -137,8 +261,6 @@ def _checked_name(name: str) -> str:
 def save_figure(fig, name: str, out_dir: str | os.PathLike | None = None, fmt: str = "png", dpi: int = 150) -> Path:
     """Save a matplotlib figure atomically as ``<figures>/<name>.<fmt>`` (``viz.plots.save_figure``) and
     return the path; the figure stays open, so the notebook still shows it."""
-    from drsf_kit.viz.plots import save_figure as write_figure
-
     if fmt not in FIGURE_FORMATS:
         raise ConfigError(f"figure format {fmt!r}: valid formats are {', '.join(FIGURE_FORMATS)}")
     if not hasattr(fig, "savefig"):
@@ -166,8 +288,6 @@ def save_table(table, name: str, out_dir: str | os.PathLike | None = None, capti
 
 def _markdown(df) -> str:
     """A DataFrame as Markdown, index included (the kit's one writer: ``evaluation.tables.frame_to_markdown``)."""
-    from drsf_kit.evaluation.tables import frame_to_markdown
-
     return frame_to_markdown(df)
 
 
@@ -184,34 +304,18 @@ def environment_table(ctx: NotebookContext | None = None):
     ``status`` is ``ok``, ``missing`` (a package or folder that is needed and absent) or ``note``
     (something to know, e.g. a folder that a later notebook will create).
     """
-    import platform
-    import sys
-    from importlib import metadata
-
-    import pandas as pd
-
-    from drsf_kit import __version__
-    from drsf_kit.utils.runtime import default_num_threads
-
     rows = [("python", f"{platform.python_version()} ({sys.executable})", "ok"), ("drsf_kit", __version__, "ok")]
     for package in ENVIRONMENT_PACKAGES:
         try:
             rows.append((package, metadata.version(package), "ok"))
         except metadata.PackageNotFoundError:
             rows.append((package, "not installed", "missing"))
-    try:
-        import torch
-
-        cuda = torch.cuda.is_available()
-        rows.append(("cuda", torch.cuda.get_device_name(0) if cuda else "not available (CPU run)", "ok" if cuda else "note"))
-        rows.append(("torch threads", str(torch.get_num_threads()), "ok"))
-    except ImportError:
-        rows.append(("cuda", "torch missing", "missing"))
+    cuda = torch.cuda.is_available()
+    rows.append(("cuda", torch.cuda.get_device_name(0) if cuda else "not available (CPU run)", "ok" if cuda else "note"))
+    rows.append(("torch threads", str(torch.get_num_threads()), "ok"))
     rows.append(("usable cores", str(default_num_threads()), "ok"))
     rows.append(("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "unset"), "ok" if os.environ.get("HF_HUB_OFFLINE") else "note"))
     if ctx is not None:
-        from drsf_kit.utils.runtime import resolve_device
-
         rows.append(("device", f"{ctx.device} -> {resolve_device(ctx.device)}", "ok"))
         for label, folder in (("data", ctx.data_root), ("synthetic data", ctx.synth_root), ("runs", ctx.runs_dir)):
             exists = Path(folder).is_dir()
@@ -231,15 +335,15 @@ SMOKE_DET = ("model.min_size=96", "model.max_size=160")
 
 
 def ensure_mini_weather(ctx: NotebookContext, progress: bool = False) -> Path:
-    """The context's data folder (``workflows.ensure_data``): with ``SMOKE`` the tiny build
+    """The context's data folder (``runs.ensure_data``): with ``SMOKE`` the tiny build
     (``SMOKE_DATA``) in the smoke workspace, otherwise the data folder, a missing ``mini-weather`` one
     rendered with the demo sizes."""
-    return workflows.ensure_data(ctx.data_root, sizes=SMOKE_DATA if ctx.smoke else None, progress=progress)
+    return runs.ensure_data(ctx.data_root, sizes=SMOKE_DATA if ctx.smoke else None, progress=progress)
 
 
 def ensure_synth(ctx: NotebookContext, domains=None, progress: bool = False) -> Path:
-    """The context's pseudo-domain folder (``workflows.ensure_synth``), its data made first when missing."""
-    return workflows.ensure_synth(ensure_mini_weather(ctx), ctx.synth_root, seed=ctx.seed, device=ctx.device,
+    """The context's pseudo-domain folder (``runs.ensure_synth``), its data made first when missing."""
+    return runs.ensure_synth(ensure_mini_weather(ctx), ctx.synth_root, seed=ctx.seed, device=ctx.device,
                                   domains=domains, progress=progress)
 
 
@@ -255,20 +359,20 @@ def config_overrides(ctx: NotebookContext) -> list[str]:
 
 
 def run_config(ctx: NotebookContext, task: str, variant: str, seed: int | None = None, overrides=()):
-    """The ``RunConfig`` of one run (``workflows.run_config``: the demo's config of ``task``), with the
+    """The ``RunConfig`` of one run (``runs.run_config``: the demo's config of ``task``), with the
     context's overrides, ``SMOKE_DET`` for a smoke detector, then ``overrides``."""
     smoke_det = list(SMOKE_DET) if ctx.smoke and task == "det" else []
-    return workflows.run_config(task, variant, ctx.seed if seed is None else seed,
+    return runs.run_config(task, variant, ctx.seed if seed is None else seed,
                                 [*config_overrides(ctx), *smoke_det, *overrides], root=ctx.root)
 
 
 def ensure_run(ctx: NotebookContext, task: str, variant: str, seed: int | None = None, overrides=(),
                progress: bool = True, on_mismatch: str = "refuse", reuse_anyway: bool | None = None) -> Path:
-    """Train one run unless its folder already holds it finished (``workflows.ensure_run``); the training
+    """Train one run unless its folder already holds it finished (``runs.ensure_run``); the training
     notebooks call it. ``reuse_anyway`` defaults to the notebook's ``REUSE_ANYWAY`` parameter."""
     if reuse_anyway is None:
         reuse_anyway = bool(ctx.params.get("REUSE_ANYWAY", False))
-    return workflows.ensure_run(run_config(ctx, task, variant, seed, overrides), on_mismatch=on_mismatch,
+    return runs.ensure_run(run_config(ctx, task, variant, seed, overrides), on_mismatch=on_mismatch,
                                 reuse_anyway=reuse_anyway, progress=progress,
                                 data_sizes=SMOKE_DATA if ctx.smoke else None)
 
@@ -276,38 +380,34 @@ def ensure_run(ctx: NotebookContext, task: str, variant: str, seed: int | None =
 def ensure_runs(ctx: NotebookContext, task: str, variants, seed: int | None = None, overrides=(),
                 progress: bool = True, on_mismatch: str = "refuse", reuse_anyway: bool | None = None,
                 jobs: int | None = None) -> list[Path]:
-    """``ensure_run`` for each of ``variants`` (``workflows.ensure_runs``), ``jobs`` runs side by side:
-    by default the notebook's ``JOBS`` parameter, where 0 (or none) means ``workflows.auto_jobs`` (one
+    """``ensure_run`` for each of ``variants`` (``runs.ensure_runs``), ``jobs`` runs side by side:
+    by default the notebook's ``JOBS`` parameter, where 0 (or none) means ``runs.auto_jobs`` (one
     per CPU core, one on a GPU)."""
     if reuse_anyway is None:
         reuse_anyway = bool(ctx.params.get("REUSE_ANYWAY", False))
     if jobs is None:
         jobs = int(ctx.params.get("JOBS", 0) or 0)
     cfgs = [run_config(ctx, task, variant, seed, overrides) for variant in variants]
-    return workflows.ensure_runs(cfgs, jobs=jobs or workflows.auto_jobs(ctx.device), on_mismatch=on_mismatch,
+    return runs.ensure_runs(cfgs, jobs=jobs or runs.auto_jobs(ctx.device), on_mismatch=on_mismatch,
                                  reuse_anyway=reuse_anyway, progress=progress,
                                  data_sizes=SMOKE_DATA if ctx.smoke else None)
 
 
 def require_runs(ctx: NotebookContext, task: str, variants=None, seeds=None) -> list[Path]:
-    """The finished runs a read-only notebook (06-09) uses (``workflows.require_runs``): never trains;
+    """The finished runs a read-only notebook (06-09) uses (``runs.require_runs``): never trains;
     a missing run raises an error naming the command that makes it. ``variants`` and ``seeds`` default
     to the ``VARIANTS``/``VARIANT`` and ``SEEDS``/``SEED`` parameters."""
     if variants is None:
         variants = ctx.params.get("VARIANTS") or [ctx.params.get("VARIANT", "drsf")]
     if seeds is None:
         seeds = ctx.params.get("SEEDS") or [ctx.seed]
-    return workflows.require_runs(ctx.runs_dir, task, variants, seeds,
+    return runs.require_runs(ctx.runs_dir, task, variants, seeds,
                                   reuse_anyway=bool(ctx.params.get("REUSE_ANYWAY", False)), root=ctx.root)
 
 
 def twin_scenes(ctx: NotebookContext, n: int = 3, task: str = "det", domains=None) -> dict[str, dict]:
     """``{source_id: {domain: image [3,H,W]}}`` for the first ``n`` source images that have twins:
     the source image first, then its pseudo-domain twins (resized to the source's size if needed)."""
-    import torch.nn.functional as F
-
-    from drsf_kit.data.paired import PairedSynthetic
-
     paired = PairedSynthetic(ctx.data_root, ctx.synth_root, task=task, domains=domains, progress=False)
     scenes = {}
     for source_id in paired.source_ids[:n]:
@@ -329,14 +429,6 @@ def fidelity_scenes(ctx: NotebookContext, domain: str = "night_sunny", levels=("
     """``{source_id: {column: image [H,W,3] uint8}}``: each of the first ``n`` source images, its
     procedural ``domain`` twin at every fidelity level (made here, in memory, with the image's boxes),
     and a real ``domain`` image of another scene for comparison."""
-    import numpy as np
-
-    from drsf_kit.data import voc
-    from drsf_kit.data.dwd import DWDDetection
-    from drsf_kit.synth.fidelity import parse_level
-    from drsf_kit.synth.procedural import apply_domain
-    from drsf_kit.synth.runner import load_source_item
-
     source = DWDDetection(ctx.data_root, source_domain, "train", progress=False)
     target = DWDDetection(ctx.data_root, domain, "test", progress=False)
     scenes = {}
@@ -366,14 +458,6 @@ def forward_check(device: str = "auto", tasks=("det", "seg"), size: tuple[int, i
     Returns a DataFrame (task, variant, parameters, output, seconds): a quick proof that the models
     build and run on this machine before any data exists.
     """
-    import time
-
-    import pandas as pd
-    import torch
-
-    from drsf_kit.models import VARIANTS, build_model
-    from drsf_kit.utils.runtime import resolve_device
-
     dev = resolve_device(device)
     image = torch.rand(3, *size, generator=torch.Generator().manual_seed(seed)).to(dev)
     rows = []
@@ -397,13 +481,9 @@ def forward_check(device: str = "auto", tasks=("det", "seg"), size: tuple[int, i
 def ensure_evaluated(ctx: NotebookContext, run_dirs, protocol: str, progress: bool = False) -> list[Path]:
     """Score each run under ``protocol`` unless its ``results.jsonl`` already has rows for it (after its
     last training step); SMOKE scores two images per domain. Returns the run folders."""
-    from drsf_kit.evaluation.results import load_results
-    from drsf_kit.train import evaluate_run
-    from drsf_kit.train.evaluate import read_run_config
-
     done = []
     for run_dir in map(Path, run_dirs):
-        rows = load_results(run_dir) if (run_dir / "results.jsonl").exists() else None
+        rows = load_results(run_dir) if RunDir(run_dir).results_path.exists() else None
         steps = read_run_config(run_dir).train.max_steps
         scored = rows is not None and ((rows["protocol"] == protocol) & (rows["step"] >= steps)).any()
         if not scored:
@@ -426,21 +506,17 @@ def batch_grid(ctx: NotebookContext, **axes) -> dict[str, list]:
 
 
 # ---------------------------------------------------------------------------------- committed protocol
-PROTOCOL_RESULTS = "benchmarks/results/sdg_protocol.json"  # written by benchmarks/sdg_protocol.py
+PROTOCOL_RESULTS = "benchmarks/results/sdg_protocol.json"  # written by `drsf protocol`
 
 
 def protocol_table(ctx: NotebookContext, run_dirs, task: str):
     """``(table, caption)``: the demo's runs next to the committed protocol results, labelled as such
     (``evaluation.tables.protocol_comparison``); ``(None, one line)`` when no such file exists yet."""
-    from drsf_kit.app import load_rows_file
-    from drsf_kit.evaluation.results import HEADLINE_METRIC, load_results
-    from drsf_kit.evaluation.tables import protocol_comparison
-
     path = ctx.root / PROTOCOL_RESULTS
     if not path.is_file():
         return None, (f"No committed protocol results yet ({PROTOCOL_RESULTS}, written by "
-                      "`python benchmarks/sdg_protocol.py`): the demo's runs are shown alone.")
-    protocol = load_rows_file(path)
+                      "`drsf protocol`): the demo's runs are shown alone.")
+    protocol = pd.DataFrame(read_rows_file(path))
     table = protocol_comparison(load_results(run_dirs), protocol, task)
     caption = (f"Table: {HEADLINE_METRIC[task]} (percent) on the source test split and mean over the real targets: "
                f"the demo's runs ({ctx.runs_dir.name}: fine-tuned on the demo schedule) next to the committed "

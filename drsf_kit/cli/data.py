@@ -6,6 +6,7 @@ import argparse
 
 from drsf_kit.config import DEFAULT_DATA_ROOT
 from drsf_kit.data.check import FORMATS, check_dataset, format_report
+from drsf_kit.data.mini_weather import make_mini_weather
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -57,8 +58,6 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_make_mini(args: argparse.Namespace) -> int:
     """``drsf data make-mini``: render the benchmark into ``--out``, then check it."""
-    from drsf_kit.data.mini_weather import make_mini_weather
-
     out = make_mini_weather(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
                             n_target=args.n_target, height=args.height, width=args.width,
                             progress=not args.no_progress, overwrite=args.overwrite)

@@ -1,7 +1,7 @@
-"""`drsf train` and `drsf eval`: thin calls into ``drsf_kit.train.fit`` and ``evaluate_run``.
+"""`drsf train` and `drsf eval`: thin calls into ``drsf_kit.train.engine.fit`` and ``evaluate_run``.
 
-``add_parser`` registers ``train``; ``add_eval_parser`` registers ``eval`` (named in the top-level CLI's
-``COMMAND_MODULES``: scoring a run folder is the training package's business, not ``evaluation``'s).
+``add_parser`` registers ``train``; ``add_eval_parser`` registers ``eval`` (scoring a run folder is the
+training package's business, not ``evaluation``'s).
 """
 
 from __future__ import annotations
@@ -9,6 +9,17 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+
+import torch
+import yaml
+
+from drsf_kit.config import config_to_dict, load_config
+from drsf_kit.data.dwd import PROTOCOLS
+from drsf_kit.errors import ConfigError
+from drsf_kit.train.engine import fit
+from drsf_kit.train.evaluate import SUMMARY_METRIC, evaluate_run
+from drsf_kit.train.rundir import RunDir
+from drsf_kit.utils.runtime import default_num_threads
 
 
 def add_parser(subparsers) -> None:
@@ -37,8 +48,6 @@ def add_parser(subparsers) -> None:
 
 def add_eval_parser(subparsers) -> None:
     """Register `drsf eval`."""
-    from drsf_kit.data.dwd import PROTOCOLS
-
     p = subparsers.add_parser(
         "eval", help="evaluate a trained run on chosen domains; append tidy rows and write tables",
         description="Score RUN_DIR's checkpoints/last.pt, append rows to RUN_DIR/results.jsonl and write the "
@@ -54,28 +63,17 @@ def add_eval_parser(subparsers) -> None:
 
 
 def _threads() -> None:
-    import torch
-
-    from drsf_kit.utils.runtime import default_num_threads
-
     torch.set_num_threads(default_num_threads())
 
 
 def run_train(args: argparse.Namespace) -> int:
     """`drsf train`: load the config, apply overrides, call ``fit``."""
-    from drsf_kit.config import config_to_dict, load_config
-    from drsf_kit.train.engine import fit
-
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         return 0
     _threads()
     if (args.start_over or args.reuse_anyway) and not args.resume:
-        from drsf_kit.errors import ConfigError
-
         raise ConfigError("--start-over and --reuse-anyway only apply with --resume")
     run_dir = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
                   start_over=args.start_over, reuse_anyway=args.reuse_anyway)
@@ -86,8 +84,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """`drsf eval`: score a run and print its headline metric per domain."""
-    from drsf_kit.train.evaluate import SUMMARY_METRIC, evaluate_run
-
     _threads()
     rows = evaluate_run(args.run, domains=args.domains, protocol=args.protocol, device=args.device,
                         progress=not args.no_progress, max_images=args.max_images)
@@ -95,5 +91,5 @@ def run_eval(args: argparse.Namespace) -> int:
         if row["class"] is None and row["metric"] == SUMMARY_METRIC[row["task"]]:
             value = "n/a" if row["value"] is None else f"{100 * row['value']:.1f}%"
             print(f"{row['domain']:>14s} ({row['split']}, {row['protocol']}): {row['metric']} {value}")
-    print(f"rows written to {Path(args.run) / 'results.jsonl'}; tables written to {args.run}")
+    print(f"rows written to {RunDir(args.run).results_path}; tables written to {args.run}")
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from drsf_kit.errors import ConfigError
 from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS, SynthConfig
+from drsf_kit.synth.fidelity import check_gap, parse_level
 from drsf_kit.synth.registry import GENERATORS
 from drsf_kit.synth.runner import merge_shards, parse_shard, run_synth
 
@@ -50,9 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
     """Turn parsed CLI options into a SynthConfig (ConfigError when --data is missing)."""
-    from drsf_kit.errors import ConfigError
-    from drsf_kit.synth.fidelity import check_gap, parse_level
-
     if not args.data:
         raise ConfigError("--data ROOT is required (the dataset root in DWD layout)")
     domains = tuple(d.strip() for d in args.domains.split(",") if d.strip())
