@@ -29,3 +29,13 @@ class NonFiniteLossError(DrsfError, FloatingPointError):
 
 class RunInUseError(ConfigError):
     """Another live process is writing into the run folder; the message names its pid and host."""
+
+
+class DiskFullError(DrsfError, OSError):
+    """A write found no space left: the message names the folder, the bytes it needed and the bytes free.
+
+    Writes are atomic (``drsf_kit.utils.io``), so the file it was writing keeps its previous content.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no space left on the device"

@@ -93,11 +93,25 @@ def manifest_files(path: str | os.PathLike) -> list[Path]:
     return found
 
 
+def check_inside(row: dict, root: Path, manifest: Path, where: str = "") -> None:
+    """Refuse (``DataError``) a row whose image resolves outside ``root`` (the folder the manifests were
+    read from): a ``..`` or a symbolic link leaving it could make a real target image a "twin" of a
+    source image and leak the target into training."""
+    target = (manifest.parent / row["path"]).resolve()
+    if not target.is_relative_to(root):
+        how = "a symbolic link" if ".." not in Path(row["path"]).parts else "'..'"
+        _fail(manifest, where, f"field 'path' {row['path']!r} leads outside {root} (through {how}, to {target}); "
+                               f"generated images must lie inside the folder their manifests are read from")
+
+
 def _read(path, check_duplicates: bool) -> list[dict]:
     rows, seen = [], {}
+    path = Path(path)
+    root = (path.parent if path.is_file() else path).resolve()
     for file in manifest_files(path):
         for k, row in enumerate(iter_jsonl(file), start=1):
             validate_row(row, file, f"row {k}: ")
+            check_inside(row, root, file, f"row {k}: ")
             key = row_key(row)
             if check_duplicates and key in seen:
                 other_file, other_k = seen[key]

@@ -168,12 +168,19 @@ def _fmt_box(box) -> str:
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
     """Read an ImageSets-style id list (one id per line; extra columns and blanks ignored), de-duplicated
-    in order. Raises ``DataError`` when the file is missing."""
+    in order. Raises ``DataError`` when the file is missing or is not UTF-8 text (naming the line)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(path, "split file is missing") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a replaced byte would name an id whose files do not exist
+        line = raw[: exc.start].count(b"\n") + 1
+        bad = raw.splitlines()[line - 1].strip() if raw.splitlines() else b""
+        raise DataError(path, f"line {line} is not UTF-8 text ({bad!r}, byte 0x{raw[exc.start]:02x}); "
+                              f"image ids must be UTF-8 (rename the files and the id)") from None
     seen: dict[str, None] = {}
     for line in text.splitlines():
         parts = line.split()
