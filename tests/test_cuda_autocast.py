@@ -48,14 +48,16 @@ def test_emulation_raises_where_cuda_would_and_full_precision_lifts_it():
     assert torch.isfinite(F.binary_cross_entropy(p, y))  # outside autocast nothing is banned
 
 
-CASES = [(task, variant, "v2") for task in ("det", "seg") for variant in VARIANTS]
-CASES += [(task, "drsf", "v1") for task in ("det", "seg")]  # the first reading of both blocks
+V3_ADV = {"method": "v3", "w_adv": 1.0}
+CASES = [(task, variant, None) for task in ("det", "seg") for variant in VARIANTS]
+# the first reading of both blocks, v3 (in-place style fusion) without and with its adversary
+CASES += [(task, "drsf", hp) for task in ("det", "seg") for hp in ({"method": "v1"}, {"method": "v3"}, V3_ADV)]
+CASES += [(task, "mdsf", V3_ADV) for task in ("det", "seg")]
 
 
-@pytest.mark.parametrize("task,variant,method", CASES)
-def test_every_variant_trains_under_cuda_autocast_policy(task, variant, method):
+@pytest.mark.parametrize("task,variant,hparams", CASES)
+def test_every_variant_trains_under_cuda_autocast_policy(task, variant, hparams):
     kw = {"min_size": H, "max_size": W} if task == "det" else {}
-    hparams = {"method": method} if method == "v1" else None
     torch.manual_seed(0)
     model = build_model(task, "mini", variant, 5, hparams=hparams, **kw)
     images, targets, domains, pairs = _batch(task)

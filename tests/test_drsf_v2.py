@@ -18,7 +18,7 @@ from drsf_kit.models.base import consistency_loss
 from drsf_kit.models.dfdr import DFDR, DFDRHparams, DFDROutput, channel_statistics, dfdr_losses, invariance_loss
 from drsf_kit.models.hparams import resolve_hparams, split_hparams
 from drsf_kit.models.mdsf import MDSF, MDSFHparams
-from drsf_kit.models.mdsf_v2 import (adversarial_loss_v2, append_fused, confusion_loss, discriminator_verdict,
+from drsf_kit.models.mdsf_v2 import (_health, adversarial_loss_v2, append_fused, confusion_loss, discriminator_verdict,
                                      fusion_plan, reversal_weight)
 from drsf_kit.data.twins import TwinCollate, TwinItem
 from drsf_kit.train.data import build_train_set
@@ -302,9 +302,30 @@ def test_a_discriminator_at_the_prior_says_so():
     assert discriminator_verdict(mdsf) is None
     mdsf.running_acc, mdsf.running_chance = 0.26, 0.25
     verdict = discriminator_verdict(mdsf)
-    assert verdict["at_prior"] and "AT THE PRIOR" in verdict["text"]
+    assert verdict["at_prior"] and verdict["state"] == "never_learned" and "NEVER LEARNED" in verdict["text"]
     mdsf.running_acc = 0.7
     assert not discriminator_verdict(mdsf)["at_prior"]
+
+
+def test_the_health_record_tells_never_learned_from_learned_then_confused():
+    """The warm-up's end is recorded when the backbone's part first switches on (coeff > 0)."""
+    mdsf = MDSF(4, 3)
+    mdsf.running_acc, mdsf.running_chance = 0.27, 0.33
+    _health(mdsf, torch.log_softmax(torch.randn(6, 3), 1), torch.tensor([0, 0, 1, 1, 2, 2]), 0.05, 0, 6)
+    assert mdsf.warmup_acc == 0.27 and mdsf.warmup_chance == 0.33
+    mdsf.running_acc = 0.3
+    assert discriminator_verdict(mdsf)["state"] == "never_learned"
+    mdsf.warmup_acc = 0.8  # it had learned the domains when the warm-up ended...
+    verdict = discriminator_verdict(mdsf)
+    assert verdict["state"] == "learned_then_confused" and verdict["at_prior"]  # ...and is at chance now
+    mdsf.running_acc = 0.7
+    assert discriminator_verdict(mdsf)["state"] == "still_reads_domains"
+    _health(mdsf, torch.log_softmax(torch.randn(6, 3), 1), torch.tensor([0, 0, 1, 1, 2, 2]), 0.05, 0, 6)
+    assert mdsf.warmup_acc == 0.8  # recorded once
+    state = mdsf.get_extra_state()
+    fresh = MDSF(4, 3)
+    fresh.set_extra_state(state)
+    assert discriminator_verdict(fresh) == discriminator_verdict(mdsf)
 
 
 def test_optimizer_groups_of_block_free_variants_are_unchanged():

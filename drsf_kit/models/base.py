@@ -20,7 +20,7 @@ from drsf_kit.errors import ConfigError
 from drsf_kit.models.backbones import StageBody
 from drsf_kit.models.dfdr import DFDR, DFDROutput, dfdr_losses, dfdr_stats
 from drsf_kit.models.hparams import resolve_hparams, split_hparams
-from drsf_kit.models.mdsf import MDSF, grl_coefficient, mix_features
+from drsf_kit.models.mdsf import MDSF, fuse_styles, grl_coefficient, mix_features
 from drsf_kit.models.mdsf_v2 import adversarial_loss_v2, append_fused, discriminator_verdict, fusion_plan, reversal_weight
 from drsf_kit.models.variants import get_variant
 from drsf_kit.utils.precision import full_precision
@@ -87,6 +87,11 @@ class DRSFModel(nn.Module):
         self.hparams = resolve_hparams(variant, self.task, hparams)
         dfdr_hp, mdsf_hp = split_hparams(self.hparams)
         names = body.stage_names()
+        if dfdr_stage is None and self.hparams.get("method") == "v3" and self.spec.use_dfdr:
+            # v3: DFDR on every path to the head, so at the shallowest stage the head reads when that one
+            # comes before layer2 (the mini segmenter's skip reads layer1; a detector's FPN starts at layer2)
+            read = [names.index(st) for st in collect_stages if st in names]
+            dfdr_stage = names[min(read)] if read and min(read) < names.index("layer2") else None
         self.dfdr_stage = dfdr_stage or "layer2"
         if self.dfdr_stage not in names:
             raise ConfigError(f"dfdr_stage {self.dfdr_stage!r} is not a stage of this backbone; valid: {', '.join(names)}")
@@ -95,8 +100,12 @@ class DRSFModel(nn.Module):
             raise ConfigError(f"mdsf_stage {self.mdsf_stage!r} is unknown; valid: {HEAD}, {', '.join(names)}")
         self.dfdr = DFDR(body.channels[self.dfdr_stage], num_domains, dfdr_hp) if self.spec.use_dfdr else None
         mdsf_channels = head_channels[self.disc_key] if self.mdsf_stage == HEAD else body.channels[self.mdsf_stage]
+        if mdsf_hp is not None and mdsf_hp.method == "v3" and self.spec.use_mdsf:
+            if mdsf_hp.adv_stage not in names:
+                raise ConfigError(f"adv_stage {mdsf_hp.adv_stage!r} is not a stage of this backbone; valid: {', '.join(names)}")
+            mdsf_channels = body.channels[mdsf_hp.adv_stage]  # v3's adversary reads a body stage
         self.mdsf = MDSF(mdsf_channels, num_domains, mdsf_hp) if self.spec.use_mdsf else None
-        fuse = self._v2_fuse_stage
+        fuse = self._v2_fuse_stage or self._v3_fuse_stage
         if fuse not in (None, "none") and fuse not in names:
             raise ConfigError(f"fuse_stage {fuse!r} is not a stage of this backbone; valid: none, {', '.join(names)}")
         self.head_channels = dict(head_channels)
@@ -157,8 +166,15 @@ class DRSFModel(nn.Module):
                 state = self._add_fused({**collected, _X: x}, aux, domains, pairs, generator)
                 x = state.pop(_X)
                 collected = state
+            if train and self._v3_fuse_stage == name and pairs.shape[0]:
+                hp = self.mdsf.hparams
+                x, _ = fuse_styles(x, domains, pairs, hp.alpha, hp.p_mix, hp.extrapolate, generator)
             if self.dfdr is not None and name == self.dfdr_stage:
                 x, collected = self._apply_dfdr(x, collected, aux, train, domains, pairs, taps)
+            if self._v3_adv_stage == name:
+                aux.mdsf_map = x
+                if train:
+                    self._v3_adversary(x, aux, domains, progress)
             if name == self.mdsf_stage:
                 state = self._apply_mdsf({**collected, _X: x}, _X, aux, train, domains, pairs, progress, generator, mix_lam)
                 x = state.pop(_X)
@@ -208,6 +224,8 @@ class DRSFModel(nn.Module):
             mixed = type(maps)((k, mix_features(v[0:1], v[1:2], float(mix_lam))) for k, v in maps.items())
             aux.mdsf_map = mixed[disc_key]
             return mixed
+        if self.mdsf is not None and self.mdsf.v3:
+            return maps  # v3 fused and judged in the body (fuse_stage, adv_stage)
         if not train or self.mdsf is None:
             aux.mdsf_map = maps[disc_key]
             return maps
@@ -234,9 +252,30 @@ class DRSFModel(nn.Module):
     # --- MDSF v2: fused samples added to the batch, the adversary's warm-up ------------------------------
     @property
     def _v2_fuse_stage(self) -> Optional[str]:
-        if self.mdsf is None or not self.mdsf.v2:
+        if self.mdsf is None or not self.mdsf.v2 or self.mdsf.v3:
             return None
         return self.mdsf.hparams.fuse_stage
+
+    # --- MDSF v3: style fusion in place, an adversary in the body ------------------------------------------
+    @property
+    def _v3_fuse_stage(self) -> Optional[str]:
+        if self.mdsf is None or not self.mdsf.v3 or self.mdsf.hparams.fuse_stage == "none":
+            return None
+        return self.mdsf.hparams.fuse_stage
+
+    @property
+    def _v3_adv_stage(self) -> Optional[str]:
+        if self.mdsf is None or not self.mdsf.v3 or self.mdsf.discriminator is None:
+            return None
+        return self.mdsf.hparams.adv_stage
+
+    def _v3_adversary(self, x, aux, domains, progress):
+        """The v3 adversary on the real rows of ``x`` (its warm-up, confusion and health as in v2)."""
+        hp = self.mdsf.hparams
+        n = domains.shape[0]
+        loss, health = adversarial_loss_v2(self.mdsf, x[:n], domains, None, None, reversal_weight(progress, hp))
+        aux.losses["loss_adv"] = hp.w_adv * loss
+        aux.stats.update(health)
 
     @property
     def twins_per_source(self) -> int:
@@ -281,14 +320,15 @@ class DRSFModel(nn.Module):
 
     def lr_multipliers(self) -> dict[str, float]:
         """Parameter name -> learning-rate multiplier for parameters that need their own (v2 discriminator)."""
-        if self.mdsf is None or not self.mdsf.v2 or self.mdsf.hparams.disc_lr_mult == 1.0:
+        if (self.mdsf is None or not self.mdsf.v2 or self.mdsf.discriminator is None
+                or self.mdsf.hparams.disc_lr_mult == 1.0):
             return {}
         mult = float(self.mdsf.hparams.disc_lr_mult)
         return {f"mdsf.discriminator.{k}": mult for k, _ in self.mdsf.discriminator.named_parameters()}
 
     def health_summary(self) -> Optional[dict]:
         """End-of-run health of the blocks (v2 discriminator vs its prior); None when nothing to report."""
-        if self.mdsf is None or not self.mdsf.v2:
+        if self.mdsf is None or not self.mdsf.v2 or self.mdsf.discriminator is None:
             return None
         return discriminator_verdict(self.mdsf)
 
@@ -332,10 +372,12 @@ class DRSFModel(nn.Module):
 
     def domain_probs(self, images) -> Optional[torch.Tensor]:
         """Discriminator softmax ``[N, K+1]`` on the unmixed MDSF-stage map; None without MDSF."""
-        if self.mdsf is None:
+        if self.mdsf is None or self.mdsf.discriminator is None:
             return None
         with eval_mode(self):
             stop = None if self.mdsf_stage == HEAD else self.mdsf_stage
+            if self.mdsf.v3:
+                stop = self.mdsf.hparams.adv_stage
             _, aux = self._features(self._input_tensor(images), stop_after=stop)
             return self.mdsf.domain_probs(aux.mdsf_map)
 

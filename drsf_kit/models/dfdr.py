@@ -38,7 +38,7 @@ from drsf_kit.utils.precision import full_precision
 
 ENTROPY_MODES = ("spatial", "zscore", "domain_posterior")
 REASSEMBLY_MODES = ("residual", "swap")
-METHODS = ("v2", "v1")
+METHODS = ("v3", "v2", "v1")
 SPLITS = ("topk", "soft")
 # v2 gate slope at init: a fully decided score (0 or 1) gives a gate of sigmoid(+-4) = 0.98 / 0.02
 GATE_SLOPE_INIT = 8.0
@@ -53,7 +53,8 @@ class DFDRHparams:
     """
 
     # "v2": scale-free score, top-k split, invariance on the whole shared map, detached private loss;
-    # "v1": the first reading (SE-style gate on [GAP; 1 - H], soft split, pooled alignment), for ablations.
+    # "v3": the v2 block, placed on every path to the head (the shallowest map the head reads, if it is
+    # shallower than layer2: the mini segmenter's skip); "v1": the first reading (SE-style gate on [GAP; 1 - H], soft split, pooled alignment), for ablations.
     method: str = "v2"
     # Softmax temperature of the spatial entropy; 1.0 scores raw activations as they are.
     tau: float = 1.0
@@ -213,7 +214,7 @@ class DFDR(nn.Module):
         self.channels = channels
         self.num_domains = num_domains
         hidden = max(channels // self.hparams.reduction, 4)
-        self.v2 = self.hparams.method == "v2"
+        self.v2 = self.hparams.method != "v1"  # v3 keeps the v2 block (it moves where DFDR sits, base.py)
         if self.v2:
             # v2: a per-channel monotone gate on the scale-free sharedness score s in [0, 1]:
             # logit_c = w_c (s_c - 1/2) + b_c, w_c > 0. The v1 SE-MLP learned to ignore its entropy input
@@ -410,7 +411,7 @@ def _dfdr_losses_v2(out: DFDROutput, domains: torch.Tensor, pairs: torch.Tensor 
 @full_precision()
 def dfdr_losses(out: DFDROutput, domains: torch.Tensor, pairs: torch.Tensor | None, hp: DFDRHparams) -> dict:
     """The weighted DFDR loss terms a model adds to its loss dict."""
-    if hp.method == "v2":
+    if hp.method != "v1":
         return _dfdr_losses_v2(out, domains, pairs, hp)
     terms = align_loss(out, pairs, hp.rho)
     losses = {

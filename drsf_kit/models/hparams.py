@@ -28,6 +28,10 @@ V1_DEFAULTS: dict[str, Any] = {
     "entropy_mode": "spatial", "split": "soft", "w_align": 1.0, "alpha": 0.4, "p_mix": 0.5, "eta_max": 1.0, "w_adv": 0.1,
     "twins_per_source": 1, "fuse_stage": "none", "fuse_head": False, "adv_warmup": 0.0, "disc_lr_mult": 1.0,
 }
+# v3 (``method: v3``): soft fusion in place, in feature-statistics space, at a shallow stage (no added
+# rows, no head fusion); no adversary unless w_adv > 0 (docs/method.md: it was inert in detection at
+# ldm_gap and cost source accuracy in segmentation). DFDR keeps the v2 block, on every path to the head.
+V3_DEFAULTS: dict[str, Any] = {"fuse_stage": "layer1", "fuse_head": False, "w_adv": 0.0}
 # naive_consistency's one key: weight of the paired twin-consistency loss.
 CONSISTENCY_DEFAULTS: dict[str, Any] = {"w_cons": 1.0}
 # Every variant that trains on twins draws `twins_per_source` of them per source image, each from a
@@ -48,6 +52,9 @@ HPARAM_RANGES: dict[str, tuple] = {
     "disc_labels": ("choice", ["balanced", "binary"]),
     "disc_arch": ("choice", ["stats", "conv"]),
     "adv_objective": ("choice", ["confusion", "reversal"]),
+    "extrapolate": ("uniform", 0.0, 0.5),
+    "adv_stage": ("choice", ["layer1", "layer2"]),
+    "disc_cells": ("choice", [1, 2, 4]),
     "w_cons": ("log_uniform", 0.1, 10.0),
     "tau": ("log_uniform", 0.25, 4.0),
     "entropy_mode": ("choice", ["zscore", "domain_posterior"]),
@@ -75,7 +82,7 @@ def normalize_task(task: str) -> str:
         raise ConfigError(f"unknown task {task!r}; valid tasks: det, seg") from None
 
 
-METHODS = ("v2", "v1")
+METHODS = ("v3", "v2", "v1")
 
 
 def _block_defaults(variant: str, task: str, method: str) -> list[dict[str, Any]]:
@@ -92,6 +99,8 @@ def _block_defaults(variant: str, task: str, method: str) -> list[dict[str, Any]
         out["method"] = method
         if method == "v1":
             out.update({k: v for k, v in V1_DEFAULTS.items() if k in out})
+        if method == "v3":
+            out.update({k: v for k, v in V3_DEFAULTS.items() if k in out})
         if task == "seg" and "disc_hidden" in out:
             # The mini segmenter has ~1 M parameters and a 160-channel bottleneck: an 8-wide discriminator
             # keeps MDSF under 2% of the model (16 would cost ~2.7%).

@@ -24,7 +24,7 @@ from drsf_kit.errors import ConfigError
 from drsf_kit.utils.precision import full_precision
 
 DISC_INPUT_NORMS = ("rms", "none")
-METHODS = ("v2", "v1")
+METHODS = ("v3", "v2", "v1")
 DISC_LABELS = ("balanced", "binary")
 DISC_ARCHS = ("stats", "conv")
 ADV_OBJECTIVES = ("confusion", "reversal")
@@ -41,6 +41,10 @@ class MDSFHparams:
     # "v2": fused samples added to the batch from twins of several pseudo-domains, at a shallow stage and
     # after the backbone; a class-balanced discriminator that learns before the reversal switches on.
     # "v1": the first reading (in-place mixing after the backbone, DANN ramp), for ablations.
+    # "v3": soft fusion in place, in feature-statistics space: at ``fuse_stage`` a twin's per-channel mean
+    # and std become a mix of its own and another twin's of the same source (another pseudo-domain); no
+    # row is added, and the adversary (``w_adv`` > 0) reads ``adv_stage`` through a standardised
+    # discriminator on grid cells of the map.
     method: str = "v2"
     # Beta(alpha, alpha) concentration. v1: 0.4 (mixes near either end); v2: 2.0 (mixes in between, an
     # intermediate domain rather than a slightly perturbed twin).
@@ -78,6 +82,14 @@ class MDSFHparams:
     # discriminator's posterior over the domains present becomes uniform; bounded) or "reversal"
     # (a gradient-reversal layer: the discriminator's loss as large as possible; unbounded).
     adv_objective: str = "confusion"
+    # v3: lambda ~ Beta(alpha, alpha) is stretched to [-extrapolate, 1 + extrapolate]: > 0 also fuses
+    # beyond the pair (a style further from the twin's partner than the twin itself).
+    extrapolate: float = 0.0
+    # v3: the body stage the adversary reads ("layer2": style is still linearly readable there).
+    adv_stage: str = "layer2"
+    # v3: the discriminator scores each of disc_cells x disc_cells cells of the map as its own row
+    # (more rows per domain and step than one per image).
+    disc_cells: int = 2
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -98,6 +110,10 @@ class MDSFHparams:
             raise ConfigError(f"MDSF alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.p_mix <= 1.0:
             raise ConfigError(f"MDSF p_mix must lie in [0, 1], got {self.p_mix}")
+        if self.extrapolate < 0:
+            raise ConfigError(f"MDSF extrapolate must be >= 0, got {self.extrapolate}")
+        if int(self.disc_cells) < 1:
+            raise ConfigError(f"MDSF disc_cells must be >= 1, got {self.disc_cells}")
         if self.eta_max < 0:
             raise ConfigError(f"MDSF eta_max must be >= 0, got {self.eta_max}")
         if self.disc_hidden < 1:
@@ -179,6 +195,86 @@ def soft_domain_labels(d_a: torch.Tensor, d_b: torch.Tensor, lam: torch.Tensor, 
     e_a = F.one_hot(d_a.long(), num_domains).float()
     e_b = F.one_hot(d_b.long(), num_domains).float()
     return lam * e_a + (1.0 - lam) * e_b
+
+
+def twin_partners(domains: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """For each (source, twin) pair, another pair of the same source whose twin has another domain.
+
+    Returns ``[P]`` pair indices (the next such pair in batch order, cyclically; -1 where there is
+    none). Tensor operations only: no host synchronisation, whatever the device.
+    """
+    p = pairs.shape[0]
+    src, dom = pairs[:, 0], domains[pairs[:, 1]]
+    ok = (src[:, None] == src[None, :]) & (dom[:, None] != dom[None, :])
+    idx = torch.arange(p, device=pairs.device)
+    offset = (idx[None, :] - idx[:, None]) % max(p, 1)
+    score = torch.where(ok, offset, torch.full_like(offset, p))
+    best = score.argmin(dim=1)
+    has = score.gather(1, best[:, None]).squeeze(1) < p
+    return torch.where(has, best, torch.full_like(best, -1))
+
+
+class StyleFusion(NamedTuple):
+    """What one in-place fusion did (for the log and the tests)."""
+
+    rows: torch.Tensor  # [P] twin rows considered (one per pair)
+    partners: torch.Tensor  # [P] the twin row each was fused with (itself where it has no partner)
+    lam: torch.Tensor  # [P] weight of the row's own statistics (may leave [0, 1] with extrapolate)
+    active: torch.Tensor  # [P] bool: fused this step
+
+
+def fuse_styles(x: torch.Tensor, domains: torch.Tensor, pairs: torch.Tensor, alpha: float, p_mix: float,
+                extrapolate: float = 0.0, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, StyleFusion]:
+    """MDSF v3: each twin's channel statistics, with probability ``p_mix``, mixed with another twin's.
+
+    For twin row ``r`` and partner ``q`` (a twin of the same source from another pseudo-domain)
+    ``x[r] <- (x[r] - mu_r) / sigma_r * (lam sigma_r + (1 - lam) sigma_q) + lam mu_r + (1 - lam) mu_q``,
+    per channel; the statistics are detached (MixStyle, Zhou et al. ICLR 2021), so the gradient flows
+    through the normalised content. Same rows in, same rows out: sources and unfused twins untouched.
+    Coins and lambdas are drawn for every pair on the generator's device, so the random stream does not
+    depend on the batch's content.
+    """
+    device = x.device
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    p = pairs.shape[0]
+    coins = torch.rand(p, generator=generator, device=gen_device)
+    lam = sample_lambda(p, alpha, generator).to(gen_device) * (1.0 + 2.0 * extrapolate) - extrapolate
+    coins, lam = coins.to(device, non_blocking=True), lam.to(device, non_blocking=True)
+    rows = pairs[:, 1]
+    partner_pair = twin_partners(domains, pairs)
+    active = (coins < p_mix) & (partner_pair >= 0)
+    partners = torch.where(partner_pair >= 0, rows[partner_pair.clamp_min(0)], rows)
+    info = StyleFusion(rows, partners, lam, active)
+    if p == 0:
+        return x, info
+    with full_precision():
+        xf = x.float()
+        mu = xf.mean(dim=(2, 3), keepdim=True).detach()
+        sigma = (xf.var(dim=(2, 3), keepdim=True, unbiased=False) + 1e-5).sqrt().detach()
+        w = lam.view(-1, 1, 1, 1)
+        mu_mix = w * mu[rows] + (1.0 - w) * mu[partners]
+        sigma_mix = (w * sigma[rows] + (1.0 - w) * sigma[partners]).clamp_min(1e-5)
+        fused = (xf[rows] - mu[rows]) / sigma[rows] * sigma_mix + mu_mix
+        fused = torch.where(active.view(-1, 1, 1, 1), fused, xf[rows])
+    return x.index_copy(0, rows, fused.to(x.dtype)), info
+
+
+def interpolate_styles(x_a: torch.Tensor, x_b: torch.Tensor, lam: float) -> torch.Tensor:
+    """``x_a``'s content with the channel statistics ``lam * stats(a) + (1 - lam) * stats(b)``.
+
+    The operation v3 training applies to a twin and its partner, for one pair of maps ``[N, C, H, W]``
+    (``lam = 1`` returns ``x_a``); what the notebook's slider moves.
+    """
+    if x_a.shape != x_b.shape:
+        raise ConfigError(f"cannot fuse maps of shapes {tuple(x_a.shape)} and {tuple(x_b.shape)}")
+    with full_precision():
+        a, b = x_a.float(), x_b.float()
+        mu_a, mu_b = a.mean(dim=(2, 3), keepdim=True), b.mean(dim=(2, 3), keepdim=True)
+        s_a = (a.var(dim=(2, 3), keepdim=True, unbiased=False) + 1e-5).sqrt()
+        s_b = (b.var(dim=(2, 3), keepdim=True, unbiased=False) + 1e-5).sqrt()
+        sigma = (lam * s_a + (1.0 - lam) * s_b).clamp_min(1e-5)
+        out = (a - mu_a) / s_a * sigma + lam * mu_a + (1.0 - lam) * mu_b
+    return out.to(x_a.dtype)
 
 
 class GradientReversal(torch.autograd.Function):
@@ -267,6 +363,42 @@ class StatsDiscriminator(nn.Module):
         return self.fc2(F.leaky_relu(self.fc1(stats.to(self.fc1.weight.dtype)), 0.2)).float()
 
 
+class CellStatsDiscriminator(nn.Module):
+    """MDSF v3's adversary: an MLP on standardised per-channel (mean, log std) of grid cells of the map.
+
+    Each of the ``cells x cells`` cells of a map is one row (several rows per domain and step), its
+    statistics are taken on the RMS-normalised map and standardised by a BatchNorm without affine
+    parameters, so no channel's scale decides the answer. ``[N, C, H, W] -> [N * cells^2, K+1]``.
+    """
+
+    def __init__(self, in_channels: int, num_domains: int, hidden: int = 32, cells: int = 2):
+        super().__init__()
+        self.input_norm = "rms"
+        self.cells = int(cells)
+        self.norm = nn.BatchNorm1d(2 * in_channels, affine=False)
+        self.fc1 = nn.Linear(2 * in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, num_domains)
+
+    def rows_per_image(self) -> int:
+        """Rows the discriminator scores for each image (its cells)."""
+        return self.cells * self.cells
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Domain logits ``[N * cells^2, K+1]`` (float32), image-major (image 0's cells first)."""
+        with full_precision():
+            z = rms_normalize(x.float())
+            n, c, h, w = z.shape
+            k = self.cells if min(h, w) >= self.cells else 1
+            z = F.adaptive_avg_pool2d(z, (k * max(h // k, 1), k * max(w // k, 1))) if (h % k or w % k) else z
+            hh, ww = z.shape[2] // k, z.shape[3] // k
+            z = z.reshape(n, c, k, hh, k, ww).permute(0, 2, 4, 1, 3, 5).reshape(n * k * k, c, hh * ww)
+            stats = torch.cat([z.mean(dim=-1), 0.5 * torch.log(z.var(dim=-1, unbiased=False) + 1e-5)], dim=1)
+            stats = self.norm(stats)
+            if k != self.cells:  # a map smaller than the grid: repeat its one row per cell
+                stats = stats.repeat_interleave(self.cells * self.cells, dim=0)
+        return self.fc2(F.leaky_relu(self.fc1(stats), 0.2)).float()
+
+
 class MixInfo(NamedTuple):
     """Which rows were mixed, with what, and their soft labels."""
 
@@ -285,8 +417,14 @@ class MDSF(nn.Module):
             raise ConfigError(f"MDSF needs at least 2 domains (source + one pseudo-domain), got num_domains={num_domains}")
         self.hparams = hparams or MDSFHparams()
         self.num_domains = num_domains
-        self.v2 = self.hparams.method == "v2"
-        if self.v2 and self.hparams.disc_arch == "stats":
+        self.v3 = self.hparams.method == "v3"
+        # v3 shares v2's adversary code (balanced targets, warm-up, confusion, health)
+        self.v2 = self.hparams.method in ("v2", "v3")
+        if self.v3:
+            # no adversary unless it has a weight: its parameters would otherwise sit idle in the model
+            self.discriminator = (CellStatsDiscriminator(channels, num_domains, self.hparams.disc_hidden,
+                                                         self.hparams.disc_cells) if self.hparams.w_adv > 0 else None)
+        elif self.v2 and self.hparams.disc_arch == "stats":
             self.discriminator = StatsDiscriminator(channels, num_domains, self.hparams.disc_hidden)
         else:
             self.discriminator = DomainDiscriminator(channels, num_domains, self.hparams.disc_hidden,
@@ -295,14 +433,20 @@ class MDSF(nn.Module):
         # before it learns from it, and the chance level it must beat.
         self.running_acc: Optional[float] = None
         self.running_chance: Optional[float] = None
+        # the running accuracy and chance when the warm-up ended (the backbone's part switched on): with
+        # the end-of-run values they tell "never learned" from "learned, then confused"
+        self.warmup_acc: Optional[float] = None
+        self.warmup_chance: Optional[float] = None
 
     # The running health numbers travel in the state dict, so a resumed run logs what an uninterrupted one
     # would; a state dict saved before they existed loads with them unset.
     def get_extra_state(self) -> dict:
-        return {"running_acc": self.running_acc, "running_chance": self.running_chance}
+        return {"running_acc": self.running_acc, "running_chance": self.running_chance,
+                "warmup_acc": self.warmup_acc, "warmup_chance": self.warmup_chance}
 
     def set_extra_state(self, state: dict) -> None:
         self.running_acc, self.running_chance = state.get("running_acc"), state.get("running_chance")
+        self.warmup_acc, self.warmup_chance = state.get("warmup_acc"), state.get("warmup_chance")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "_extra_state", {})
@@ -380,4 +524,8 @@ class MDSF(nn.Module):
 
         Gradients flow unless the caller disables them, so attribution methods can use it.
         """
-        return F.softmax(self.discriminator(features), dim=1)
+        probs = F.softmax(self.discriminator(features), dim=1)
+        rows = getattr(self.discriminator, "rows_per_image", None)
+        if rows is not None:  # v3 scores grid cells: an image's posterior is the mean over its cells
+            probs = probs.reshape(features.shape[0], rows(), -1).mean(dim=1)
+        return probs

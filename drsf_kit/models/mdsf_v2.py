@@ -144,10 +144,15 @@ def adversarial_loss_v2(mdsf: MDSF, real: torch.Tensor, domains: torch.Tensor, f
     x = real if fused is None or fused.shape[0] == 0 else torch.cat([real, fused], dim=0)
     reverse = coeff > 0.0 and mdsf.hparams.adv_objective == "reversal"
     logp = _log_probs(mdsf, mdsf.discriminator(grad_reverse(x, coeff) if reverse else x.detach()))
-    n = real.shape[0]
+    # v3's discriminator scores several cells per image: each cell is a row with its image's label
+    per_image = mdsf.discriminator.rows_per_image() if hasattr(mdsf.discriminator, "rows_per_image") else 1
+    if per_image > 1:
+        domains = domains.repeat_interleave(per_image)
+        soft_labels = soft_labels.repeat_interleave(per_image, dim=0) if soft_labels is not None else None
+    n = real.shape[0] * per_image
     cls, weights = _targets(mdsf, domains)
     loss = -(weights * logp[:n].gather(1, cls[:, None]).squeeze(1)).sum()
-    m = 0 if fused is None else fused.shape[0]
+    m = 0 if fused is None else fused.shape[0] * per_image
     if m:
         soft = soft_labels.float()
         if mdsf.hparams.disc_labels == "binary":
@@ -187,6 +192,9 @@ def _health(mdsf: MDSF, logp: torch.Tensor, cls: torch.Tensor, coeff: float, fus
         balanced = float(recalls.mean())
         chance = 1.0 / max(int(classes.numel()), 1)
         prior = float(torch.bincount(cls).max()) / max(int(cls.numel()), 1)
+        if coeff > 0.0 and mdsf.warmup_acc is None and mdsf.running_acc is not None:
+            # the first step of the backbone's part: what the discriminator had learned by then
+            mdsf.warmup_acc, mdsf.warmup_chance = mdsf.running_acc, mdsf.running_chance
         if mdsf.running_acc is None:
             mdsf.running_acc, mdsf.running_chance = balanced, chance
         else:
@@ -204,15 +212,32 @@ def _health(mdsf: MDSF, logp: torch.Tensor, cls: torch.Tensor, coeff: float, fus
 
 
 def discriminator_verdict(mdsf: MDSF) -> Optional[dict]:
-    """End-of-run health of the discriminator: its running balanced accuracy against chance.
+    """End-of-run health of the discriminator, at the end of its warm-up and at the end of training.
 
-    ``at_prior`` is True when it stayed within ``PRIOR_MARGIN`` of what a constant answer scores, i.e.
-    the adversary never learned the domains and its reversed gradient carried no domain information.
+    ``state`` is one of ``never_learned`` (at the warm-up's end its running balanced accuracy was within
+    ``PRIOR_MARGIN`` of chance: the adversary never read the domains, so its confusion term carried no
+    domain information), ``learned_then_confused`` (above chance then, within the margin now: the
+    backbone confused it), ``still_reads_domains`` (above chance at both ends) or, for a run that never
+    left the warm-up, ``learned`` / ``never_learned`` from the final value alone. ``at_prior`` is True when
+    the final accuracy is within the margin of chance.
     """
     if mdsf.running_acc is None:
         return None
     at_prior = mdsf.running_acc < mdsf.running_chance + PRIOR_MARGIN
-    text = (f"discriminator balanced accuracy {mdsf.running_acc:.3f} vs chance {mdsf.running_chance:.3f}: "
-            + ("AT THE PRIOR (the adversary did not learn the domains)" if at_prior else "above the prior"))
+    if mdsf.warmup_acc is None:
+        state = "never_learned" if at_prior else "learned"
+    elif mdsf.warmup_acc < mdsf.warmup_chance + PRIOR_MARGIN:
+        state = "never_learned"
+    else:
+        state = "learned_then_confused" if at_prior else "still_reads_domains"
+    warm = ("" if mdsf.warmup_acc is None else
+            f"{mdsf.warmup_acc:.3f} (chance {mdsf.warmup_chance:.3f}) at the end of the warm-up, ")
+    words = {"never_learned": "NEVER LEARNED the domains (its confusion term carried no domain information)",
+             "learned_then_confused": "learned the domains, then the backbone confused it",
+             "still_reads_domains": "learned the domains and still reads them",
+             "learned": "above chance (the warm-up never ended)"}[state]
+    text = (f"discriminator balanced accuracy {warm}{mdsf.running_acc:.3f} vs chance {mdsf.running_chance:.3f} "
+            f"at the end: {words}")
     return {"disc_bal_acc_running": mdsf.running_acc, "disc_chance": mdsf.running_chance, "at_prior": at_prior,
+            "disc_bal_acc_warmup": mdsf.warmup_acc, "disc_chance_warmup": mdsf.warmup_chance, "state": state,
             "text": text}
