@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from drsf_kit.data import voc
+from drsf_kit.data.check import find_domains
 from drsf_kit.data.classes import PSEUDO_DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS
-from drsf_kit.errors import ConfigError
+from drsf_kit.data.dwd import split_for, split_ids
+from drsf_kit.errors import ConfigError, DataError
 
 # Where the demo's things live, relative to the project root: the one definition every entry point reads.
 DEFAULT_DATA_ROOT = "data/mini-weather"  # the embedded benchmark (`drsf data make-mini`)
@@ -322,6 +325,57 @@ def config_from_dict(values: dict, overrides: Iterable[str] = (), validate: bool
     return cfg
 
 
+def _unique_key_loader():
+    """A ``yaml.SafeLoader`` subclass whose mappings refuse a key given twice (plain YAML keeps the last)."""
+    import yaml
+    from yaml.constructor import ConstructorError
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)  # merge keys (<<) first: a merged key may be overridden
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        first = seen.get(key)
+                    except TypeError:  # an unhashable key: the base class says so
+                        break
+                    if first is not None:
+                        raise ConstructorError(None, None, f"duplicate key {key!r} on line {line} "
+                                                           f"(first given on line {first})", None)
+                    seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
+    """The mapping a YAML file holds, refusing (``ConfigError`` naming the file) a missing file, bytes
+    that are not UTF-8, invalid YAML, a key given twice in one mapping, and a top level that is no mapping."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file not found")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                          f"save the file as UTF-8") from None
+    try:
+        values = yaml.load(text, Loader=_unique_key_loader()) or {}
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML ({problem})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a {what} must be a mapping of keys to values")
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), validate: bool = True) -> RunConfig:
     """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides.
 
@@ -333,19 +387,10 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), v
     Returns:
         The frozen ``RunConfig``. Raises ``ConfigError`` naming the file or key and the problem.
     """
-    import yaml
-
     values: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+        values = read_yaml_mapping(path, what="config")
     try:
         return config_from_dict(values, overrides, validate=validate)
     except ConfigError as exc:
@@ -382,6 +427,38 @@ def _check_hparam_types(hparams: dict) -> None:
             if types_[key] is str and not isinstance(value, str):
                 raise ConfigError(f"config key {dotted!r} expects a string, got {value!r}")
             _coerce(value, types_[key], dotted)  # raises for 'abc' where a number is due, nan, ...
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    """The numeric ranges no run can use: each a ``ConfigError`` naming the key, the range and the value.
+
+    A negative warm-up factor or weight decay would train the wrong way without an error, a negative
+    clip would switch clipping off silently; the others would fail in the middle of a run.
+    """
+    t, e = cfg.train, cfg.eval
+    checks = [
+        ("train.warmup_factor", t.warmup_factor, 0.0 <= t.warmup_factor <= 1.0, "in [0, 1]"),
+        ("train.momentum", t.momentum, 0.0 <= t.momentum < 1.0, "in [0, 1)"),
+        ("train.weight_decay", t.weight_decay, t.weight_decay >= 0.0, ">= 0"),
+        ("train.lr_gamma", t.lr_gamma, 0.0 < t.lr_gamma <= 1.0, "in (0, 1]"),
+        ("train.grad_clip", t.grad_clip, t.grad_clip >= 0.0, ">= 0 (0 disables clipping)"),
+        ("data.num_workers", cfg.data.num_workers, cfg.data.num_workers >= 0, ">= 0"),
+        ("eval.max_images", e.max_images, e.max_images >= 0, ">= 0 (0 scores every image)"),
+        ("eval.batch_size", e.batch_size, e.batch_size >= 1, "at least 1"),
+        ("eval.score_threshold", e.score_threshold, 0.0 <= e.score_threshold <= 1.0, "in [0, 1]"),
+    ]
+    for key in ("min_size", "max_size"):
+        value = getattr(cfg.model, key)
+        if value is not None:
+            checks.append((f"model.{key}", value, value >= 1, "at least 1 pixel (or null for the profile's)"))
+    if cfg.model.min_size is not None and cfg.model.max_size is not None:
+        checks.append(("model.max_size", cfg.model.max_size, cfg.model.max_size >= cfg.model.min_size,
+                       f"at least model.min_size ({cfg.model.min_size})"))
+    if t.lr_steps:
+        checks.append(("train.lr_steps", list(t.lr_steps), min(t.lr_steps) >= 1, "steps of at least 1"))
+    for key, value, ok, wanted in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {wanted}, got {value!r}")
 
 
 def validate_config(cfg: RunConfig) -> None:
@@ -425,6 +502,7 @@ def validate_config(cfg: RunConfig) -> None:
     for key in ("checkpoint_every", "eval_every", "log_every", "warmup_steps", "debug_nan_at_step", "reference_batch"):
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
+    _check_ranges(cfg)
     from drsf_kit.models.hparams import resolve_hparams
 
     resolve_hparams(cfg.variant, cfg.task, cfg.model.hparams)  # a key the variant does not use is an error
@@ -462,3 +540,36 @@ def check_paths(cfg: RunConfig, need_synth: bool | None = None) -> None:
                 f"data.synth_root {str(synth)!r} has no folder for pseudo-domain(s) {', '.join(missing)}; "
                 f"found: {', '.join(sorted(p.name for p in synth.iterdir() if p.is_dir())) or 'none'}"
             )
+    check_splits(cfg)
+
+
+def check_splits(cfg: RunConfig) -> None:
+    """Every domain a run reads resolves to a folder and its split lists at least one image.
+
+    The source domain's ``data.source_split`` (what training draws from) and each evaluated domain's
+    split (per protocol) are read from their ``ImageSets/Main`` lists, so a misspelt domain or an empty
+    list is refused before training rather than at the end-of-run evaluation. Raises ``ConfigError``
+    (an unknown domain) or ``DataError`` naming the split file.
+    """
+    protocol = cfg.eval_protocol()
+    wanted = [(cfg.data.source_domain, cfg.data.source_split, "data.source_domain")]
+    key = "eval.domains" if cfg.eval.domains else "data.eval_domains"
+    wanted += [(d, None, key) for d in cfg.eval_domains()]
+    for domain, split, key in wanted:
+        root = Path(cfg.data.target_roots.get(domain, cfg.data.root))
+        if (cfg.task == "seg" and domain == "cityscapes") or (cfg.data.format == "gtav" and domain == cfg.data.source_domain):
+            if not root.is_dir():  # not DWD layout: the dataset classes check the rest of their layout
+                raise ConfigError(f"{key}: domain {domain!r} is read from {str(root)!r}, which does not exist")
+            continue
+        try:
+            voc_root = voc.find_voc_root(root, domain)
+        except DataError:
+            found = ", ".join(find_domains(root)) if root.is_dir() else "none"
+            raise ConfigError(f"{key} names domain {domain!r}, which has no folder under {str(root)!r} "
+                              f"(domains found there: {found or 'none'})") from None
+        # what train.evaluate.eval_split scores: the source's test split, a target's per protocol
+        split = split or ("test" if domain == cfg.data.source_domain else split_for(domain, protocol))
+        if not split_ids(voc_root, split):
+            listed = voc_root / "ImageSets" / "Main" / f"{split}.txt"
+            raise DataError(listed if split != "all" else listed.parent,
+                            f"split {split!r} of domain {domain!r} lists no images ({key})")

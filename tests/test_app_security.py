@@ -25,7 +25,7 @@ def _flag(cmd: list[str], name: str) -> str:
 
 def test_voila_command_secures_the_server(tmp_path):
     cmd = voila_command(tmp_path / "page.ipynb", 8123, token="abc", idle_timeout=120, max_kernels=3)
-    assert _flag(cmd, "Voila.token") == "abc"
+    assert _flag(cmd, "Voila.auto_token") == "True" and not any("abc" in c for c in cmd)  # token_env carries it
     settings = eval(_flag(cmd, "Voila.tornado_settings"))  # noqa: S307 (the literal traitlets parses)
     assert settings["allow_remote_access"] is False and settings["local_hostnames"] == ["localhost"]
     assert _flag(cmd, "VoilaConfiguration.show_tracebacks") == "False"
@@ -104,11 +104,12 @@ def test_no_token_is_explicit_and_says_so(tmp_path, monkeypatch, capsys):
     import drsf_kit.workflows.app as app
     from drsf_kit.cli import main
 
-    started = []
+    started, envs = [], []
 
     class FakeServer:
         def __init__(self, cmd, **kwargs):
             started.append(cmd)
+            envs.append(kwargs.get("env") or {})
 
         def wait(self):
             return 0
@@ -126,4 +127,5 @@ def test_no_token_is_explicit_and_says_so(tmp_path, monkeypatch, capsys):
     assert re.search(r"serving http://127\.0\.0\.1:\d+/  ", out) and _flag(started[0], "Voila.token") == ""
     assert main(["app", "--runs", str(rows), "--notebook", str(page)]) == 0  # the default: a token
     assert re.search(r"serving http://127\.0\.0\.1:\d+/\?token=\w{48}", capsys.readouterr().out)
-    assert len(_flag(started[1], "Voila.token")) == 48
+    assert len(envs[1]["JUPYTER_TOKEN"]) == 48 and "JUPYTER_TOKEN" not in envs[0]  # in the environment, not argv
+    assert not any(envs[1]["JUPYTER_TOKEN"] in part for part in started[1])

@@ -99,7 +99,9 @@ def test_missing_data_and_synth_folders_are_named(tmp_path):
     cfg = load_config(None, [f"data.root={tmp_path / 'data'}", f"data.synth_root={tmp_path / 'synth'}"])
     with pytest.raises(ConfigError, match=r"data.synth_root '.*synth' does not exist; variant 'drsf' trains on"):
         check_paths(cfg)
-    check_paths(with_overrides(cfg, ["variant=source_only"]))  # no synthetic data needed
+    # no synthetic data needed: the next thing checked is that the source domain has a folder
+    with pytest.raises(ConfigError, match=r"data.source_domain names domain 'daytime_clear', which has no folder"):
+        check_paths(with_overrides(cfg, ["variant=source_only"]))
     (tmp_path / "synth" / "daytime_foggy").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"no folder for pseudo-domain\(s\) dusk_rainy, night_sunny, night_rainy"):
         check_paths(cfg)

@@ -91,5 +91,9 @@ def run_eval(args: argparse.Namespace) -> int:
         if row["class"] is None and row["metric"] == SUMMARY_METRIC[row["task"]]:
             value = "n/a" if row["value"] is None else f"{100 * row['value']:.1f}%"
             print(f"{row['domain']:>14s} ({row['split']}, {row['protocol']}): {row['metric']} {value}")
+    if rows and "max_images" in rows[0]:  # a quick look on fewer images: kept apart from the run's results
+        print(f"rows written to {RunDir(args.run).capped_results_path} (at most {args.max_images} images per "
+              f"domain; results.jsonl and the tables are unchanged)")
+        return 0
     print(f"rows written to {RunDir(args.run).results_path}; tables written to {args.run}")
     return 0

@@ -22,6 +22,7 @@ from drsf_kit.data.voc import Problem
 from drsf_kit.errors import ConfigError, DataError
 
 FORMATS = ("dwd", "cityscapes", "gtav")
+EMPTY_SPLIT = "empty_split"  # a split file that lists no image
 CITYSCAPES_SPLITS = ("train", "val", "test")
 
 
@@ -120,6 +121,9 @@ def _check_dwd(root: Path, strict: bool, domains, progress: bool):
             for split in ("train", "test"):
                 split_file = voc_root / "ImageSets" / "Main" / f"{split}.txt"
                 summary.images[split] = len(voc.read_id_list(split_file)) if split_file.is_file() else None
+                if summary.images[split] == 0:  # a training or scoring run would find nothing to use
+                    found.append(Problem(str(split_file), EMPTY_SPLIT, f"split {split!r} of domain {name!r} "
+                                                                       f"lists no images"))
             ds = DWDDetection(root, name, "all", on_error="skip", strict=strict, verify_images=True,
                               progress=progress)
         except DataError as exc:

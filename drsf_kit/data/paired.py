@@ -25,6 +25,15 @@ TASKS = ("det", "seg")
 UNKNOWN_SOURCE = "unknown_source"
 
 
+def size_problem(row: dict, size: tuple[int, int]) -> str | None:
+    """What is wrong when a generated image's ``(width, height)`` is not the ``size`` its manifest row
+    gives (its labels are mapped to that size), else None."""
+    if row.get("size") is not None and tuple(row["size"]) != tuple(size):
+        return (f"{row.get('_manifest', 'its manifest')} says the image is {row['size'][0]}x{row['size'][1]} "
+                f"but it is {size[0]}x{size[1]}")
+    return None
+
+
 class PairedSynthetic(Dataset):
     """Generated images with their source image's labels, read from the manifests under ``synth_root``.
 
@@ -124,12 +133,15 @@ class PairedSynthetic(Dataset):
             self._report(Problem(str(path), voc.MISSING_IMAGE,
                                  f"generated image listed in {row['_manifest']} is missing"))
             return None
-        if verify:
-            try:
-                voc.verify_image(path)
-            except DataError as exc:
-                self._report(Problem(exc.path, voc.UNREADABLE_IMAGE, exc.problem))
-                return None
+        try:  # the header's size against the manifest's, before training (a full decode when verifying)
+            size = voc.verify_image(path) if verify else voc.read_image_size(path)
+        except DataError as exc:
+            self._report(Problem(exc.path, voc.UNREADABLE_IMAGE, exc.problem))
+            return None
+        problem = size_problem(row, size)
+        if problem:
+            self._report(Problem(str(path), voc.SIZE_MISMATCH, problem))
+            return None
         return j
 
     # ---- access ---------------------------------------------------------------------------------
@@ -153,9 +165,9 @@ class PairedSynthetic(Dataset):
         path = row_path(row)
         arr = voc.load_rgb(path)
         size = (arr.shape[1], arr.shape[0])
-        if row.get("size") is not None and tuple(row["size"]) != size:
-            raise DataError(path, f"{row['_manifest']} says the image is {row['size'][0]}x{row['size'][1]} "
-                                  f"but it is {size[0]}x{size[1]}")
+        problem = size_problem(row, size)
+        if problem:  # the file changed after the dataset was built
+            raise DataError(path, problem)
         j = self._source_of[i]
         crop = row.get("crop")
         if self.task == "det":

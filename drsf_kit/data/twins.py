@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from drsf_kit.data.manifest import map_boxes, map_mask
+from drsf_kit.data import voc
+from drsf_kit.data.manifest import map_boxes, map_mask, read_manifests, row_path
+from drsf_kit.data.paired import size_problem
+from drsf_kit.errors import DataError
 
 
 class TwinItem(NamedTuple):
@@ -259,6 +262,7 @@ class ManifestTwins(Dataset):
 
         self.source, self.rows, self._source_of = source, [], []
         self._twins: dict[str, dict[str, list[int]]] = {}
+
         for row in read_manifests(synth_root):
             if row["source_domain"] != source_domain or row["domain"] not in domains:
                 continue
@@ -266,6 +270,9 @@ class ManifestTwins(Dataset):
                 j = source.index_of(row["source_id"])
             except KeyError:
                 continue  # a twin of an image outside the training split
+            problem = size_problem(row, voc.read_image_size(row_path(row)))  # before training, not when drawn
+            if problem:
+                raise DataError(row_path(row), problem)
             self._twins.setdefault(row["source_id"], {}).setdefault(row["domain"], []).append(len(self.rows))
             self.rows.append(row)
             self._source_of.append(j)

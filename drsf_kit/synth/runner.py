@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from drsf_kit.data.manifest import MANIFEST_NAME, append_manifest_row, row_key, validate_row
+from drsf_kit.utils.lock import RunLock
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.synth.base import SourceItem, SynthConfig, item_seed, output_name
 from drsf_kit.synth.consistency import layout_consistency
@@ -155,8 +156,6 @@ def _new_stats() -> dict:
 
 def run_synth(cfg: SynthConfig) -> dict:
     """Generate every pending twin of ``cfg``; returns (and saves) a summary with per-domain counts."""
-    from tqdm.auto import tqdm
-
     from drsf_kit.data.dwd import DWDDetection
 
     validate_config(cfg)
@@ -170,6 +169,23 @@ def run_synth(cfg: SynthConfig) -> dict:
         raise
     ids = select_ids(ds.ids, cfg.limit, cfg.shard)
     base = Path(cfg.out) / cfg.backend
+    # one writer per output folder and shard (shards of one folder run side by side): a second run into
+    # the same place is refused at once, naming the first, instead of deleting its temporary files
+    lock = RunLock(base, name=lock_name(cfg.shard)).acquire()
+    try:
+        return _run_locked(cfg, ds, ids, base, with_mask)
+    finally:
+        lock.release()
+
+
+def lock_name(shard: tuple[int, int] | None) -> str:
+    """The lock file of one writer in ``<out>/<backend>/``: ``.lock``, or ``.lock.part-I-of-N`` for a shard."""
+    return ".lock" if shard is None else f".lock.part-{shard[0]}-of-{shard[1]}"
+
+
+def _run_locked(cfg: SynthConfig, ds, ids: list[str], base: Path, with_mask: bool) -> dict:
+    from tqdm.auto import tqdm
+
     manifests, done, stats = {}, {}, {}
     for domain in cfg.domains:
         folder = base / domain

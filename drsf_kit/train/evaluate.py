@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from drsf_kit.config import RunConfig, config_from_dict
+from drsf_kit.config import RunConfig, check_splits, config_from_dict, with_overrides
 from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.evaluation.results import HEADLINE_METRIC
@@ -240,7 +240,9 @@ def evaluate_run(run_dir: str | Path, domains: Iterable[str] | None = None, prot
         protocol: ``all_images`` or ``drsf_code`` (default: the run's).
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: show progress bars.
-        max_images: cap per domain (default: the run's ``eval.max_images``).
+        max_images: cap per domain (default: the run's ``eval.max_images``). Another cap than the run's
+            is a quick look: its rows carry ``max_images`` and go to ``results_capped.jsonl``, so they
+            never replace the run's own evaluation in ``results.jsonl`` (nor enter its tables).
         write: append rows and write tables (False only returns the rows).
 
     Returns:
@@ -248,13 +250,25 @@ def evaluate_run(run_dir: str | Path, domains: Iterable[str] | None = None, prot
     """
     from drsf_kit.utils.runtime import resolve_device
 
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0):
+        raise ConfigError(f"max_images must be 0 (every image) or a positive count, got {max_images!r}")
+    cfg = read_run_config(run_dir)  # before the model is built: a bad folder or domain costs nothing
+    protocol = protocol or cfg.eval_protocol()
+    if domains:
+        check_splits(with_overrides(cfg, [f"eval.domains={list(domains)}", f"eval.protocol={protocol}"]))
     dev = resolve_device(device)
     model, cfg = load_run(run_dir, dev)
-    protocol = protocol or cfg.eval_protocol()
     rows, summary = evaluate_model(model, cfg, list(domains) if domains else None, protocol, dev,
                                    step=model.trained_steps, progress=progress, max_images=max_images)
+    capped = max_images is not None and max_images != cfg.eval.max_images
+    if capped:  # a quick look on fewer images: its own rows, never in place of the run's evaluation
+        rows = [{**row, "max_images": max_images} for row in rows]
     if write:
-        with RunDir(run_dir).lock():  # not while a training process writes into the folder
-            RunDir(run_dir).write_results(rows)  # keyed: scoring the same step again replaces its rows
-            write_run_tables(run_dir, cfg.task, protocol, cfg.data.source_domain)
+        run = RunDir(run_dir)
+        with run.lock():  # not while a training process writes into the folder
+            if capped:
+                run.write_results(rows, capped=True)  # keyed by their cap in results_capped.jsonl
+            else:
+                run.write_results(rows)  # keyed: scoring the same step again replaces its rows
+                write_run_tables(run_dir, cfg.task, protocol, cfg.data.source_domain)
     return rows

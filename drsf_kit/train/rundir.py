@@ -6,6 +6,7 @@
     run.json         every launch: processes, batches, learning rate, config hash
     metrics.jsonl    one row per logged step or event, keyed by (step, event)
     results.jsonl    tidy evaluation rows, keyed by everything but the value
+    results_capped.jsonl  rows of quick evaluations on fewer images (``drsf eval --max-images N``)
     checkpoints/     step_NNNNNNNN.pt (the last ``train.keep_checkpoints``) and last.pt (the newest)
     done             the finished step; written last
     lock             pid and host of the process writing into the folder
@@ -24,19 +25,18 @@ import json
 import math
 import os
 import shutil
-import socket
-import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from drsf_kit.errors import ConfigError, DataError, RunInUseError
 from drsf_kit.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from drsf_kit.utils.lock import RunLock, _pid_alive  # noqa: F401  (the lock lives with the shared helpers)
 
 CONFIG = "config.json"
 RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
 RESULTS = "results.jsonl"
+CAPPED_RESULTS = "results_capped.jsonl"  # `drsf eval --max-images N`: quick looks, apart from the results
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 DONE = "done"
@@ -93,79 +93,6 @@ def describe_diff(saved: dict, current: dict, keys: list[str]) -> str:
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys)
 
 
-# ------------------------------------------------------------------------------------------- the lock
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-class RunLock:
-    """An exclusive claim on a run folder: ``lock`` holds the writer's pid and host.
-
-    A second writer is refused at once (``RunInUseError`` naming the holder); a lock left by a dead
-    process on this host (or an empty one left by a kill during its write) is taken over with a note.
-    """
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / LOCK
-        self.held = self.nested = False
-        self.me = {"pid": os.getpid(), "host": socket.gethostname()}
-
-    def _holder(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-
-    def acquire(self) -> "RunLock":
-        """Take the lock or raise ``RunInUseError``."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({**self.me, "since": round(time.time(), 3)}).encode("utf-8")
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = self._holder()
-            if holder and holder.get("host") == self.me["host"] and holder.get("pid") == self.me["pid"]:
-                self.held = self.nested = True  # this process already holds it: the outer holder releases
-                return self
-            stale = holder is None or (holder.get("host") == self.me["host"] and not _pid_alive(int(holder["pid"])))
-            if not stale:
-                raise RunInUseError(
-                    f"{self.path.parent} is in use by pid {holder.get('pid')} on host {holder.get('host')} "
-                    f"(lock since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))}); "
-                    f"wait for it, or delete {self.path} if that process is gone") from None
-            who = "an unreadable lock" if holder is None else f"pid {holder.get('pid')} on {holder.get('host')}"
-            print(f"note: taking over the stale lock of {self.path.parent} ({who} is no longer running)",
-                  file=sys.stderr)
-            atomic_write_text(self.path, payload.decode("utf-8"))
-            if self._holder() != json.loads(payload):  # another process took it over at the same moment
-                raise RunInUseError(f"{self.path.parent} was just taken over by another process") from None
-        else:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-        self.held = True
-        return self
-
-    def release(self) -> None:
-        """Remove the lock if this process holds it."""
-        if self.held and not self.nested:
-            holder = self._holder()
-            if holder is None or (holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"]):
-                self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
 # ------------------------------------------------------------------------------------------- rows
 def metric_key(row: dict) -> tuple:
     """A metrics row's identity: its step and its event (``"step"`` for a training row)."""
@@ -191,6 +118,26 @@ def finite_state(state: Any) -> bool:
     if isinstance(state, float):
         return math.isfinite(state)
     return True
+
+
+# a weight this large overflows float32 once multiplied by an input or by itself (3.4e38): a checkpoint
+# holding one is poisoned even though every number in it is finite
+MAX_WEIGHT = 1e18
+
+
+def largest_weight(state: Any) -> float:
+    """The largest magnitude of any floating tensor in a (nested) state dict (0.0 when there is none)."""
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        if not state.is_floating_point() or state.numel() == 0:
+            return 0.0
+        return float(state.detach().abs().max().float())
+    if isinstance(state, dict):
+        return max((largest_weight(v) for v in state.values()), default=0.0)
+    if isinstance(state, (list, tuple)):
+        return max((largest_weight(v) for v in state), default=0.0)
+    return 0.0
 
 
 # ------------------------------------------------------------------------------------------- the folder
@@ -315,7 +262,32 @@ class RunDir:
             raise ConfigError(f"cannot {action} {self.path}: it was run with another config "
                               f"({describe_diff(saved, current, keys)}); choose another run_name or "
                               f"output_dir, or pass --reuse-anyway")
+        if not reuse_anyway:
+            self.check_same_global_batch(current, action)
         return keys
+
+    def check_same_global_batch(self, current: dict, action: str = "resume",
+                                world_size: int | None = None) -> None:
+        """Refuse (``ConfigError``) a launch whose global batch (``train.batch_source`` x processes) is
+        not the one the run's steps were taken with: a step would then mean another number of images,
+        while config.json names one batch for all of them. Another number of processes with the same
+        global batch is fine (docs/scaling.md). ``world_size`` defaults to torchrun's ``WORLD_SIZE``."""
+        saved = self.read_config()
+        if saved is None:
+            return
+        launches = self.launches()
+        before = launches[-1].get("global_batch_source") if launches else None
+        if not isinstance(before, int):
+            before = int(flatten(saved).get("train.batch_source", 0) or 0)
+        processes = int(world_size if world_size is not None else os.environ.get("WORLD_SIZE", "1") or 1)
+        batch = int(flatten(current).get("train.batch_source", 0) or 0)
+        if before and batch * processes != before:
+            raise ConfigError(
+                f"cannot {action} {self.path}: its steps were taken with a global batch of {before} source "
+                f"images; this launch would take {batch * processes} (train.batch_source={batch} x {processes} "
+                f"process{'es' if processes != 1 else ''}), so a step would mean another batch; set "
+                f"train.batch_source so that it times the processes is {before}, or pass --reuse-anyway "
+                f"(run.json then records each launch's batch)")
 
     def launches(self) -> list[dict]:
         """The launches ``run.json`` records (one per start or resume; empty when none)."""
@@ -354,11 +326,18 @@ class RunDir:
         """The rows of ``results.jsonl`` (empty when none)."""
         return read_jsonl(self.results_path) if self.results_path.is_file() else []
 
-    def write_results(self, rows: list[dict]) -> None:
-        """Add ``rows`` to ``results.jsonl``, replacing any row of the same key, in one atomic write."""
+    @property
+    def capped_results_path(self) -> Path:
+        """``results_capped.jsonl``: rows of evaluations on fewer images than the run's (quick looks)."""
+        return self.path / CAPPED_RESULTS
+
+    def write_results(self, rows: list[dict], capped: bool = False) -> None:
+        """Add ``rows`` to ``results.jsonl`` (``results_capped.jsonl`` when ``capped``), replacing any row
+        of the same key, in one atomic write."""
+        path = self.capped_results_path if capped else self.results_path
         new = {result_key(r): r for r in rows}
-        kept = [r for r in self.result_rows() if result_key(r) not in new]
-        write_jsonl(self.results_path, kept + list(new.values()))
+        kept = [r for r in (read_jsonl(path) if path.is_file() else []) if result_key(r) not in new]
+        write_jsonl(path, kept + list(new.values()))
 
     # checkpoints
     def checkpoint_files(self) -> list[Path]:
@@ -389,7 +368,8 @@ class RunDir:
     def latest_checkpoint(self, map_location: str = "cpu", say=print) -> tuple[Path, dict] | None:
         """The newest readable checkpoint with finite weights and optimizer state, or None.
 
-        A newer one that cannot be read or holds NaN/inf is renamed ``*.bad`` and reported through ``say``.
+        A newer one that cannot be read, holds NaN/inf or a weight too large to step from (``MAX_WEIGHT``)
+        is renamed ``*.bad`` and reported through ``say``, naming it; the previous one is tried next.
         """
         from drsf_kit.train.checkpoint import load_checkpoint
 
@@ -399,9 +379,14 @@ class RunDir:
             except DataError as exc:
                 problem = exc.problem
             else:
-                if finite_state(ckpt["model"]) and finite_state(ckpt.get("optimizer")):
+                largest = largest_weight(ckpt["model"])
+                if not (finite_state(ckpt["model"]) and finite_state(ckpt.get("optimizer"))):
+                    problem = "holds non-finite weights or optimizer state"
+                elif largest >= MAX_WEIGHT:
+                    problem = (f"holds a weight of magnitude {largest:.3g}, which overflows float32 in the first "
+                               f"layer (every step from it would give a NaN loss)")
+                else:
                     return path, ckpt
-                problem = "holds non-finite weights or optimizer state"
             say(f"note: skipping checkpoint {path}: {problem}; trying the previous one")
             bad = path.replace(path.with_name(path.name + ".bad"))
             if self.last_checkpoint.is_file() and self.last_checkpoint.samefile(bad):

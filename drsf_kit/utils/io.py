@@ -8,13 +8,49 @@ trailing line without a newline (the only damage a kill during an append can do)
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _human(n: int | float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+@contextlib.contextmanager
+def disk_space_guard(path: str | os.PathLike, needed: int):
+    """Turn "no space left on device" (or a full quota) while writing ``path`` into one ``DiskFullError``
+    naming the folder, the bytes the write needed and the bytes free there; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        from drsf_kit.errors import DiskFullError
+
+        folder = Path(path).parent
+        try:
+            free = _human(shutil.disk_usage(folder).free)
+        except OSError:
+            free = "unknown"
+        full = DiskFullError(f"{folder}: no space left on the device while writing {Path(path).name} "
+                             f"(needed {_human(needed)}, free {free}); free some space and run the command "
+                             f"again (files already written are complete)")
+        full.errno = exc.errno
+        raise full from None
 
 
 def _tmp_path(path: Path) -> tuple[int, str]:
@@ -27,7 +63,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     fd, tmp = _tmp_path(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with disk_space_guard(path, len(data)), os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -80,16 +116,35 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     line = (json.dumps(row, sort_keys=False, default=str) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        # A previous kill may have left a partial last line: start on a fresh line then.
-        if os.fstat(fd).st_size > 0:
-            with open(path, "rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
+        # A previous kill may have left a partial last line: it is dropped, so that a torn line is only
+        # ever the last one and a bad line in the middle of a file is real damage (iter_jsonl).
+        size = os.fstat(fd).st_size
+        if size > 0:
+            cut = _complete_length(path, size)
+            if cut != size:
+                os.ftruncate(fd, cut)
+        with disk_space_guard(path, len(line)):
+            os.write(fd, line)
+            os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _complete_length(path: Path, size: int, block: int = 1 << 16) -> int:
+    """The length of ``path`` up to and including its last newline (``size`` when it ends with one)."""
+    with open(path, "rb") as fh:
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            if end == size and chunk.endswith(b"\n"):
+                return size
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
@@ -110,14 +165,14 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
             continue
         try:
             yield json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             is_last = number == len(lines) and not complete
             if is_last:
-                continue  # an append cut short by a kill: ignore it
-            # a partial line followed by newer lines (written after a restart) is also a kill remnant
-            if not line.rstrip().endswith(b"}"):
-                continue
-            raise DataError(path, f"line {number} is not valid JSON ({exc.msg})") from None
+                continue  # an append cut short by a kill: ignore it (the next append drops it)
+            # appends drop a torn tail before writing, so a bad line followed by others is damage
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+            raise DataError(path, f"line {number} is not valid JSON ({why}); only a torn last line "
+                                  f"is skipped, fix or remove this one") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

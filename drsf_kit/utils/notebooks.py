@@ -8,8 +8,11 @@ def kernelspec_problem(notebook: dict) -> str | None:
 
     papermill reads the parameters cell with the translator of the notebook's kernel, so the metadata
     must name the kernel (``kernelspec.name``) and its language (``kernelspec.language`` or
-    ``language_info.name``).
+    ``language_info.name``). A notebook without a parameters cell gives None: that is refused first.
     """
+    cells = notebook.get("cells") if isinstance(notebook.get("cells"), list) else []
+    if not any("parameters" in ((c.get("metadata") or {}).get("tags") or []) for c in cells if isinstance(c, dict)):
+        return None  # nothing to read: a missing parameters cell is the first thing to say (drsf batch does)
     meta = notebook.get("metadata") if isinstance(notebook.get("metadata"), dict) else {}
     spec = meta.get("kernelspec") if isinstance(meta.get("kernelspec"), dict) else {}
     info = meta.get("language_info") if isinstance(meta.get("language_info"), dict) else {}
