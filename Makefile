@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 # papermill/jupyter find the kernel registered inside the venv
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 
-.PHONY: demo test test-slow test-all lab app board install clean-data
+.PHONY: demo test test-slow test-all gpu-check lab app board install clean-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test-slow: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --tier extra
 
 test-all: test test-slow
+
+# On a GPU machine, with its own python3 (no venv, no install; it needs no notebook package):
+# every variant's step at the paper scale, real `drsf train` runs of every variant, the paper
+# detector through the loader; writes benchmarks/results/gpu_check.json (docs/scaling.md)
+gpu-check:
+	PYTHONPATH=$(CURDIR) python3 benchmarks/gpu_check.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)

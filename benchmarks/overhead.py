@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after 2 warm-up steps)")
     parser.add_argument("--threads", type=int, default=default_num_threads())
     parser.add_argument("--json", action="store_true", help="print only the JSON")
-    parser.add_argument("--method", default="v2", choices=["v2", "v1"], help="the DRSF design to measure")
+    parser.add_argument("--method", default="v2", choices=["v3", "v2", "v1"], help="the DRSF design to measure")
     parser.add_argument("--naive-twins", type=int, default=1,
                         help="twins per source of the naive_synth reference (2: the data-matched baseline)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "overhead.json"), help="JSON report path")
