@@ -24,8 +24,12 @@ from typing import Any, Iterable
 from drsf_kit.data import voc
 from drsf_kit.data.check import find_domains
 from drsf_kit.data.classes import PSEUDO_DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS
-from drsf_kit.data.dwd import split_for, split_ids
+from drsf_kit.data.dwd import PROTOCOLS, split_for, split_ids
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.models import VARIANTS, get_variant
+from drsf_kit.models.dfdr import DFDRHparams
+from drsf_kit.models.hparams import resolve_hparams
+from drsf_kit.models.mdsf import MDSFHparams
 
 # Where the demo's things live, relative to the project root: the one definition every entry point reads.
 DEFAULT_DATA_ROOT = "data/mini-weather"  # the embedded benchmark (`drsf data make-mini`)
@@ -417,9 +421,6 @@ def _check_choice(value: str, valid: Iterable[str], key: str) -> None:
 
 def _check_hparam_types(hparams: dict) -> None:
     """Each ``model.hparams`` value must have its block field's type (``DFDRHparams``/``MDSFHparams``)."""
-    from drsf_kit.models.dfdr import DFDRHparams
-    from drsf_kit.models.mdsf import MDSFHparams
-
     types_ = {**typing.get_type_hints(DFDRHparams), **typing.get_type_hints(MDSFHparams)}
     for key, value in hparams.items():
         if key in types_:
@@ -463,9 +464,6 @@ def _check_ranges(cfg: RunConfig) -> None:
 
 def validate_config(cfg: RunConfig) -> None:
     """Check names and ranges; raises ``ConfigError`` listing the valid choices."""
-    from drsf_kit.data.dwd import PROTOCOLS
-    from drsf_kit.models import VARIANTS
-
     _check_choice(cfg.task, TASKS, "task")
     _check_choice(cfg.variant, VARIANTS, "variant")
     _check_choice(cfg.train.optimizer, OPTIMIZERS, "train.optimizer")
@@ -503,7 +501,6 @@ def validate_config(cfg: RunConfig) -> None:
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
     _check_ranges(cfg)
-    from drsf_kit.models.hparams import resolve_hparams
 
     resolve_hparams(cfg.variant, cfg.task, cfg.model.hparams)  # a key the variant does not use is an error
     _check_hparam_types(cfg.model.hparams)
@@ -524,8 +521,6 @@ def check_paths(cfg: RunConfig, need_synth: bool | None = None) -> None:
             f"`drsf data make-mini --out {root}` or point data.root=PATH at a dataset folder"
         )
     if need_synth is None:
-        from drsf_kit.models import get_variant
-
         need_synth = get_variant(cfg.variant).use_synth
     if need_synth:
         synth = Path(cfg.data.synth_root)

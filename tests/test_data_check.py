@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ from PIL import Image
 from test_dwd import CAR, truncate, write_domain
 from test_segmentation_datasets import label_ids, save_png, write_cityscapes, write_gtav
 
+import drsf_kit.cli.data
 from drsf_kit.cli import main
 from drsf_kit.data.check import check_dataset, format_report
 
@@ -126,9 +125,7 @@ def test_make_mini_calls_the_renderer_and_checks(tmp_path, capsys, monkeypatch):
         write_domain(Path(out), "daytime_clear", {"a": [CAR]}, test=["a"])
         return Path(out)
 
-    module = types.ModuleType("drsf_kit.data.mini_weather")
-    module.make_mini_weather = fake_make_mini_weather
-    monkeypatch.setitem(sys.modules, "drsf_kit.data.mini_weather", module)
+    monkeypatch.setattr(drsf_kit.cli.data, "make_mini_weather", fake_make_mini_weather)
     out_dir = tmp_path / "mini"
     code, out, _ = run(capsys, "make-mini", "--out", out_dir, "--seed", 3, "--n-train", 5, "--height", 90,
                        "--overwrite", "--no-progress")

@@ -9,15 +9,19 @@ the bottom (a module may import its own layer and the layers below it, never one
     models, synth                      networks and their blocks; pseudo-domain generators (siblings)
     config                             run configs; reads model defaults, so it sits above models
     evaluation                         metrics and tables
-    train                              the engine, run folders, checkpoints, `drsf eval`
+    train                              the engine, run folders, checkpoints, the warm start
     analysis                           arrays and frames about features and models
     viz                                figures and widgets (draws only)
-    top                                workflows.py (the one path that makes data, pseudo-domains and runs),
-                                       notebooks.py, notebook_params.py, app.py, demo.py, batch.py, cli.py, __main__ and every
-                                       sub-package's `cli.py` (a `drsf` verb: an entry point that may
-                                       draw and train)
+    workflows                          what a command, a notebook or the app runs: data, twins and runs,
+                                       the protocol and its report, sweeps, the demo, the app
+    cli                                the `drsf` verbs (the only argument parsing) and __main__
 
-A new upward import or a new cycle fails here; the few known ones are listed below with their reason.
+No module has a special case: a `cli.py` below `cli/` would simply be an upward import. A new upward
+import or a new cycle fails here; the few known ones are listed below with their reason.
+
+Kit imports sit at the top of each file. An import inside a function is kept only where it defers a
+heavy optional dependency or breaks a genuine cycle, with a comment saying so; the count of
+function-level imports of kit modules is capped (``MAX_FUNCTION_LEVEL_KIT_IMPORTS``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ LAYERS = (
     ("train",),
     ("analysis",),
     ("viz",),
-    ("workflows", "notebooks", "notebook_params", "app", "app_kernels", "demo", "batch", "cli", "__main__"),
+    ("workflows",),
+    ("cli", "__main__"),
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 TOP = len(LAYERS) - 1
@@ -86,8 +91,6 @@ def layer(module: str) -> int:
     parts = module.split(".")
     if module == "drsf_kit":
         return RANK["data"]  # the root package re-exports the class lists of data.classes
-    if parts[-1] == "cli" or parts[1] in LAYERS[TOP]:
-        return TOP
     return RANK[parts[1]]
 
 
@@ -153,7 +156,7 @@ def test_no_cycles_between_packages():
     for a, targets in import_graph().items():
         for b in targets:
             pa, pb = (m.split(".")[1] if "." in m else m for m in (a, b))
-            if pa != pb and layer(a) != TOP and layer(b) != TOP:
+            if pa != pb:
                 packages[pa].add(pb)
     assert not strongly_connected(packages), f"packages that import each other: {strongly_connected(packages)}"
 
@@ -177,3 +180,48 @@ def test_the_checker_sees_function_level_and_upward_imports(tmp_path, monkeypatc
     assert graph["drsf_kit.viz.b"] == {"drsf_kit.data", "drsf_kit.data.a"}  # the package runs first
     assert layer("drsf_kit.viz.b") > layer("drsf_kit.data.a")
     assert [sorted(c) for c in strongly_connected(graph)] == [["drsf_kit.data.a", "drsf_kit.viz.b"]]
+
+
+# Function-level imports of the kit's own modules, at most: each defers a heavy optional dependency or
+# breaks a cycle and says so in a comment next to it (see the module docstring).
+MAX_FUNCTION_LEVEL_KIT_IMPORTS = 20
+
+
+def function_level_kit_imports() -> list[str]:
+    """``module:line`` of every import of a kit module inside a function (or method) body."""
+    found = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        seen: set[int] = set()
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if id(node) in seen:
+                    continue  # a nested function's import is counted once
+                kit = (isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").split(".")[0] == "drsf_kit")) \
+                    or (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "drsf_kit" for a in node.names))
+                if kit:
+                    seen.add(id(node))
+                    found.append(f"{name}:{node.lineno}")
+    return sorted(found)
+
+
+def test_kit_imports_sit_at_the_top_of_their_files():
+    found = function_level_kit_imports()
+    assert len(found) <= MAX_FUNCTION_LEVEL_KIT_IMPORTS, (
+        f"{len(found)} function-level imports of kit modules (at most {MAX_FUNCTION_LEVEL_KIT_IMPORTS}); "
+        "move them to the top of their files:\n" + "\n".join(found))
+
+
+def test_the_counter_sees_function_level_kit_imports(tmp_path, monkeypatch):
+    fake = tmp_path / "drsf_kit"
+    (fake / "data").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "data" / "__init__.py").write_text("")
+    (fake / "data" / "a.py").write_text(
+        "import json\nfrom drsf_kit.errors import E\n\n"
+        "def f():\n    import numpy\n    from drsf_kit.utils import io\n\n    def g():\n        from . import b\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    monkeypatch.setitem(globals(), "PACKAGE", fake)
+    assert function_level_kit_imports() == ["drsf_kit.data.a:6", "drsf_kit.data.a:9"]

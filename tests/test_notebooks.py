@@ -198,3 +198,15 @@ def test_fidelity_scenes_show_each_level_of_a_twin_next_to_a_real_image(tiny_wea
     clean, gap = scene["night_sunny twin, clean"], scene["night_sunny twin, ldm_gap"]
     assert gap.mean() > clean.mean() + 10  # a generator's night: lighter than the recipe's
     assert overview.twins_figure(scenes) is not None
+
+
+def test_the_training_notebooks_share_their_code_through_one_workflow_call():
+    """04 and 05 differ in their task, names and prose only: the steps are ``nbk.train_variants``."""
+    codes = {}
+    for stem, task in (("04_train_detector", "det"), ("05_train_segmenter", "seg")):
+        nb = _read(ROOT / "notebooks" / f"{stem}.ipynb")
+        cells = [c.source for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+        assert sum(f'nbk.train_variants(ctx, "{task}"' in c for c in cells) == 1
+        codes[task] = [c.replace(f'"{task}"', '"TASK"').replace(stem[:2], "NN") for c in cells]
+    seg = [c.replace("miou", "map50_voc07").replace("_seg_", "_det_") for c in codes["seg"]]
+    assert codes["det"] == seg

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from drsf_kit.analysis.features import _StopForward, model_device, resolve_module
+from drsf_kit.analysis.features import _StopForward, default_stage, model_device, resolve_module
+from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES
 from drsf_kit.errors import ConfigError
 
 METHODS = ("gradcam", "integrated_gradients")
@@ -281,9 +282,6 @@ def auto_target(model: nn.Module, image, stage: str | None = None) -> tuple[Call
     region of its most frequent object class (or most frequent class); anything else: the mean
     activation of ``stage``.
     """
-    from drsf_kit.analysis.features import default_stage
-    from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES
-
     x = _on_model_device(_as_batch(image), model)
     if is_rcnn(model):
         with torch.no_grad(), _eval_mode(model):

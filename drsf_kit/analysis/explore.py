@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from drsf_kit.analysis import attribution as attr, entropy as ent
+from drsf_kit.analysis.features import default_stage
 from drsf_kit.errors import ConfigError
 
 
@@ -54,10 +56,6 @@ def kit_twin_functions(model, steps: int = 8, layer: str | None = None):
     The model is put in eval mode.
     """
     import torch
-
-    from drsf_kit.analysis import attribution as attr
-    from drsf_kit.analysis import entropy as ent
-    from drsf_kit.analysis.features import default_stage
 
     model.eval()
     detector = attr.is_rcnn(model)

@@ -23,8 +23,11 @@ import torch
 from torch import nn
 
 from drsf_kit.data.classes import DWD_DOMAINS, SOURCE_DOMAIN
-from drsf_kit.data.voc import voc_candidates
+from drsf_kit.data.dwd import split_ids
+from drsf_kit.data.manifest import manifest_files, read_manifests, row_path
+from drsf_kit.data.voc import find_voc_root, list_images, voc_candidates
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.models import build_model
 from drsf_kit.utils.io import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -127,8 +130,6 @@ def default_backbone(task: str = "det", seed: int = 0) -> nn.Module:
     Weights are random (nothing downloads) but seeded, so the same call gives the same features; its
     ``extract_features`` applies the model's own input normalisation.
     """
-    from drsf_kit.models import build_model
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(task, "mini", "source_only", num_domains=1).eval()
@@ -395,9 +396,6 @@ def _subsample(items: list, limit: int | None, seed: int, prefer: set | None = N
 
 
 def _real_images(root: Path, domain: str, split: str) -> list[DomainImage]:
-    from drsf_kit.data.dwd import split_ids
-    from drsf_kit.data.voc import find_voc_root, list_images
-
     voc_root = find_voc_root(root, domain)
     files = list_images(voc_root / "JPEGImages")
     out = []
@@ -409,8 +407,6 @@ def _real_images(root: Path, domain: str, split: str) -> list[DomainImage]:
 
 
 def _synthetic_images(synth_root: Path) -> list[DomainImage]:
-    from drsf_kit.data.manifest import manifest_files, read_manifests, row_path
-
     try:
         manifest_files(synth_root)
     except DataError:

@@ -48,6 +48,7 @@ __all__ = ["CITYSCAPES_CLASSES", "DWD_CLASSES", "DWD_DOMAINS", "IGNORE_INDEX", "
 
 
 def _datasets() -> dict:
+    # the dataset classes import torch: loaded here, on first use, so that `import drsf_kit` stays fast
     from drsf_kit.data.cityscapes import CityscapesSegmentation, GTAVSegmentation, MiniWeatherSegmentation
     from drsf_kit.data.dwd import DWDDetection
     from drsf_kit.data.paired import PairedSynthetic

@@ -17,7 +17,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from drsf_kit.data import voc
+from drsf_kit.data.cityscapes import CityscapesSegmentation, GTAVSegmentation
 from drsf_kit.data.classes import DWD_CLASSES, DWD_DOMAINS, IGNORE_INDEX, NUM_SEG_CLASSES
+from drsf_kit.data.dwd import DWDDetection
 from drsf_kit.data.voc import Problem
 from drsf_kit.errors import ConfigError, DataError
 
@@ -105,8 +107,6 @@ def find_domains(root: Path) -> list[str]:
 
 
 def _check_dwd(root: Path, strict: bool, domains, progress: bool):
-    from drsf_kit.data.dwd import DWDDetection
-
     names = list(domains) if domains else find_domains(root)
     if not names:
         raise DataError(root, "no domain folders found; expected ROOT/<domain>/VOC2007/{Annotations,ImageSets,"
@@ -197,8 +197,6 @@ def _check_seg(ds, summary: DomainSummary, found: list[Problem], progress: bool)
 
 
 def _check_cityscapes(root: Path, progress: bool):
-    from drsf_kit.data.cityscapes import CityscapesSegmentation
-
     summary, found = DomainSummary("cityscapes"), []
     splits = [s for s in CITYSCAPES_SPLITS if (root / "leftImg8bit" / s).is_dir()]
     if not splits:
@@ -219,8 +217,6 @@ def _check_cityscapes(root: Path, progress: bool):
 
 
 def _check_gtav(root: Path, progress: bool):
-    from drsf_kit.data.cityscapes import GTAVSegmentation
-
     summary = DomainSummary("gtav")
     ds = GTAVSegmentation(root, None, on_error="skip", mismatch="resize", verify_images=True, progress=progress)
     found = list(ds.problems)

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from drsf_kit.data import voc
+from drsf_kit.data.cityscapes import MiniWeatherSegmentation
 from drsf_kit.data.classes import SOURCE_DOMAIN
 from drsf_kit.data.dwd import ON_ERROR, DWDDetection, split_ids
 from drsf_kit.data.manifest import map_boxes, map_mask, read_manifests, row_path
@@ -75,8 +76,6 @@ class PairedSynthetic(Dataset):
         if task == "det":
             self.source = DWDDetection(self.data_root, source_domain, "all", on_error=on_error, progress=progress)
         else:
-            from drsf_kit.data.cityscapes import MiniWeatherSegmentation
-
             self.source = MiniWeatherSegmentation(self.data_root, source_domain, "all", on_error=on_error)
         self.problems.extend(self.source.problems)
         every_id = set(split_ids(self.source.voc_root, "all"))

@@ -258,8 +258,6 @@ class ManifestTwins(Dataset):
     """
 
     def __init__(self, source: Dataset, synth_root, source_domain: str, domains: Sequence[str]):
-        from drsf_kit.data.manifest import read_manifests
-
         self.source, self.rows, self._source_of = source, [], []
         self._twins: dict[str, dict[str, list[int]]] = {}
 
@@ -285,9 +283,6 @@ class ManifestTwins(Dataset):
         return {d: list(v) for d, v in self._twins.get(source_id, {}).items()}
 
     def __getitem__(self, i: int):
-        from drsf_kit.data import voc
-        from drsf_kit.data.manifest import row_path
-
         row = self.rows[i]
         arr = voc.load_rgb(row_path(row))
         mask = map_mask(self.source.load_mask(self._source_of[i]), row.get("crop"), (arr.shape[1], arr.shape[0]))

@@ -24,7 +24,7 @@ import pandas as pd
 
 from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES, DWD_DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS
 from drsf_kit.errors import ConfigError, DataError
-from drsf_kit.evaluation.results import PER_CLASS_METRICS, PROTOCOL_LABELS
+from drsf_kit.evaluation.results import HEADLINE_METRIC, PER_CLASS_METRICS, PROTOCOL_LABELS
 from drsf_kit.utils.io import atomic_write_text
 
 METRIC_LABELS = {
@@ -363,8 +363,6 @@ def protocol_comparison(demo: pd.DataFrame, protocol: pd.DataFrame, task: str, m
     labelled ``protocol <level> (N seeds)``: the two come from different data builds and schedules, so
     the labels say which is which. A variant the protocol did not run is left blank.
     """
-    from drsf_kit.evaluation.results import HEADLINE_METRIC
-
     metric = metric or HEADLINE_METRIC[task]
 
     def summary(rows: pd.DataFrame, label: str) -> pd.DataFrame:

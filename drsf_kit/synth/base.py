@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from drsf_kit.data.classes import PSEUDO_DOMAINS
-from drsf_kit.errors import ConfigError
+from drsf_kit.errors import ConfigError, DataError
 
 # The authors' fallback prompts (docs/synth.md, "Prompts"), keyed by DWD domain.
 DEFAULT_PROMPTS: dict[str, str] = {
@@ -183,8 +183,6 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
     ``negative_prompt`` (strings). Unknown keys are an error.
     """
     import yaml
-
-    from drsf_kit.errors import DataError
 
     data: dict = {}
     if path is not None:

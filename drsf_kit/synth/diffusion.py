@@ -12,9 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from drsf_kit.errors import ConfigError
+from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.synth.base import Generator, SynthConfig, load_prompts
 from drsf_kit.utils.io import WEIGHT_PATTERNS, fingerprint_tree  # model_hash: weight names + sizes/mtimes or cache hashes
+from drsf_kit.utils.runtime import default_num_threads, resolve_device
 
 # Repo ids tried in the local HF cache when --model / --controlnet are not given.
 DEFAULT_REPOS = {
@@ -91,8 +92,6 @@ def pipeline_class_name(folder: Path) -> str:
     try:
         return json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
     except (OSError, json.JSONDecodeError) as exc:
-        from drsf_kit.errors import DataError
-
         raise DataError(folder / "model_index.json", f"cannot read the pipeline index ({exc})") from None
 
 
@@ -131,7 +130,6 @@ class DiffusionGenerator(Generator):
 
     def __init__(self, cfg: SynthConfig):
         super().__init__(cfg)
-        from drsf_kit.utils.runtime import default_num_threads, resolve_device
 
         if cfg.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {cfg.steps}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from drsf_kit.errors import ConfigError
-from drsf_kit.synth.fidelity import fidelity_rng
+from drsf_kit.synth.fidelity import appearance_gap, fidelity_rng, gap_rng, perturb_image, perturb_objects
 from drsf_kit.synth.filters import box_blur  # noqa: F401  (also part of this module's API)
 from drsf_kit.synth.base import GeneratedItem, Generator, SourceItem
 
@@ -179,8 +179,6 @@ def apply_domain(rgb: np.ndarray, domain: str, seed: int, fidelity: float = 0.0,
     ``info["appearance_gap"]``. At 0 no draw is made for either and the output is the clean one. The
     result depends only on the arguments.
     """
-    from drsf_kit.synth.fidelity import appearance_gap, gap_rng, perturb_image, perturb_objects
-
     check_domain(domain)
     rng = np.random.default_rng(seed)
     src = rgb.astype(np.float32) * (1.0 / 255.0)

@@ -10,30 +10,26 @@ from collections.abc import Callable
 
 from drsf_kit.errors import ConfigError
 from drsf_kit.synth.base import Generator, SynthConfig
+from drsf_kit.synth.controlnet import ControlNetGenerator
+from drsf_kit.synth.gligen import GligenGenerator
+from drsf_kit.synth.img2img import Img2ImgGenerator
+from drsf_kit.synth.procedural import ProceduralGenerator
 
 
-# Builders are imported on use, so `import drsf_kit.synth` does not pull in diffusers.
+# Each diffusion backend imports diffusers inside its pipeline loader, so importing them all here is light.
 def _procedural(cfg: SynthConfig) -> Generator:
-    from drsf_kit.synth.procedural import ProceduralGenerator
-
     return ProceduralGenerator(cfg)
 
 
 def _img2img(cfg: SynthConfig) -> Generator:
-    from drsf_kit.synth.img2img import Img2ImgGenerator
-
     return Img2ImgGenerator(cfg)
 
 
 def _gligen(cfg: SynthConfig) -> Generator:
-    from drsf_kit.synth.gligen import GligenGenerator
-
     return GligenGenerator(cfg)
 
 
 def _controlnet(cfg: SynthConfig) -> Generator:
-    from drsf_kit.synth.controlnet import ControlNetGenerator
-
     return ControlNetGenerator(cfg)
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from drsf_kit.data import voc
+from drsf_kit.data.dwd import DWDDetection
 from drsf_kit.data.manifest import MANIFEST_NAME, append_manifest_row, row_key, validate_row
 from drsf_kit.utils.lock import RunLock
 from drsf_kit.errors import ConfigError, DataError
@@ -83,8 +85,6 @@ def _needs_masks(cfg: SynthConfig) -> bool:
 def load_source_item(ds, source_id: str, with_mask: bool) -> SourceItem:
     """Read one source image, its boxes/labels and (optionally) its mask from a DWDDetection."""
     from PIL import Image
-
-    from drsf_kit.data import voc
 
     i = ds.index_of(source_id)
     image = Image.fromarray(voc.load_rgb(ds.image_path(i)))
@@ -156,8 +156,6 @@ def _new_stats() -> dict:
 
 def run_synth(cfg: SynthConfig) -> dict:
     """Generate every pending twin of ``cfg``; returns (and saves) a summary with per-domain counts."""
-    from drsf_kit.data.dwd import DWDDetection
-
     validate_config(cfg)
     with_mask = _needs_masks(cfg)
     try:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import torch
 
 from drsf_kit.config import RunConfig
+from drsf_kit.errors import DataError
+from drsf_kit.models import build_model
+from drsf_kit.models.backbones import load_state_dict_file
 
 
 def build_model_for(cfg: RunConfig, load_pretrained: bool = True) -> torch.nn.Module:
@@ -16,8 +19,6 @@ def build_model_for(cfg: RunConfig, load_pretrained: bool = True) -> torch.nn.Mo
     ``load_pretrained=False`` builds the same architecture without reading the backbone weights file
     (a checkpoint supplies every weight), so a run folder loads on a machine without that file.
     """
-    from drsf_kit.models import build_model
-
     sizes = dict(min_size=cfg.model.min_size, max_size=cfg.model.max_size) if cfg.task == "det" else {}
     pretrained = cfg.model.pretrained_backbone
     frozen = cfg.model.frozen_bn if cfg.model.frozen_bn is not None else (pretrained is not None if cfg.task == "det" else None)
@@ -36,9 +37,6 @@ def init_from(model: torch.nn.Module, path: str) -> int:
     run's body, FPN and heads). Every tensor of the file must find a key of the same shape in the model
     (else ``DataError`` naming the first misfits: a file of another task or profile); the model's keys
     the file lacks (the variant's own DFDR/MDSF blocks) keep their initialisation. Returns the count loaded."""
-    from drsf_kit.errors import DataError
-    from drsf_kit.models.backbones import load_state_dict_file
-
     state = load_state_dict_file(path)
     own = model.state_dict()
     misfits = sorted(k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape))

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
+from drsf_kit.data.cityscapes import CityscapesSegmentation, GTAVSegmentation, MiniWeatherSegmentation
+from drsf_kit.data.dwd import DWDDetection
+from drsf_kit.data.paired import PairedSynthetic
 from drsf_kit.data.twins import ManifestTwins, TwinTrainSet
 from drsf_kit.errors import DataError
+from drsf_kit.models import get_variant
 
 
 def source_dataset(cfg, domain: str, split: str, progress: bool = False) -> Dataset:
@@ -20,26 +24,18 @@ def source_dataset(cfg, domain: str, split: str, progress: bool = False) -> Data
     """
     root = cfg.data.target_roots.get(domain, cfg.data.root)
     if cfg.task == "seg" and domain == "cityscapes":
-        from drsf_kit.data.cityscapes import CityscapesSegmentation
-
         return CityscapesSegmentation(root, "val")
     if cfg.data.format == "gtav" and domain == cfg.data.source_domain:
-        from drsf_kit.data.cityscapes import GTAVSegmentation
-
         return GTAVSegmentation(root, None if split == "all" else split, progress=progress)
-    from drsf_kit.data.dwd import DWDDetection
 
     if cfg.task == "det":
         return DWDDetection(root, domain, split, progress=progress)
-    from drsf_kit.data.cityscapes import MiniWeatherSegmentation
 
     return MiniWeatherSegmentation(root, domain, split)
 
 
 def build_train_set(cfg, progress: bool = False) -> TwinTrainSet:
     """The ``TwinTrainSet`` of a run: source split plus twins when the variant trains on synthetic data."""
-    from drsf_kit.models import get_variant
-
     source = source_dataset(cfg, cfg.data.source_domain, cfg.data.source_split, progress=progress)
     if len(source) == 0:
         raise DataError(cfg.data.root, f"domain {cfg.data.source_domain!r} split {cfg.data.source_split!r} has no images")
@@ -49,8 +45,6 @@ def build_train_set(cfg, progress: bool = False) -> TwinTrainSet:
     if cfg.data.format == "gtav":
         paired = ManifestTwins(source, cfg.data.synth_root, cfg.data.source_domain, cfg.data.synth_domains)
     else:
-        from drsf_kit.data.paired import PairedSynthetic
-
         paired = PairedSynthetic(cfg.data.root, cfg.data.synth_root, cfg.data.source_domain, cfg.data.source_split,
                                  domains=list(cfg.data.synth_domains), task=cfg.task, progress=progress)
     train_set = TwinTrainSet(source, cfg.task, paired, cfg.data.synth_domains, **crops)

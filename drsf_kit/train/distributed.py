@@ -37,6 +37,8 @@ from torch import nn
 from drsf_kit.config import LR_SCALINGS
 from drsf_kit.errors import ConfigError
 from drsf_kit.train.rundir import RUN_JSON  # the run folder's layout has one owner
+from drsf_kit.utils.io import atomic_write_json
+from drsf_kit.utils.runtime import resolve_device
 
 TIMEOUT_ENV = "DRSF_DIST_TIMEOUT_MIN"  # minutes a process waits at a collective (rank 0 may be evaluating)
 
@@ -90,8 +92,6 @@ def init_distributed(backend: str | None = None, device: str | None = "auto") ->
     Returns:
         The ``DistContext`` of this process. A group initialised by the caller is reused as is.
     """
-    from drsf_kit.utils.runtime import resolve_device
-
     dev = resolve_device(device)
     if _initialized():
         dist = torch.distributed
@@ -419,8 +419,6 @@ def _read_run_json(path: Path) -> dict:
 
 def write_launch(run_dir: str | Path, record: dict, resume: bool) -> None:
     """Write ``run.json``: the current launch's fields at the top plus every launch in ``launches``."""
-    from drsf_kit.utils.io import atomic_write_json
-
     path = Path(run_dir) / RUN_JSON
     history = list(_read_run_json(path).get("launches", [])) if resume else []
     atomic_write_json(path, {**record, "launches": history + [record]})
@@ -428,8 +426,6 @@ def write_launch(run_dir: str | Path, record: dict, resume: bool) -> None:
 
 def finish_launch(run_dir: str | Path, **fields: Any) -> None:
     """Add ``fields`` (final step, replica check, seconds) to the current launch in ``run.json``."""
-    from drsf_kit.utils.io import atomic_write_json
-
     path = Path(run_dir) / RUN_JSON
     data = _read_run_json(path)
     launches = list(data.get("launches", [])) or [{}]

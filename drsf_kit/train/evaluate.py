@@ -17,11 +17,20 @@ from tqdm.auto import tqdm
 
 from drsf_kit.config import RunConfig, check_splits, config_from_dict, with_overrides
 from drsf_kit.data.classes import CITYSCAPES_CLASSES, DWD_CLASSES
+from drsf_kit.data.dwd import PROTOCOLS, split_for
 from drsf_kit.errors import ConfigError, DataError
-from drsf_kit.evaluation.results import HEADLINE_METRIC
+from drsf_kit.evaluation.detection import evaluate_detections
+from drsf_kit.evaluation.results import HEADLINE_METRIC, detection_rows, load_results, segmentation_rows
+from drsf_kit.evaluation.segmentation import SegmentationMeter
+from drsf_kit.evaluation.tables import write_tables
 from drsf_kit.train.builders import build_model_for
 from drsf_kit.train.checkpoint import load_checkpoint, unwrap_model
+from drsf_kit.train.data import source_dataset
+from drsf_kit.train.dist_eval import gather_in_order, shard_batches, sum_confusion
+from drsf_kit.train.distributed import is_main_process
+from drsf_kit.train.precision import autocast, resolve_amp_dtype
 from drsf_kit.train.rundir import CONFIG, LAST, RESULTS, RunDir  # noqa: F401  (names kept for importers)
+from drsf_kit.utils.runtime import resolve_device
 
 SUMMARY_METRIC = HEADLINE_METRIC  # defined once, in evaluation/results.py
 TABLE_METRICS = {"det": ("map50_voc07", "ap50_coco"), "seg": ("miou",)}
@@ -33,7 +42,6 @@ def eval_split(cfg: RunConfig, domain: str, protocol: str) -> str:
         return "val"
     if domain == cfg.data.source_domain:
         return "test"
-    from drsf_kit.data.dwd import split_for
 
     return split_for(domain, protocol)
 
@@ -43,8 +51,6 @@ def _list_collate(items):
 
 
 def _loader(dataset, cfg: RunConfig, max_images: int) -> DataLoader:
-    from drsf_kit.train.dist_eval import shard_batches
-
     if max_images and len(dataset) > max_images:
         dataset = Subset(dataset, range(max_images))  # the first N, so repeated looks score the same images
     # under torchrun this process's share of the single-process batches (all of them alone);
@@ -67,10 +73,6 @@ def score_detection(model, loader: DataLoader, device, desc: str = "eval", progr
     Under torchrun every process runs its share of the batches and rank 0 scores them all (the other
     processes return None); ``amp_dtype`` is the autocast dtype (None: fp32).
     """
-    from drsf_kit.evaluation.detection import evaluate_detections
-    from drsf_kit.train.dist_eval import gather_in_order
-    from drsf_kit.train.precision import autocast
-
     ids = _dataset_ids(loader.dataset)
     local = []
     for index, batch in tqdm(zip(loader.batch_sampler, loader), total=len(loader), desc=desc, disable=not progress,
@@ -99,11 +101,6 @@ def score_segmentation(model, loader: DataLoader, device, desc: str = "eval", pr
     The argmax runs on the device (only labels travel to the CPU, not full-resolution logits); under
     torchrun the processes' confusion matrices are summed and rank 0 returns the result (others None).
     """
-    from drsf_kit.evaluation.segmentation import SegmentationMeter
-    from drsf_kit.train.dist_eval import sum_confusion
-    from drsf_kit.train.distributed import is_main_process
-    from drsf_kit.train.precision import autocast
-
     meter = SegmentationMeter(class_names=CITYSCAPES_CLASSES)
     ids = _dataset_ids(loader.dataset)
     for index, batch in tqdm(zip(loader.batch_sampler, loader), total=len(loader), desc=desc, disable=not progress,
@@ -133,16 +130,11 @@ def evaluate_model(model, cfg: RunConfig, domains: Sequence[str] | None = None, 
         with the summary metrics (for logs and TensorBoard). Under torchrun every process must call it
         (each scores its share, ``drsf_kit.train.dist_eval``); rank 0 gets the rows, the others ``([], {})``.
     """
-    from drsf_kit.data.dwd import PROTOCOLS
-    from drsf_kit.evaluation.results import detection_rows, segmentation_rows
-    from drsf_kit.train.data import source_dataset
-
     domains = tuple(domains or cfg.eval_domains())
     protocol = protocol or cfg.eval_protocol()
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown evaluation protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     max_images = cfg.eval.max_images if max_images is None else max_images
-    from drsf_kit.train.precision import resolve_amp_dtype
 
     device = torch.device(device) if device is not None else next(unwrap_model(model).parameters()).device
     amp_dtype = resolve_amp_dtype(cfg.train.amp, cfg.train.amp_dtype, device)
@@ -185,9 +177,6 @@ def format_summary(summary: dict, task: str) -> str:
 
 def write_run_tables(run_dir: str | Path, task: str, protocol: str, source: str | None = None) -> list[Path]:
     """Write the per-domain and per-class tables of a run's ``results.jsonl`` for one protocol."""
-    from drsf_kit.evaluation.results import load_results
-    from drsf_kit.evaluation.tables import write_tables
-
     run_dir = Path(run_dir)
     df = load_results(run_dir / RESULTS)
     df = df[df["protocol"] == protocol]  # tables refuse to mix protocols; one set of files per protocol
@@ -248,8 +237,6 @@ def evaluate_run(run_dir: str | Path, domains: Iterable[str] | None = None, prot
     Returns:
         The tidy rows.
     """
-    from drsf_kit.utils.runtime import resolve_device
-
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0):
         raise ConfigError(f"max_images must be 0 (every image) or a positive count, got {max_images!r}")
     cfg = read_run_config(run_dir)  # before the model is built: a bad folder or domain costs nothing

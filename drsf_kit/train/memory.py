@@ -16,6 +16,8 @@ import copy
 import torch
 
 from drsf_kit.config import RunConfig
+from drsf_kit.models import get_variant
+from drsf_kit.train.precision import autocast, describe
 
 GIB = float(1 << 30)
 PROBE_CPU = (64, 128)  # probe image (h, w): small on the CPU, where the probe's time counts
@@ -37,8 +39,6 @@ def state_bytes(model: torch.nn.Module, optimizer: str) -> dict[str, int]:
 def _saved_bytes(model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
                  hw: tuple[int, int]) -> int:
     """Bytes of the non-parameter tensors autograd saves in one training forward of one image of ``hw``."""
-    from drsf_kit.train.precision import autocast
-
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -88,9 +88,6 @@ def estimate_memory(model: torch.nn.Module, cfg: RunConfig, device: torch.device
     Args:
         image_hw: the training image size when ``train.crop_size`` is not set (seg).
     """
-    from drsf_kit.models import get_variant
-    from drsf_kit.train.precision import describe
-
     state = state_bytes(model, cfg.train.optimizer)
     out = {f"{k}_gib": round(v / GIB, 3) for k, v in state.items()}
     per_forward = cfg.train.batch_source // max(1, cfg.train.accumulate)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from drsf_kit.errors import ConfigError, DataError, RunInUseError
+from drsf_kit.train.checkpoint import load_checkpoint, save_checkpoint
 from drsf_kit.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from drsf_kit.utils.lock import RunLock, _pid_alive  # noqa: F401  (the lock lives with the shared helpers)
 
@@ -351,8 +352,6 @@ class RunDir:
     def save_checkpoint(self, step: int, keep: int, **kwargs) -> Path:
         """Write the checkpoint of ``step`` (``checkpoint.save_checkpoint`` arguments), point ``last.pt``
         at it and delete step checkpoints beyond the newest ``keep``."""
-        from drsf_kit.train.checkpoint import save_checkpoint
-
         path = save_checkpoint(self.checkpoint_path(step), step=step, **kwargs)
         tmp = self.checkpoints / f".{LAST}.link"
         tmp.unlink(missing_ok=True)
@@ -371,8 +370,6 @@ class RunDir:
         A newer one that cannot be read, holds NaN/inf or a weight too large to step from (``MAX_WEIGHT``)
         is renamed ``*.bad`` and reported through ``say``, naming it; the previous one is tried next.
         """
-        from drsf_kit.train.checkpoint import load_checkpoint
-
         for path in self.checkpoint_files():
             try:
                 ckpt = load_checkpoint(path, map_location=map_location)
@@ -409,7 +406,6 @@ def _step_of(path: Path) -> int:
     name = path.stem
     if name.startswith(STEP_PREFIX):
         return int(name[len(STEP_PREFIX):])
-    from drsf_kit.train.checkpoint import load_checkpoint
 
     try:
         return int(load_checkpoint(path)["step"])

@@ -14,7 +14,10 @@ from typing import Iterable, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from drsf_kit.data.paired import PairedSynthetic
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.train.data import source_dataset
+from drsf_kit.train.evaluate import score_detection, score_segmentation
 
 VAL_SPLIT = "val"
 # The score a choice maximises, per task.
@@ -42,9 +45,6 @@ def validation_sets(cfg, synth_root: str | Path | None = None) -> dict[str, Data
 
     ``synth_root`` defaults to ``cfg.data.synth_root``; a pseudo-domain without val twins is an error.
     """
-    from drsf_kit.data.paired import PairedSynthetic
-    from drsf_kit.train.data import source_dataset
-
     source = cfg.data.source_domain
     sets: dict[str, Dataset] = {source: source_dataset(cfg, source, VAL_SPLIT)}
     if len(sets[source]) == 0:
@@ -66,8 +66,6 @@ def validate_model(model, cfg, synth_root: str | Path | None = None, device=None
     ``max_images`` > 0 scores only the first N images of each set (the same N for every run).
     """
     from torch.utils.data import DataLoader, Subset
-
-    from drsf_kit.train.evaluate import score_detection, score_segmentation
 
     device = device or next(model.parameters()).device
     was = model.training

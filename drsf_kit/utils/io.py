@@ -19,6 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from drsf_kit.errors import DataError, DiskFullError
+
+
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
@@ -39,7 +42,6 @@ def disk_space_guard(path: str | os.PathLike, needed: int):
     except OSError as exc:
         if exc.errno not in _NO_SPACE:
             raise
-        from drsf_kit.errors import DiskFullError
 
         folder = Path(path).parent
         try:
@@ -152,8 +154,6 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 
     A malformed line that is not the last one raises ``DataError`` naming the file and line.
     """
-    from drsf_kit.errors import DataError
-
     path = Path(path)
     if not path.exists():
         return

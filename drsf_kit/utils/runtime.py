@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 
+from drsf_kit.errors import ConfigError
+
 
 def resolve_device(device: str | None = "auto") -> "torch.device":  # noqa: F821
     """``"auto"``/None picks cuda when available, else cpu; anything else is passed to torch.device."""
@@ -14,8 +16,6 @@ def resolve_device(device: str | None = "auto") -> "torch.device":  # noqa: F821
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from drsf_kit.errors import ConfigError
-
         raise ConfigError(f"device {device!r} was requested but CUDA is not available on this machine")
     return dev
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import html
 from typing import Iterable
 
-from drsf_kit.data.classes import DOMAIN_SHORT, DWD_DOMAINS, SOURCE_DOMAIN
+from drsf_kit.data.classes import DOMAIN_COLORS, DOMAIN_SHORT, DWD_DOMAINS, SOURCE_DOMAIN
 from drsf_kit.errors import DataError
+from drsf_kit.evaluation.results import COLUMNS, load_results
+from drsf_kit.evaluation.tables import SEEDS, STD, TARGET_MEAN, domain_table, to_markdown
 from drsf_kit.models.variants import VARIANTS
 from drsf_kit.viz.images import figure_png  # noqa: F401  (the dashboard's PNG bytes)
 
@@ -54,8 +56,6 @@ def load_rows(source):
     Raises ``DataError`` when a row lacks a required column.
     """
     import pandas as pd
-
-    from drsf_kit.evaluation.results import COLUMNS, load_results
 
     df = source.copy() if isinstance(source, pd.DataFrame) else load_results(source)
     if len(df) == 0:
@@ -101,8 +101,6 @@ def ablation_table(df, task: str, metric: str, variants: Iterable[str] | None = 
 
     Returns None when the selection holds no rows.
     """
-    from drsf_kit.evaluation.tables import domain_table
-
     rows = df[(df["task"] == task) & (df["metric"] == metric)]
     if protocol is not None:
         rows = rows[rows["protocol"].astype(str) == str(protocol)]
@@ -121,8 +119,6 @@ def ablation_table(df, task: str, metric: str, variants: Iterable[str] | None = 
 def long_summary(table):
     """The table as long rows: variant, domain, mean, std (NaN for one seed), n_seeds."""
     import pandas as pd
-
-    from drsf_kit.evaluation.tables import SEEDS, STD, TARGET_MEAN
 
     if table is None:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
@@ -146,8 +142,6 @@ def table_caption(table, task: str, metric: str) -> str:
 def display_table(table):
     """Percent strings ``mean ± std`` per cell, domain short names in the headers, a seeds column."""
     import pandas as pd
-
-    from drsf_kit.evaluation.tables import SEEDS, STD
 
     if table is None:
         return pd.DataFrame()
@@ -184,8 +178,6 @@ TABLE_STYLE = (
 
 def table_markdown(table) -> str:
     """The table as Markdown (``evaluation.tables.to_markdown``: caption line, percentages)."""
-    from drsf_kit.evaluation.tables import to_markdown
-
     return "(no result rows match this selection)\n" if table is None else to_markdown(table)
 
 
@@ -249,8 +241,6 @@ def lambda_sweep_figure(sweep, title: str | None = None):
     pixel agreement with image A alone.
     """
     from matplotlib.figure import Figure
-
-    from drsf_kit.data.classes import DOMAIN_COLORS
 
     name_a, name_b = sweep.attrs.get("domain_a", "A"), sweep.attrs.get("domain_b", "B")
     title = title or f"MDSF soft fusion: z = lam * z({name_a}) + (1 - lam) * z({name_b})"

@@ -13,7 +13,14 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from drsf_kit.analysis.explore import as_numpy, label_map, unwrap_prediction  # noqa: F401  (readings, re-exported)
-from drsf_kit.data.classes import CITYSCAPES_PALETTE, DOMAIN_COLORS, DOMAIN_SHORT, DWD_CLASSES, IGNORE_INDEX
+from drsf_kit.data.classes import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    DOMAIN_COLORS,
+    DOMAIN_SHORT,
+    DWD_CLASSES,
+    IGNORE_INDEX,
+)
 from drsf_kit.errors import ConfigError
 
 
@@ -151,8 +158,6 @@ def class_legend_html(prediction, min_share: float = 0.02) -> str:
     """Colour swatches naming the classes of a segmentation output (as ``render_prediction`` reads it)
     that cover at least ``min_share`` of the image, largest first; "" for boxes (they carry labels)."""
     import html
-
-    from drsf_kit.data.classes import CITYSCAPES_CLASSES
 
     try:
         content = unwrap_prediction(prediction)

@@ -9,7 +9,12 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from drsf_kit.data.classes import DWD_DOMAINS
+from drsf_kit.data.dwd import DWDDetection
+from drsf_kit.data.manifest import read_manifests
 from drsf_kit.errors import ConfigError
+from drsf_kit.train.rundir import RunDir
+from drsf_kit.viz import images as im
 
 
 def check_table(report):
@@ -31,10 +36,6 @@ def check_table(report):
 def domain_samples_figure(data_root: str | os.PathLike, domains=None, n: int = 3, split: str = "all"):
     """Rows = domains, columns = ``n`` images with their boxes plus the first image's mask overlay
     (when the dataset has masks): what each weather looks like, and that the labels fit it."""
-    from drsf_kit.data.classes import DWD_DOMAINS
-    from drsf_kit.data.dwd import DWDDetection
-    from drsf_kit.viz import images as im
-
     domains = list(domains or DWD_DOMAINS)
     cells = []
     for domain in domains:
@@ -52,8 +53,6 @@ def domain_samples_figure(data_root: str | os.PathLike, domains=None, n: int = 3
 
 def twins_figure(scenes: Mapping[str, Mapping]):
     """Rows = scenes, columns = the source image and its pseudo-domain twins (same layout)."""
-    from drsf_kit.viz import images as im
-
     domains = list(next(iter(scenes.values())))
     cells = [[im.to_numpy_image(twins[d]) for d in domains] for twins in scenes.values()]
     return im.grid_figure(cells, domains, list(scenes), title="source images and their generated twins")
@@ -62,8 +61,6 @@ def twins_figure(scenes: Mapping[str, Mapping]):
 def manifest_table(synth_root: str | os.PathLike):
     """Per pseudo-domain: twins generated, generator, mean/min layout consistency, seconds per image."""
     import pandas as pd
-
-    from drsf_kit.data.manifest import read_manifests
 
     rows = pd.DataFrame(read_manifests(synth_root))
     if rows.empty:
@@ -83,8 +80,6 @@ def training_curves_figure(run_dirs, key: str = "loss", smooth: int = 1):
     average window."""
     import numpy as np
     from matplotlib.figure import Figure
-
-    from drsf_kit.train.rundir import RunDir
 
     fig = Figure(figsize=(7, 3.6), dpi=100)
     ax = fig.add_subplot(1, 1, 1)

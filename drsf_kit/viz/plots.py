@@ -13,6 +13,7 @@ import numpy as np
 
 from drsf_kit.data.classes import DOMAIN_COLORS
 from drsf_kit.errors import ConfigError
+from drsf_kit.utils.io import atomic_write_bytes
 from drsf_kit.viz.images import heatmap_overlay, to_numpy_image
 
 SYNTH_PREFIX = "synth:"
@@ -280,8 +281,6 @@ def save_figure(fig, path, dpi: int = 130, close: bool = True):
     from pathlib import Path
 
     import matplotlib.pyplot as plt
-
-    from drsf_kit.utils.io import atomic_write_bytes
 
     path = Path(path)
     buf = io.BytesIO()

@@ -46,14 +46,14 @@ import torch
 import torch.nn.functional as F
 
 from drsf_kit import __version__
-from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR, DEFAULT_SYNTH_ROOT, config_from_dict
+from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR, DEFAULT_SYNTH_ROOT, config_from_dict, config_to_dict
 from drsf_kit.data import voc
 from drsf_kit.data.classes import DWD_DOMAINS
 from drsf_kit.data.dwd import DWDDetection
 from drsf_kit.data.paired import PairedSynthetic
 from drsf_kit.errors import ConfigError
 from drsf_kit.evaluation.results import HEADLINE_METRIC, load_results, read_rows_file
-from drsf_kit.evaluation.tables import frame_to_markdown, protocol_comparison
+from drsf_kit.evaluation.tables import domain_table, frame_to_markdown, protocol_comparison, to_markdown
 from drsf_kit.models import VARIANTS, build_model
 from drsf_kit.synth.fidelity import parse_level
 from drsf_kit.synth.procedural import apply_domain
@@ -63,6 +63,7 @@ from drsf_kit.train.evaluate import read_run_config
 from drsf_kit.train.rundir import RunDir
 from drsf_kit.utils.io import atomic_write_bytes, atomic_write_text
 from drsf_kit.utils.runtime import default_num_threads, resolve_device
+from drsf_kit.viz import overview
 from drsf_kit.viz.plots import save_figure as write_figure
 from drsf_kit.workflows import runs
 from drsf_kit.workflows.runs import project_root, resolve_path
@@ -403,6 +404,40 @@ def require_runs(ctx: NotebookContext, task: str, variants=None, seeds=None) -> 
         seeds = ctx.params.get("SEEDS") or [ctx.seed]
     return runs.require_runs(ctx.runs_dir, task, variants, seeds,
                                   reuse_anyway=bool(ctx.params.get("REUSE_ANYWAY", False)), root=ctx.root)
+
+
+@dataclass(frozen=True)
+class TrainedVariants:
+    """What a training notebook (04 detector, 05 segmenter) shows after ``train_variants``."""
+
+    task: str  # det | seg
+    metric: str  # the headline metric of the table (map50_voc07 | miou)
+    config: dict  # the first variant's resolved run config (the others differ in ``variant`` only)
+    run_dirs: list  # one finished run folder per variant, in the order of VARIANTS
+    curves: Any  # matplotlib Figure: the training loss of every run
+    table: Any  # DataFrame: ``metric`` per domain (percent), source test first, then the targets and their mean
+
+    @property
+    def table_markdown(self) -> str:
+        """The table as Markdown (caption line, percentages)."""
+        return to_markdown(self.table)
+
+
+def train_variants(ctx: NotebookContext, task: str, progress: bool = True) -> TrainedVariants:
+    """The training notebooks' one call: the data and pseudo-domains (made when missing), one run per
+    ``VARIANTS`` parameter (``ensure_runs``: a finished run of the same config is reused, one of other
+    settings trained again, ``JOBS`` side by side), their loss curves and the headline metric per domain."""
+    ensure_mini_weather(ctx, progress=progress)
+    ensure_synth(ctx, progress=progress)
+    max_steps = ctx.params.get("MAX_STEPS", 0)
+    overrides = [f"train.max_steps={max_steps}"] if max_steps else []
+    variants = ctx.params["VARIANTS"]
+    config = config_to_dict(run_config(ctx, task, variants[0], overrides=overrides))
+    run_dirs = ensure_runs(ctx, task, variants, overrides=overrides, progress=progress, on_mismatch="retrain")
+    curves = overview.training_curves_figure(run_dirs, "loss", smooth=1 if ctx.smoke else 10)
+    metric = HEADLINE_METRIC[task]
+    table = domain_table(load_results(run_dirs), metric, task=task)
+    return TrainedVariants(task, metric, config, run_dirs, curves, table)
 
 
 def twin_scenes(ctx: NotebookContext, n: int = 3, task: str = "det", domains=None) -> dict[str, dict]:

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping
 
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.utils.io import atomic_write_json, atomic_write_text
+from drsf_kit.utils.notebooks import kernelspec_problem
 
 # The parameter through which a notebook learns its output folder; it is not part of the hash
 # (it is derived from the hash).
@@ -246,7 +247,6 @@ def check_notebook_file(notebook: str | os.PathLike) -> None:
         raise DataError(path, f"not a notebook: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise DataError(path, "not a notebook: the JSON holds no 'cells' list")
-    from drsf_kit.utils.notebooks import kernelspec_problem
 
     problem = kernelspec_problem(data)
     if problem:  # papermill needs the kernel's name and language to read the parameters cell

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from drsf_kit.data.classes import (
+    CITYSCAPES_PALETTE,
     DOMAIN_SHORT,
     DWD_CLASSES,
     DWD_DOMAINS,
@@ -43,6 +44,7 @@ from drsf_kit.data.mini_weather.scene import (
 from drsf_kit.data.mini_weather.weather import render_domain
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.utils.io import atomic_save_image, atomic_write_json, atomic_write_text
+from drsf_kit.utils.runtime import default_num_threads
 
 MINI_WEATHER_VERSION = 1  # bump when the renderer changes what a given seed produces
 JPEG_QUALITY = 92
@@ -171,8 +173,6 @@ def make_mini_weather(out, seed: int = 0, n_train: int = 800, n_test: int = 200,
     """
     from tqdm.auto import tqdm
 
-    from drsf_kit.utils.runtime import default_num_threads
-
     _check_args(seed, n_train, n_test, n_target, height, width)
     spec = spec or MiniWeatherSpec()
     out = Path(out)
@@ -242,8 +242,6 @@ def holdout_split(out, n_val: int, domain: str = SOURCE_DOMAIN) -> tuple[int, in
 def domains_figure(seed: int = 23, height: int = 180, width: int = 320):
     """One scene in all five domains plus its mask, as a matplotlib Figure (titles: domain names)."""
     import matplotlib.pyplot as plt
-
-    from drsf_kit.data.classes import CITYSCAPES_PALETTE
 
     scene = render_scene(seed, height, width, force_class="rider")
     panels = [(d, render_domain(scene, d, seed)) for d in DWD_DOMAINS]
