@@ -2,8 +2,8 @@
 
 Each run is `drsf train --config configs/mini_<task>.yaml variant=V seed=S --resume` in its own process
 (finished runs are skipped, interrupted ones continue, a finished run of another config is refused:
-``drsf_kit.workflows.run_status``, the check the notebooks and the demo use); the data and the
-pseudo-domains are made first when missing (``workflows.ensure_data`` / ``ensure_synth``). Trained on daytime_clear plus the procedural
+``drsf_kit.workflows.runs.run_status``, the check the notebooks and the demo use); the data and the
+pseudo-domains are made first when missing (``workflows.runs.ensure_data`` / ``ensure_synth``). Trained on daytime_clear plus the procedural
 pseudo-domains and scored on the source test split and the four real target domains. Writes
 ``benchmarks/results/sdg_mini.json`` (the tidy rows of every run, wall times, training diagnostics,
 command, date, machine) and ``sdg_mini.md`` (per-domain mAP50 by both metrics and mIoU, mean ± std over
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from drsf_kit import workflows
+from drsf_kit.workflows import runs as workflows
 from drsf_kit.models import VARIANTS, get_variant
 from drsf_kit.train.rundir import RunDir
 from drsf_kit.utils.io import atomic_write_json, atomic_write_text
