@@ -172,7 +172,7 @@ def test_weighted_losses_use_hparams():
 @pytest.mark.parametrize(
     "kwargs",
     [dict(entropy_mode="nope"), dict(reassembly="mix"), dict(tau=0.0), dict(gamma_init=1.0), dict(rho=0.0),
-     dict(method="v3"), dict(split="half"), dict(method="v1", entropy_mode="zscore")],
+     dict(method="v4"), dict(split="half"), dict(method="v1", entropy_mode="zscore")],
 )
 def test_bad_hparams_raise(kwargs):
     with pytest.raises(ConfigError):
