@@ -132,3 +132,24 @@ def test_v3_puts_dfdr_on_every_path_to_the_head():
     assert build_model("seg", "mini", "drsf", 5).dfdr_stage == "layer2"  # v2 kept where it was
     det = build_model("det", "mini", "drsf", 5, hparams={"method": "v3"}, min_size=32, max_size=48)
     assert det.dfdr_stage == "layer2"  # the FPN's shallowest level is layer2 already
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_the_slider_moves_what_v3_training_fuses(task):
+    """predict_mixed under v3 restyles image_a at fuse_stage: lam = 1 is image_a's own prediction."""
+    kw = {"min_size": 32, "max_size": 48} if task == "det" else {}
+    torch.manual_seed(0)
+    model = build_model(task, "mini", "drsf", 5, hparams={"method": "v3"}, **kw).eval()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 32, 48, generator=g), torch.rand(3, 32, 48, generator=g) * 0.3
+    own = model.predict_mixed(a, b, 1.0)
+    with torch.no_grad():
+        alone = model(a[None]) if task == "seg" else model([a])
+    if task == "seg":
+        assert torch.allclose(own["prediction"], alone[0], atol=1e-4)
+        moved = (model.predict_mixed(a, b, 0.0)["prediction"] - alone[0]).abs().max()
+        assert moved > 1e-5  # b's statistics change the prediction (an untrained model: a small change)
+    assert own["domain_probs"] is None  # v3 without an adversary has no discriminator
+    fused = model.predict_mixed(a, b, 0.3)["features"]
+    stage = model.body.stage_names().index("layer1")
+    assert fused.shape[0] == model.body.channels[model.body.stage_names()[stage]]

@@ -20,7 +20,7 @@ from drsf_kit.errors import ConfigError
 from drsf_kit.models.backbones import StageBody
 from drsf_kit.models.dfdr import DFDR, DFDROutput, dfdr_losses, dfdr_stats
 from drsf_kit.models.hparams import resolve_hparams, split_hparams
-from drsf_kit.models.mdsf import MDSF, fuse_styles, grl_coefficient, mix_features
+from drsf_kit.models.mdsf import MDSF, fuse_styles, grl_coefficient, interpolate_styles, mix_features
 from drsf_kit.models.mdsf_v2 import adversarial_loss_v2, append_fused, discriminator_verdict, fusion_plan, reversal_weight
 from drsf_kit.models.variants import get_variant
 from drsf_kit.utils.precision import full_precision
@@ -162,6 +162,12 @@ class DRSFModel(nn.Module):
         for name, stage in self.body.stages.items():
             x = stage(x)
             self._tap(taps, name, x)
+            if mix_lam is not None and self._v3_fuse_stage == name:
+                # predict_mixed under v3: row 0 takes the statistics lam * stats(row 0) + (1 - lam) * stats(row 1),
+                # the fusion training applies to a twin and its partner
+                x = interpolate_styles(x[0:1], x[1:2], float(mix_lam))
+                collected = {k: v[0:1] for k, v in collected.items()}
+                aux.mdsf_map = x
             if train and self._v2_fuse_stage == name:
                 state = self._add_fused({**collected, _X: x}, aux, domains, pairs, generator)
                 x = state.pop(_X)
@@ -219,13 +225,13 @@ class DRSFModel(nn.Module):
         return x, collected
 
     def _apply_mdsf(self, maps, disc_key, aux, train, domains, pairs, progress, generator, mix_lam):
+        if self.mdsf is not None and self.mdsf.v3:
+            return maps  # v3 fused and judged in the body (fuse_stage, adv_stage)
         if mix_lam is not None:
             # predict_mixed: row 0 (image_a) and row 1 (image_b) become one mixed row.
             mixed = type(maps)((k, mix_features(v[0:1], v[1:2], float(mix_lam))) for k, v in maps.items())
             aux.mdsf_map = mixed[disc_key]
             return mixed
-        if self.mdsf is not None and self.mdsf.v3:
-            return maps  # v3 fused and judged in the body (fuse_stage, adv_stage)
         if not train or self.mdsf is None:
             aux.mdsf_map = maps[disc_key]
             return maps

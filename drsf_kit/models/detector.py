@@ -189,6 +189,9 @@ class DRSFDetector(DRSFModel):
     def predict_mixed(self, image_a: torch.Tensor, image_b: torch.Tensor, lam: float, return_features: bool = True) -> dict:
         """Detections on features mixed at the MDSF stage: ``lam * f(image_a) + (1 - lam) * f(image_b)``.
 
+        MDSF v3 (``method: v3``) fuses as it trains: image_a's map at ``fuse_stage`` takes the channel
+        statistics ``lam * stats(a) + (1 - lam) * stats(b)`` (its content stays image_a's).
+
         Returns dict(features=[C, h, w] mixed map (if ``return_features``), domain_probs=[K+1] or None,
         prediction=detection dict in image_a's coordinates). ``lam = 1`` gives image_a's own result.
         """
@@ -202,7 +205,7 @@ class DRSFDetector(DRSFModel):
             maps, aux = self._features(image_list.tensors, mix_lam=float(lam))
             one = ImageList(image_list.tensors[:1], image_list.image_sizes[:1])
             prediction = self._run_head(maps, one, [tuple(a.shape[-2:])])[0]
-            probs = self.mdsf.domain_probs(aux.mdsf_map)[0] if self.mdsf is not None else None
+            probs = self.mdsf.domain_probs(aux.mdsf_map)[0] if self.mdsf is not None and self.mdsf.discriminator is not None else None
         result = {"domain_probs": probs, "prediction": prediction}
         if return_features:
             result["features"] = aux.mdsf_map[0]

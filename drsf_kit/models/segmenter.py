@@ -145,6 +145,9 @@ class DRSFSegmenter(DRSFModel):
     def predict_mixed(self, image_a: torch.Tensor, image_b: torch.Tensor, lam: float, return_features: bool = True) -> dict:
         """Logits on features mixed at the MDSF stage: ``lam * f(image_a) + (1 - lam) * f(image_b)``.
 
+        MDSF v3 (``method: v3``) fuses as it trains: image_a's map at ``fuse_stage`` takes the channel
+        statistics ``lam * stats(a) + (1 - lam) * stats(b)`` (its content stays image_a's).
+
         Returns dict(features=[C, h, w] mixed map (if ``return_features``), domain_probs=[K+1] or None,
         prediction=logits [19, H, W]). ``lam = 1`` gives image_a's own logits.
         """
@@ -157,7 +160,7 @@ class DRSFSegmenter(DRSFModel):
         with eval_mode(self):
             maps, aux = self._features(torch.cat([a[:1], b[:1]]), mix_lam=float(lam))
             logits = self._logits(maps, a.shape[-2:])[0]
-            probs = self.mdsf.domain_probs(aux.mdsf_map)[0] if self.mdsf is not None else None
+            probs = self.mdsf.domain_probs(aux.mdsf_map)[0] if self.mdsf is not None and self.mdsf.discriminator is not None else None
         result = {"domain_probs": probs, "prediction": logits}
         if return_features:
             result["features"] = aux.mdsf_map[0]
