@@ -38,7 +38,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import ipywidgets as widgets
 import numpy as np
 import torch
 
@@ -53,7 +52,6 @@ from drsf_kit.synth.base import DEFAULT_SYNTH_DOMAINS
 from drsf_kit.synth.procedural import apply_domain
 from drsf_kit.train.evaluate import load_run
 from drsf_kit.train.rundir import has_results, runs_with_checkpoint
-from drsf_kit.viz.widgets import ablation_dashboard, mdsf_explorer
 from drsf_kit.workflows.runs import project_root
 
 HOST = "127.0.0.1"
@@ -178,6 +176,11 @@ def page_dashboard(source: ResultsSource | None = None):
     """The ablation dashboard over ``source`` (default ``page_results()``), under a line naming it."""
     import html
 
+    # the widget stack (ipywidgets, IPython) is the app's optional dependency: `drsf` loads without it
+    import ipywidgets as widgets
+
+    from drsf_kit.viz.widgets import ablation_dashboard
+
     source = source or page_results()
     note = widgets.HTML(f"<p><b>Results:</b> {html.escape(source.note)}.</p>")
     note.add_class("drsf-results-source")
@@ -188,6 +191,11 @@ def page_dashboard(source: ResultsSource | None = None):
 def page_explorer(source: ResultsSource | None = None, n_scenes: int = 3):
     """The MDSF interpolation explorer on rendered scenes and their procedural twins."""
     import html
+
+    # the widget stack (ipywidgets, IPython) is the app's optional dependency: `drsf` loads without it
+    import ipywidgets as widgets
+
+    from drsf_kit.viz.widgets import mdsf_explorer
 
     model, names, note = explorer_model(source if source is not None else page_results())
     line = widgets.HTML(f"<p><b>Model:</b> {html.escape(note)}.</p>")

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -220,6 +219,8 @@ def report(task: str, rows: list[dict], arm_parents: dict[str, str] | None = Non
 def figure(task: str, diffs: list[dict], out_dir: str | Path) -> Path:
     """Seaborn point plot of the target-mean differences with their intervals, one panel per baseline,
     saved as ``<out_dir>/sdg_protocol_<task>.png``."""
+    import seaborn as sns  # the plotting stack is optional on a training machine: only the figure needs it
+
     path = Path(out_dir) / f"sdg_protocol_{task}.png"
     df = pd.DataFrame([d for d in diffs if d["quantity"] == "target_mean" and d["metric"] == METRICS[task][0]])
     if df.empty:
