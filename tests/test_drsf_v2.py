@@ -17,8 +17,7 @@ from drsf_kit.models import build_model
 from drsf_kit.models.base import consistency_loss
 from drsf_kit.models.dfdr import DFDR, DFDRHparams, DFDROutput, channel_statistics, dfdr_losses, invariance_loss
 from drsf_kit.models.hparams import resolve_hparams, split_hparams
-from drsf_kit.models.mdsf import MDSF, MDSFHparams
-from drsf_kit.models.mdsf_v2 import (_health, adversarial_loss_v2, append_fused, confusion_loss, discriminator_verdict,
+from drsf_kit.models.mdsf import (MDSF, MDSFHparams, _health, adversarial_loss_v2, append_fused, confusion_loss, discriminator_verdict,
                                      fusion_plan, reversal_weight)
 from drsf_kit.data.twins import TwinCollate, TwinItem
 from drsf_kit.train.data import build_train_set

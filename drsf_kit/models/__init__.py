@@ -15,9 +15,12 @@ from typing import Any, Optional
 
 from torch import nn
 
+from drsf_kit.data.classes import NUM_DWD_CLASSES, NUM_SEG_CLASSES, SOURCE_DOMAIN, model_domain_names
 from drsf_kit.errors import ConfigError
+from drsf_kit.models.detector import build_detector
 from drsf_kit.models.dfdr import DFDR, DFDRHparams, DFDROutput, align_loss, channel_entropy, reassembly_loss
 from drsf_kit.models.hparams import HPARAM_RANGES, default_hparams, normalize_task, random_hparams
+from drsf_kit.models.segmenter import build_segmenter
 from drsf_kit.models.mdsf import (
     MDSF,
     DomainDiscriminator,
@@ -77,18 +80,12 @@ def build_model(
         raise ConfigError(f"unknown {task} profile {profile!r}; valid: {', '.join(PROFILES[task])}")
     get_variant(variant)
     if task == "det":
-        from drsf_kit.data.classes import NUM_DWD_CLASSES
-        from drsf_kit.models.detector import build_detector
-
         num_classes = NUM_DWD_CLASSES + 1 if num_classes is None else int(num_classes)
         frozen = None if profile == "mini" else (pretrained_backbone is not None) if frozen_bn is None else bool(frozen_bn)
         model = build_detector(profile, variant, num_domains, hparams, num_classes, pretrained_backbone,
                                dfdr_stage, mdsf_stage, min_size, max_size, frozen_bn=frozen)
         resize = dict(min_size=model.transform.min_size[0], max_size=model.transform.max_size)
     else:
-        from drsf_kit.data.classes import NUM_SEG_CLASSES
-        from drsf_kit.models.segmenter import build_segmenter
-
         if min_size is not None or max_size is not None:
             raise ConfigError("min_size/max_size apply to detection only (segmenters keep the input size)")
         num_classes = NUM_SEG_CLASSES if num_classes is None else int(num_classes)
@@ -106,8 +103,6 @@ def build_model(
 
 def _domain_names(num_domains: int, names: Optional[Sequence[str]]) -> tuple[str, ...]:
     """One name per domain id; the kit's default order (data/classes.py) when none are given and it fits."""
-    from drsf_kit.data.classes import SOURCE_DOMAIN, model_domain_names
-
     if names is not None:
         names = tuple(str(n) for n in names)
         if len(names) != num_domains:

@@ -20,8 +20,8 @@ from drsf_kit.errors import ConfigError
 from drsf_kit.models.backbones import StageBody
 from drsf_kit.models.dfdr import DFDR, DFDROutput, dfdr_losses, dfdr_stats
 from drsf_kit.models.hparams import resolve_hparams, split_hparams
-from drsf_kit.models.mdsf import MDSF, fuse_styles, grl_coefficient, interpolate_styles, mix_features
-from drsf_kit.models.mdsf_v2 import adversarial_loss_v2, append_fused, discriminator_verdict, fusion_plan, reversal_weight
+from drsf_kit.models.mdsf import (MDSF, adversarial_loss_v2, append_fused, discriminator_verdict, fuse_styles, fusion_plan,
+                                  grl_coefficient, interpolate_styles, mix_features, reversal_weight)
 from drsf_kit.models.variants import get_variant
 from drsf_kit.utils.precision import full_precision
 

@@ -21,7 +21,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from drsf_kit.errors import ConfigError, DataError
-from drsf_kit.models.backbones import StageBody, mini_detection_body, resnet_body
+from drsf_kit.models.backbones import StageBody, load_backbone_weights, mini_detection_body, resnet_body
 from drsf_kit.models.base import DRSFModel, eval_mode
 from drsf_kit.models.box_coding import FP32AnchorGenerator, fp32_box_coder
 
@@ -227,8 +227,6 @@ def build_detector(profile: str, variant: str, num_domains: int, hparams=None, n
         settings = dict(DETECTION_PROFILES["mini"])
         body = mini_detection_body()
         if pretrained_backbone is not None:
-            from drsf_kit.models.backbones import load_backbone_weights
-
             load_backbone_weights(body, pretrained_backbone, ignore_prefixes=())
     else:
         settings = dict(_RESNET_FPN)

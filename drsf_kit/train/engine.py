@@ -33,8 +33,11 @@ from tqdm.auto import tqdm
 
 from drsf_kit.config import RunConfig, TrainConfig, check_paths, config_to_dict, validate_config
 from drsf_kit.errors import ConfigError, DrsfError, NonFiniteLossError
+from drsf_kit.models import get_variant
 from drsf_kit.train.builders import build_model_for  # noqa: F401  (re-exported: engine.build_model_for)
 from drsf_kit.train.checkpoint import restore_training_state
+from drsf_kit.train.precision import autocast, resolve_amp_dtype
+from drsf_kit.train.sync_bn import convert_sync_batchnorm
 from drsf_kit.data.twins import TwinBatch, TwinCollate
 from drsf_kit.train.data import build_train_set
 from drsf_kit.train.samplers import TwinBatchSampler
@@ -59,7 +62,7 @@ from drsf_kit.train.distributed import (
 from drsf_kit.train.evaluate import evaluate_model, format_summary, write_run_tables
 from drsf_kit.train.rundir import DONE, METRICS, RunDir, RunLock, finite_state, config_hash  # noqa: F401
 from drsf_kit.train.memory import estimate_memory, format_estimate
-from drsf_kit.train.precision import grad_scaler, resolve_amp_dtype
+from drsf_kit.train.precision import grad_scaler
 from drsf_kit.train.accumulation import split_batch
 from drsf_kit.train.throughput import StepMeter, configure_backends, maybe_compile, prepare_model
 from drsf_kit.utils.runtime import seed_everything
@@ -147,8 +150,6 @@ class StepResult:
 
 
 def _autocast(device: torch.device, amp: bool, amp_dtype: str):
-    from drsf_kit.train.precision import autocast, resolve_amp_dtype
-
     return autocast(device, resolve_amp_dtype(amp, amp_dtype, device))
 
 
@@ -430,8 +431,6 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
         if progress:
             print(f"[train] {format_estimate(estimate)}")
     if cfg.train.sync_bn and ctx.distributed:
-        from drsf_kit.train.sync_bn import convert_sync_batchnorm
-
         model = convert_sync_batchnorm(model, device)  # same parameters and names: checkpoints load either way
     # the learning rate for the global batch (batch_source x processes), per train.lr_scaling
     tcfg = dataclasses.replace(cfg.train, lr=effective_lr(cfg.train, ctx.world_size))
@@ -449,8 +448,6 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
         consumed = TwinDistributedSampler.position(ckpt.get("sampler"))
         rank_rng = (ckpt.get("extra") or {}).get("rank_rng")
     seed_process(ctx, cfg.seed, start, generator, rank_rng)  # ranks > 0 draw their own random numbers
-    from drsf_kit.models import get_variant
-
     use_twins = get_variant(cfg.variant).use_synth
     if main:
         run.write_config(config_to_dict(cfg))
