@@ -209,7 +209,9 @@ def test_mdsf_explorer_lambda_changes_everything():
     explorer = mdsf_explorer(model, {"s0": _twins(0), "s1": _twins(1)})
     c = explorer.controls
     assert c["lam"].continuous_update is True
-    assert c["domain_a"].value == SOURCE_DOMAIN and c["domain_b"].value == "daytime_foggy"
+    # the pair MDSF fuses: two pseudo-domain twins of one source image, never the source image itself
+    assert c["domain_a"].value == "daytime_foggy" and c["domain_b"].value == "night_sunny"
+    assert SOURCE_DOMAIN not in c["domain_a"].options and SOURCE_DOMAIN not in c["domain_b"].options
     before = (explorer.feature_png, explorer.probs_png, explorer.prediction_png, explorer.domain_probs.copy())
     c["lam"].value = 0.9
     assert model.calls[-1] == pytest.approx(0.9)
@@ -217,15 +219,16 @@ def test_mdsf_explorer_lambda_changes_everything():
     assert explorer.probs_png != before[1]
     assert explorer.prediction_png != before[2]
     assert explorer.domain_probs[0] == pytest.approx(0.9) and explorer.domain_probs[1] == pytest.approx(0.1)
-    assert "daytime_clear" in explorer.status.value
-    # the fixed PCA basis: lambda = 1 shows the source twin's features exactly as the basis saw them
+    assert "daytime_foggy" in explorer.status.value and "night_sunny" in explorer.status.value
+    # the fixed PCA basis: lambda = 1 shows twin A's features exactly as the basis saw them
     c["lam"].value = 1.0
-    expected = explorer.basis.rgb(model.encode(_twins(0)[SOURCE_DOMAIN]).numpy())
+    expected = explorer.basis.rgb(model.encode(_twins(0)["daytime_foggy"]).numpy())
     assert np.array_equal(explorer.basis.rgb(explorer.features), expected)
     feature_s0 = explorer.feature_png
     c["scene"].value = "s1"
     assert explorer.feature_png != feature_s0
-    c["domain_b"].value = "night_sunny"
+    c["domain_a"].value = "night_sunny"
+    assert explorer.pair == ("s1", "night_sunny", "daytime_foggy")  # B moves off A's pseudo-domain
     assert model.calls[-3:] == [1.0, 0.0, 1.0]  # basis refit on both twins, then the slider's lambda
 
 
@@ -327,7 +330,8 @@ def test_mdsf_explorer_with_a_kit_model():
     torch.manual_seed(0)
     model = build_model("seg", "mini", "drsf", num_domains=5)
     image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))
-    explorer = mdsf_explorer(model, {"s": {SOURCE_DOMAIN: image, "night_sunny": 0.3 * image}})
+    explorer = mdsf_explorer(model, {"s": {SOURCE_DOMAIN: image, "daytime_foggy": 0.5 * image + 0.5,
+                                           "night_sunny": 0.3 * image}})
     assert explorer.features.ndim == 3 and explorer.domain_probs.sum() == pytest.approx(1.0, abs=1e-4)
     features, probs = explorer.features.copy(), explorer.domain_probs.copy()
     explorer.controls["lam"].value = 0.0
@@ -354,7 +358,8 @@ def test_discriminator_outputs_are_labelled_with_the_runs_own_domain_order():
             clf.bias.zero_()
             clf.bias[1 + list(order).index("night_sunny")] = 50.0
         image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))
-        explorer = mdsf_explorer(model, {"s": {SOURCE_DOMAIN: image, "night_sunny": 0.3 * image}})
+        explorer = mdsf_explorer(model, {"s": {SOURCE_DOMAIN: image, "daytime_foggy": 0.5 * image + 0.5,
+                                               "night_sunny": 0.3 * image}})
         return explorer.status.value.split("top domain: ")[1]
 
     default = RunConfig().data.synth_domains

@@ -9,7 +9,11 @@ in ``viz.images``; ``viz.widgets`` only wires controls to these functions. Nothi
 from __future__ import annotations
 
 import html
+import textwrap
+from dataclasses import dataclass
 from typing import Iterable
+
+import numpy as np
 
 from drsf_kit.data.classes import DOMAIN_COLORS, DOMAIN_SHORT, DWD_DOMAINS, SOURCE_DOMAIN
 from drsf_kit.errors import DataError
@@ -232,51 +236,167 @@ def seed_spread_figure(summary, metric: str, title: str | None = None):
     return fig
 
 
-def lambda_sweep_figure(sweep, title: str | None = None):
-    """Discriminator probabilities against lambda (left) and what the prediction does (right).
+# ------------------------------------------------------------------------------------ MDSF's interpolation
+NO_ADVERSARY = "no adversary in this model"
 
-    The title and axes name the two domains from ``sweep.attrs`` (set by ``lambda_sweep``). Detection
-    sweeps show the top score on the left axis of the right panel and the number of boxes above the
-    score threshold on a second axis (they are a count, not a score); segmentation sweeps show the
-    pixel agreement with image A alone.
+
+@dataclass(frozen=True)
+class FusionReading:
+    """What ``model.predict_mixed(image_a, image_b, lam)`` moves, read from the model's MDSF block.
+
+    ``method`` is ``v3`` (twin A's map at ``stage`` takes the channel statistics ``lam * stats(A) +
+    (1 - lam) * stats(B)``: the operation v3 training applies to two twins of one source from different
+    pseudo-domains), ``v2``/``v1`` (the maps the head reads are mixed, ``lam * z(A) + (1 - lam) * z(B)``)
+    ``none`` (a kit model without MDSF: the same head-map mix, which its training never applies) or
+    ``mix`` (a model that only implements ``predict_mixed``: read as a head-map mix).
+    """
+
+    method: str
+    stage: str  # where the mixing happens: a body stage (v3) or "head" (the maps the head reads)
+
+    @property
+    def restyles(self) -> bool:
+        """True when lambda moves only feature statistics (v3): twin A's content stays, the prediction is A's."""
+        return self.method == "v3"
+
+    def formula(self, a: str = "A", b: str = "B") -> str:
+        """The mixing as one line, naming the twins."""
+        if self.restyles:
+            return f"{a}'s {self.stage} map with channel statistics lam * stats({a}) + (1 - lam) * stats({b})"
+        return f"z = lam * z({a}) + (1 - lam) * z({b}) on the maps the head reads"
+
+    def lam_axis(self, a: str = "A", b: str = "B") -> str:
+        """The x-axis label of a sweep along lambda."""
+        zero = f"{a}'s content in {b}'s statistics" if self.restyles else f"{b} alone"
+        return f"lambda (1 = {a} alone, 0 = {zero})"
+
+    def title(self, a: str = "A", b: str = "B") -> str:
+        """A figure title: which design mixes what."""
+        name = {"v3": "MDSF v3 style fusion", "v2": "MDSF v2 soft fusion", "v1": "MDSF v1 soft fusion",
+                "none": "feature mixing (no MDSF in this model: its training never mixes)"}.get(self.method, "soft fusion")
+        return f"{name}: {self.formula(a, b)}"
+
+
+def fusion_reading(model) -> FusionReading:
+    """How ``model.predict_mixed`` mixes (``FusionReading``), from ``model.mdsf``'s ``method``.
+
+    A kit model whose ``mdsf`` is None reads ``none``; an object without a ``mdsf`` attribute (a stand-in
+    implementing ``predict_mixed`` only) reads ``mix``, a head-map mix.
+    """
+    if not hasattr(model, "mdsf"):
+        return FusionReading("mix", "head")
+    if model.mdsf is None:
+        return FusionReading("none", "head")
+    hp = model.mdsf.hparams
+    method = str(hp.method)
+    return FusionReading(method, str(hp.fuse_stage) if method == "v3" else "head")
+
+
+def lambda_sweep_figure(sweep, title: str | None = None, fusion: FusionReading | None = None):
+    """What the prediction does along lambda, and the discriminator's probabilities when there is one.
+
+    The title and axes name the two twins from ``sweep.attrs`` (set by ``lambda_sweep``) and say what
+    lambda mixes (``fusion``, default ``sweep.attrs["fusion"]``, else a head-map mix). Detection sweeps
+    show the top score and, on a second axis, the number of boxes above the score threshold (a count,
+    not a score); segmentation sweeps show the pixel agreement with twin A alone. A sweep without
+    discriminator columns (a model without an adversary) gets one panel and says so in its title,
+    instead of an empty or flat posterior.
     """
     from matplotlib.figure import Figure
 
+    fusion = fusion or sweep.attrs.get("fusion") or FusionReading("mix", "head")
     name_a, name_b = sweep.attrs.get("domain_a", "A"), sweep.attrs.get("domain_b", "B")
-    title = title or f"MDSF soft fusion: z = lam * z({name_a}) + (1 - lam) * z({name_b})"
-    xlabel = f"lambda (0 = {name_b} alone, 1 = {name_a} alone)"
-    fig = Figure(figsize=(10, 3.8), dpi=100)
-    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     prob_columns = [c for c in sweep.columns if c.startswith("p(")]
-    for column in prob_columns:
-        name = column[2:-1]
-        left.plot(sweep["lam"], sweep[column], marker=".", label=name, color=DOMAIN_COLORS.get(name))
+    if title is None:
+        scene = sweep.attrs.get("scene")
+        notes = ([f"scene {scene}"] if scene else []) + ([] if prob_columns else [f"{NO_ADVERSARY}: no discriminator posterior"])
+        title = fusion.title(name_a, name_b) + ("\n" + "; ".join(notes) if notes else "")
+    xlabel = fusion.lam_axis(name_a, name_b)
+    fig = Figure(figsize=(10 if prob_columns else 6.2, 4.2), dpi=100)
     if prob_columns:
-        left.legend(fontsize=7)
+        left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        for column in prob_columns:
+            name = column[2:-1]
+            left.plot(sweep["lam"], sweep[column], marker=".", label=name, color=DOMAIN_COLORS.get(name))
+        left.legend(fontsize=7, title="p(domain)", title_fontsize=7)
+        left.set_title("domain discriminator on the mixed features", fontsize=9)
+        left.set_ylabel("probability")
+        left.set_ylim(0, 1.02)
+        panels = (left, right)
     else:
-        left.text(0.5, 0.5, "no discriminator (variant without MDSF)", ha="center", transform=left.transAxes)
-    left.set_title("domain discriminator on the mixed features", fontsize=9)
-    left.set_ylabel("probability")
+        right = fig.add_subplot(1, 1, 1)
+        panels = (right,)
     if "top_score" in sweep.columns:
-        right.plot(sweep["lam"], sweep["top_score"], marker=".", color="tab:blue", label="top detection score")
+        line = right.plot(sweep["lam"], sweep["top_score"], marker=".", color="tab:blue", label="top detection score")
         right.set_ylabel("top detection score", color="tab:blue")
         right.set_ylim(0, 1)
         counts = right.twinx()
         threshold = sweep.attrs.get("score_threshold")
         count_label = "boxes" + (f" with score >= {threshold:g}" if threshold is not None else "")
-        counts.step(sweep["lam"], sweep["boxes"], where="mid", color="tab:orange", label=count_label)
+        step = counts.step(sweep["lam"], sweep["boxes"], where="mid", color="tab:orange", label=count_label)
         counts.set_ylabel(count_label, color="tab:orange")
         counts.set_ylim(0, max(1, int(sweep["boxes"].max())) + 1)
         counts.yaxis.get_major_locator().set_params(integer=True)
+        right.legend(line + step, [h.get_label() for h in line + step], fontsize=7, loc="lower right")
         right.set_title("detections from the mixed features", fontsize=9)
     elif "agreement_with_a" in sweep.columns:
-        right.plot(sweep["lam"], sweep["agreement_with_a"], marker=".", color="tab:blue")
-        right.set_ylabel(f"pixels labelled as with {name_a} alone")
+        label = f"pixels labelled as with {name_a} alone"
+        right.plot(sweep["lam"], sweep["agreement_with_a"], marker=".", color="tab:blue", label=label)
+        right.set_ylabel(label)
         right.set_ylim(0, 1.02)
+        right.legend(fontsize=7, loc="lower right")
         right.set_title("segmentation from the mixed features", fontsize=9)
-    for ax in (left, right):
-        ax.set_xlabel(xlabel)
+    for ax in panels:
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
+    width = 130 if prob_columns else 80  # characters per title line at this figure's width
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def mixed_features_figure(image_a, image_b, maps_by_lam, basis, names: tuple[str, str] = ("A", "B"),
+                          fusion: FusionReading | None = None, scene: str | None = None):
+    """Twin A, twin B and the mixed feature map at each lambda, as one readable figure.
+
+    ``maps_by_lam`` maps lambda to a ``[C,h,w]`` feature map; ``basis`` (``images.PcaBasis``, fitted on
+    the unmixed maps) turns each into colours, the same for every panel, so colours compare along lambda.
+    Every panel has pixel axes (feature maps are stretched onto the image's extent, their cells named in
+    the axis label); the legend says which principal component each colour channel shows and its share of
+    the variance; the title says what lambda mixes.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from drsf_kit.viz import images
+
+    fusion = fusion or FusionReading("mix", "head")
+    name_a, name_b = names
+    pictures = [images.to_numpy_image(image_a), images.to_numpy_image(image_b)]
+    h, w = pictures[0].shape[:2]
+    lams = sorted(maps_by_lam, reverse=True)
+    n = 2 + len(lams)
+    fig = Figure(figsize=(2.7 * n + 0.6, 2.7 * h / w + 1.9), dpi=100)
+    axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
+    for ax, picture, label, name in zip(axes, pictures, ("twin A", "twin B"), names):
+        ax.imshow(picture, extent=(0, w, h, 0))
+        ax.set_title(f"{label}: {name}", fontsize=8, color=DOMAIN_COLORS.get(name, "black"))
+        ax.set_xlabel("x (px)", fontsize=7)
+    for ax, lam in zip(axes[2:], lams):
+        fmap = np.asarray(maps_by_lam[lam])
+        ax.imshow(basis.rgb(fmap), extent=(0, w, h, 0), interpolation="nearest")
+        ax.set_title(f"mixed features, lambda = {lam:.2f}", fontsize=8)
+        ax.set_xlabel(f"x (px; {fmap.shape[2]}x{fmap.shape[1]} feature cells)", fontsize=7)
+    for ax in axes:
+        ax.tick_params(labelsize=6)
+    axes[0].set_ylabel("y (px)", fontsize=7)
+    share = getattr(basis, "explained", np.full(3, np.nan))
+    handles = [Patch(color=colour, label=f"{channel} = principal component {k + 1} ({share[k]:.0%} of variance)")
+               for k, (channel, colour) in enumerate((("red", "tab:red"), ("green", "tab:green"), ("blue", "tab:blue")))]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False,
+               title="colours: the feature map projected on 3 principal components of both unmixed maps",
+               title_fontsize=7)
+    where = f"scene {scene}: " if scene else ""
+    fig.suptitle(textwrap.fill(f"{where}{fusion.title(name_a, name_b)}", int(28 * n)), fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig

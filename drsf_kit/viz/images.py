@@ -92,7 +92,11 @@ class PcaBasis:
         data = np.concatenate([m.reshape(m.shape[0], -1).T for m in maps], axis=0).astype(np.float64)
         self.mean = data.mean(axis=0)
         centred = data - self.mean
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+        total = float((sing ** 2).sum())
+        # the share of the feature variance each colour channel (R, G, B = components 1, 2, 3) carries
+        self.explained = np.zeros(3)
+        self.explained[: min(3, sing.size)] = (sing[:3] ** 2) / total if total > 0 else 0.0
         comps = vt[:3]
         if comps.shape[0] < 3:  # fewer than 3 channels: pad with zero directions (grey)
             comps = np.vstack([comps, np.zeros((3 - comps.shape[0], comps.shape[1]))])

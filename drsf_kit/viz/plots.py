@@ -187,7 +187,10 @@ def _colorbar(fig, ax, heat, cmap: str, vmin, vmax, **kwargs):
 
     lo = float(np.nanmin(heat)) if vmin is None else vmin
     hi = float(np.nanmax(heat)) if vmax is None else vmax
-    return fig.colorbar(ScalarMappable(Normalize(lo, hi if hi > lo else lo + 1e-9), cmap), ax=ax, **kwargs)
+    bar = fig.colorbar(ScalarMappable(Normalize(lo, hi if hi > lo else lo + 1e-9), cmap), ax=ax, **kwargs)
+    if hasattr(bar.formatter, "set_useOffset"):  # plain tick values: an offset label reads as a stray formula
+        bar.formatter.set_useOffset(False)
+    return bar
 
 
 def plot_overlay(image, heat, alpha: float = 0.75, cmap: str = "inferno", title: str | None = None,
@@ -204,39 +207,52 @@ def plot_overlay(image, heat, alpha: float = 0.75, cmap: str = "inferno", title:
     return fig
 
 
+def _image_axes(ax, ylabel: str | None = None) -> None:
+    """An axes showing a picture: no ticks (pixel numbers say nothing here), a frame, and ``ylabel``."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=9)
+
+
 def plot_map_grid(images_by_column: Mapping[str, object], maps_by_row: Mapping[str, Mapping[str, np.ndarray]],
-                  shared_scale: bool = True, cmap: str = "inferno", alpha: float = 0.8, title: str | None = None):
+                  shared_scale: bool = True, cmap: str = "inferno", alpha: float = 0.8, title: str | None = None,
+                  cmaps: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None):
     """A grid: the first row shows one image per column (domain), each further row one map per column
     (e.g. GradCAM, integrated gradients) overlaid on it. With ``shared_scale`` every row uses one colour
-    scale across its columns, so magnitudes compare across domains."""
+    scale across its columns, so magnitudes compare across domains; each row has its colour bar
+    (``labels[row]`` names its values, default the row's name) and its name on the first column's
+    y axis. ``cmaps`` gives a row its own colour map (default ``cmap``)."""
     import matplotlib.pyplot as plt
 
     cols = list(images_by_column)
     rows = list(maps_by_row)
+    cmaps, labels = dict(cmaps or {}), dict(labels or {})
     if not cols:
         raise ConfigError("plot_map_grid: no images to show")
     fig, axes = plt.subplots(1 + len(rows), len(cols), figsize=(2.9 * len(cols) + 0.8, 1.9 * (1 + len(rows)) + 0.5),
                              squeeze=False, constrained_layout=True)
-    axes[0, 0].text(-0.04, 0.5, "image", transform=axes[0, 0].transAxes, rotation=90, ha="right", va="center",
-                    fontsize=9)
     for j, col in enumerate(cols):
         axes[0, j].imshow(to_numpy_image(images_by_column[col]))
         axes[0, j].set_title(domain_label(col), fontsize=9, color=domain_color(col))
-        axes[0, j].set_axis_off()
+        _image_axes(axes[0, j], "image" if j == 0 else None)
     for i, row in enumerate(rows, start=1):
+        row_cmap = cmaps.get(row, cmap)
         maps = {c: np.asarray(maps_by_row[row][c], dtype=np.float32) for c in cols if c in maps_by_row[row]}
         vmax = max((float(np.nanmax(m)) for m in maps.values()), default=1.0) if shared_scale else None
         vmin = min((float(np.nanmin(m)) for m in maps.values()), default=0.0) if shared_scale else None
         for j, col in enumerate(cols):
             ax = axes[i, j]
-            ax.set_axis_off()
+            _image_axes(ax, row if j == 0 else None)
             if col in maps:
-                ax.imshow(heatmap_overlay(images_by_column[col], maps[col], alpha=alpha, cmap=cmap, vmin=vmin, vmax=vmax))
-        axes[i, 0].text(-0.04, 0.5, row, transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center",
-                        fontsize=9)
+                ax.imshow(heatmap_overlay(images_by_column[col], maps[col], alpha=alpha, cmap=row_cmap, vmin=vmin,
+                                          vmax=vmax))
+            else:
+                ax.set_axis_off()
         if maps:
             heat = np.concatenate([m.ravel() for m in maps.values()])
-            _colorbar(fig, list(axes[i, :]), heat, cmap, vmin, vmax, fraction=0.02, pad=0.01)
+            _colorbar(fig, list(axes[i, :]), heat, row_cmap, vmin, vmax, fraction=0.02, pad=0.01,
+                      label=labels.get(row, row))
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -193,15 +193,30 @@ def _numbered_domain_names(n: int) -> list[str]:
     return [f"domain {i}" for i in range(n)]
 
 
-class MdsfExplorer(widgets.VBox):
-    """MDSF's soft fusion, live: ``z = lam * z_A + (1 - lam) * z_B`` for the twins of one scene.
+def fusion_domains(twins: Mapping[str, object], source_domain: str = SOURCE_DOMAIN) -> list[str]:
+    """The pseudo-domains of one scene whose twins MDSF may fuse: every domain but the source's.
 
-    Controls (``.controls``): ``scene``, ``domain_a``, ``domain_b`` (the pseudo-domain), ``lam``. The
-    model must implement ``predict_mixed(image_a, image_b, lam) -> {"features", "domain_probs",
-    "prediction"}``. Shown: the mixed features as RGB (PCA fitted on both unmixed twins, so colours stay
-    comparable along the slider), the discriminator's domain probabilities, and the prediction decoded
-    from the mixed features, drawn over the pixel blend of the twins (for orientation only: the mixing
-    happens on features). State: ``features``, ``domain_probs``, ``prediction`` and the three PNGs.
+    MDSF fuses two twins of one source image from two different pseudo-domains, never the source image
+    with a twin; a scene needs at least two of them.
+    """
+    return [d for d in twins if d != source_domain]
+
+
+class MdsfExplorer(widgets.VBox):
+    """MDSF's fusion, live, on the pair it fuses in training: two twins of one source image from two
+    different pseudo-domains (never the source image itself).
+
+    Controls (``.controls``): ``scene``, ``domain_a`` and ``domain_b`` (two different pseudo-domains of
+    the scene; the source domain is not offered), ``lam``. The model must implement
+    ``predict_mixed(image_a, image_b, lam) -> {"features", "domain_probs", "prediction"}``; what lambda
+    moves is read from the model (``dashboard.fusion_reading``): under ``method: v3`` twin A's map at the
+    fuse stage takes the channel statistics ``lam * stats(A) + (1 - lam) * stats(B)``, under v2/v1 the
+    head's maps are mixed. Shown: the mixed features as RGB (PCA fitted on both unmixed maps, so colours
+    stay comparable along the slider), the prediction from the mixed features (over twin A under v3,
+    whose content it keeps; over the pixel blend of the twins otherwise, for orientation only), and the
+    discriminator's domain probabilities, or "no adversary in this model" when ``domain_probs`` is None.
+    State: ``pair`` (scene, A, B), ``fusion``, ``features``, ``domain_probs``, ``prediction`` and the
+    three PNGs; ``features_figure()`` is the saved, labelled version of the feature picture.
     """
 
     def __init__(self, model, scenes, domain_names: Sequence[str] | None = None, source_domain: str = SOURCE_DOMAIN,
@@ -211,6 +226,13 @@ class MdsfExplorer(widgets.VBox):
         self.model = model
         self.scenes = _normalise_scenes(scenes)
         self.source_domain = source_domain
+        fusable = {k: fusion_domains(v, source_domain) for k, v in self.scenes.items()}
+        self.scenes = {k: v for k, v in self.scenes.items() if len(fusable[k]) >= 2}
+        if not self.scenes:
+            found = "; ".join(f"{k}: {', '.join(d) or 'none'}" for k, d in fusable.items())
+            raise ConfigError("MDSF fuses two twins of one source image from two different pseudo-domains; no scene "
+                              f"has twins of two pseudo-domains (besides {source_domain}: {found})")
+        self.fusion = dashboard.fusion_reading(model)
         self.domain_names = list(domain_names or getattr(model, "domain_names", None) or [])
         self.feature_level = feature_level
         self.score_threshold = score_threshold
@@ -218,8 +240,8 @@ class MdsfExplorer(widgets.VBox):
         first = next(iter(self.scenes))
         self.controls = {
             "scene": widgets.Dropdown(options=list(self.scenes), value=first, description="scene"),
-            "domain_a": widgets.Dropdown(description="A"),
-            "domain_b": widgets.Dropdown(description="B (pseudo)"),
+            "domain_a": widgets.Dropdown(description="twin A"),
+            "domain_b": widgets.Dropdown(description="twin B"),
             "lam": widgets.FloatSlider(value=lam, min=0.0, max=1.0, step=0.05, continuous_update=True,
                                        description="λ (A)", readout_format=".2f"),
         }
@@ -231,43 +253,55 @@ class MdsfExplorer(widgets.VBox):
         self.feature_png = self.probs_png = self.prediction_png = b""
         self._set_domains(first)
         self.controls["scene"].observe(self._on_scene, names="value")
-        for name in ("domain_a", "domain_b"):
-            self.controls[name].observe(self._on_domains, names="value")
+        self.controls["domain_a"].observe(self._on_domain_a, names="value")
+        self.controls["domain_b"].observe(self._on_domains, names="value")
         self.controls["lam"].observe(self._on_lam, names="value")
         c = self.controls
         self.prediction_legend = widgets.HTML()
+        self.formula = widgets.HTML()
         # max-content: a panel as wide as its title, so titles over small pictures do not run together
         panel = widgets.Layout(min_width="max-content", margin="0 12px 0 0")
+        features_title = "mixed features (PCA → RGB)"
+        if self.fusion.restyles:
+            features_title = f"A restyled at {self.fusion.stage} (PCA → RGB)"
         panels = widgets.HBox([
-            widgets.VBox([widgets.HTML("<b>mixed features (PCA → RGB)</b>"), self.feature_image], layout=panel),
+            widgets.VBox([widgets.HTML(f"<b>{features_title}</b>"), self.feature_image], layout=panel),
             widgets.VBox([widgets.HTML("<b>prediction from mixed features</b>"), self.prediction_image,
                           self.prediction_legend], layout=panel),
             widgets.VBox([widgets.HTML("<b>domain discriminator</b>"), self.probs_image], layout=panel),
         ])
-        super().__init__([widgets.HBox([c["scene"], c["domain_a"], c["domain_b"]]), c["lam"], panels, self.status])
+        super().__init__([widgets.HBox([c["scene"], c["domain_a"], c["domain_b"]]), self.formula, c["lam"], panels,
+                          self.status])
         css_classes(self, "mdsf-explorer", {
             **self.controls, "features": self.feature_image, "probs": self.probs_image, "prediction": self.prediction_image,
-            "prediction-legend": self.prediction_legend, "status": self.status,
+            "prediction-legend": self.prediction_legend, "status": self.status, "formula": self.formula,
         })
         self._fit_basis()
         self.refresh()
 
-    def _set_domains(self, scene_id: str) -> None:
-        domains = list(self.scenes[scene_id])
-        a = self.source_domain if self.source_domain in domains else domains[0]
+    @property
+    def pair(self) -> tuple[str, str, str]:
+        """``(scene, domain_a, domain_b)``: the two pseudo-domain twins of one source image being fused."""
+        c = self.controls
+        return c["scene"].value, c["domain_a"].value, c["domain_b"].value
+
+    def _set_domains(self, scene_id: str, a: str | None = None) -> None:
+        domains = fusion_domains(self.scenes[scene_id], self.source_domain)
+        a = a if a in domains else domains[0]
         others = [d for d in domains if d != a]
+        b = self.controls["domain_b"].value
         self._busy = True
         try:
             self.controls["domain_a"].options = domains
             self.controls["domain_a"].value = a
-            self.controls["domain_b"].options = domains
-            self.controls["domain_b"].value = others[0] if others else a
+            self.controls["domain_b"].options = others
+            self.controls["domain_b"].value = b if b in others else others[0]
         finally:
             self._busy = False
 
     def _images(self):
-        twins = self.scenes[self.controls["scene"].value]
-        return twins[self.controls["domain_a"].value], twins[self.controls["domain_b"].value]
+        scene, a, b = self.pair
+        return self.scenes[scene][a], self.scenes[scene][b]
 
     def _predict(self, lam: float) -> dict:
         import torch
@@ -280,14 +314,23 @@ class MdsfExplorer(widgets.VBox):
             raise ConfigError(f"predict_mixed returned no {', '.join(missing)} (keys: {', '.join(out)})")
         return out
 
+    def mixed_map(self, lam: float) -> np.ndarray:
+        """The ``[C,h,w]`` mixed feature map of the current pair at ``lam``."""
+        return images.feature_map(self._predict(lam)["features"], self.feature_level)
+
     def _fit_basis(self) -> None:
-        maps = [images.feature_map(self._predict(lam)["features"], self.feature_level) for lam in (1.0, 0.0)]
-        self.basis = images.PcaBasis(maps)
+        self.basis = images.PcaBasis([self.mixed_map(lam) for lam in (1.0, 0.0)])
 
     def _on_scene(self, change) -> None:
-        self._set_domains(change["new"])
+        self._set_domains(change["new"], self.controls["domain_a"].value)
         self._fit_basis()
         self.refresh()
+
+    def _on_domain_a(self, change) -> None:
+        if not self._busy:  # B never equals A: B's choices are the other pseudo-domains
+            self._set_domains(self.controls["scene"].value, change["new"])
+            self._fit_basis()
+            self.refresh()
 
     def _on_domains(self, change) -> None:
         if not self._busy:
@@ -299,39 +342,61 @@ class MdsfExplorer(widgets.VBox):
 
     def refresh(self) -> None:
         """Run ``predict_mixed`` at the slider's lambda and redraw the three images."""
+        import html
+
         lam = float(self.controls["lam"].value)
+        scene, a, b = self.pair
         out = self._predict(lam)
         image_a, image_b = (images.to_numpy_image(x) for x in self._images())
         self.features = images.feature_map(out["features"], self.feature_level)
         rgb = self.basis.rgb(self.features)
         self.feature_png = images.png_bytes(images.resize_nearest(rgb, image_a.shape[:2]))
-        if out["domain_probs"] is None:  # a variant without MDSF has no discriminator
+        if out["domain_probs"] is None:  # no discriminator: v3 without an adversary, or no MDSF at all
             self.domain_probs, names = None, []
-            self.probs_png = images.figure_png(images.message_figure("no domain discriminator\n(variant without MDSF)"))
+            self.probs_png = images.figure_png(images.message_figure(
+                f"{dashboard.NO_ADVERSARY}:\nno discriminator posterior to show"))
         else:
             self.domain_probs = np.asarray(images.as_numpy(out["domain_probs"]), np.float64).reshape(-1)
             n = len(self.domain_probs)
             names = self.domain_names if len(self.domain_names) == n else _numbered_domain_names(n)
             self.probs_png = images.figure_png(images.probability_figure(self.domain_probs, names))
         self.prediction = out["prediction"]
-        blend = (lam * image_a.astype(np.float32) + (1 - lam) * image_b.astype(np.float32)).astype(np.uint8)
-        self.prediction_png = images.png_bytes(images.render_prediction(blend, self.prediction, self.score_threshold))
+        if self.fusion.restyles:  # the content is twin A's: draw its prediction over twin A
+            background = image_a
+        else:
+            background = (lam * image_a.astype(np.float32) + (1 - lam) * image_b.astype(np.float32)).astype(np.uint8)
+        self.prediction_png = images.png_bytes(images.render_prediction(background, self.prediction, self.score_threshold))
         self.prediction_legend.value = images.class_legend_html(self.prediction)
         self.feature_image.value = self.feature_png
         self.probs_image.value = self.probs_png
         self.prediction_image.value = self.prediction_png
-        a, b = self.controls["domain_a"].value, self.controls["domain_b"].value
-        top = names[int(self.domain_probs.argmax())] if names else "none (no discriminator)"
-        note = " (A and B are the same domain: λ changes nothing)" if a == b else ""
-        self.status.value = f"λ = {lam:.2f}: {lam:.0%} {a} + {1 - lam:.0%} {b}; discriminator's top domain: {top}{note}"
+        self.formula.value = f"<p>{html.escape(self.fusion.title(a, b))}</p>"
+        top = names[int(self.domain_probs.argmax())] if names else f"none ({dashboard.NO_ADVERSARY})"
+        mix = f"{lam:.0%} {a} + {1 - lam:.0%} {b}"
+        mix = f"{a}'s content, channel statistics {mix}" if self.fusion.restyles else mix
+        self.status.value = (f"λ = {lam:.2f}: twins of source image {html.escape(scene)}, {mix}; "
+                             f"discriminator's top domain: {top}")
+
+    def features_figure(self, lams: Sequence[float] | None = None):
+        """A labelled Figure of the pair and its mixed features at ``lams`` (default 1, the slider's, 0):
+        title, pixel axes, and a legend of what the colours are (``dashboard.mixed_features_figure``)."""
+        scene, a, b = self.pair
+        lams = lams if lams is not None else sorted({1.0, round(float(self.controls["lam"].value), 6), 0.0}, reverse=True)
+        maps = {float(lam): self.mixed_map(float(lam)) for lam in lams}
+        image_a, image_b = self._images()
+        return dashboard.mixed_features_figure(image_a, image_b, maps, self.basis, names=(a, b), fusion=self.fusion,
+                                               scene=scene)
 
 
 def mdsf_explorer(model, scenes, domain_names: Sequence[str] | None = None, **kwargs) -> MdsfExplorer:
-    """Explore MDSF's interpolation between twins: pick a scene and a pseudo-domain, drag lambda.
+    """Explore MDSF's fusion of two pseudo-domain twins of one source image: pick a scene and two
+    pseudo-domains, drag lambda.
 
     Args:
         model: implements ``predict_mixed(image_a, image_b, lam)`` (see ``MdsfExplorer``).
-        scenes: ``{scene_id: {domain: image [3,H,W] in [0,1]}}`` (or a list of ``{domain: image}``).
+        scenes: ``{scene_id: {domain: image [3,H,W] in [0,1]}}`` (or a list of ``{domain: image}``); the
+            source domain's image may be there (it is not offered), scenes with fewer than two
+            pseudo-domain twins are left out.
         domain_names: names of the discriminator's outputs (default: ``model.domain_names``).
     """
     return MdsfExplorer(model, scenes, domain_names=domain_names, **kwargs)
@@ -345,7 +410,8 @@ class TwinExplorer(widgets.VBox):
     as a histogram); ``attribution_fn(image, method, reference)`` returns a 2-D map (or ``[C,H,W]``,
     summed in absolute value); ``reference`` is the scene's first image (the source), so the function
     can fix one target there (a box, a class region) and score that same target on every twin.
-    State: ``entropy``, ``attribution`` (per domain), ``stats_df``, ``grid_png``.
+    State: ``entropy``, ``attribution`` (per domain), ``stats_df``, ``grid_png``; ``figure()`` is the saved,
+    labelled version of the grid (title, row names, colour bars).
     Stats: mean entropy per twin, and how much each twin's attribution agrees with the first twin's
     (Pearson correlation of the maps): low agreement means the network looks elsewhere in that weather.
     """
@@ -426,6 +492,35 @@ class TwinExplorer(widgets.VBox):
         self.grid_image.value = self.grid_png
         self.stats_df = pd.DataFrame(stats).set_index("domain")
         self.stats_html.value = self.stats_df.to_html(float_format=lambda x: f"{x:.3f}", border=0)
+
+    def figure(self, title: str | None = None):
+        """The current scene's maps as a labelled Figure (``plots.plot_map_grid``): one column per twin,
+        rows image / entropy / attribution, each map row with its colour bar on one scale across the twins.
+        Per-channel entropies (1-D) have no map to draw: the row is left out and the title says so."""
+        from drsf_kit.viz.plots import SYNTH_PREFIX, plot_map_grid
+
+        scene, method = self.controls["scene"].value, self.controls["method"].value
+        twins = self.scenes[scene]
+        rows, cmaps, labels = {}, {}, {}
+        maps_2d = {d: m for d, m in (self.entropy or {}).items() if m.ndim == 2}
+        if maps_2d:
+            rows["entropy"], cmaps["entropy"] = maps_2d, "viridis"
+            labels["entropy"] = "prediction entropy"
+        if self.attribution:
+            rows[method] = self.attribution
+            labels[method] = f"{method} attribution"
+        if title is None:
+            source = next(iter(twins))
+            title = (f"Scene {scene}: where the model looks and how sure it is, per twin "
+                     f"(attribution target chosen on {source})")
+            if self.entropy and not maps_2d:
+                title += "; per-channel entropies: see the table"
+        # column keys as the plots read them: a twin other than the source is synthetic ("synth:<domain>")
+        key = {d: d if d == SOURCE_DOMAIN else f"{SYNTH_PREFIX}{d}" for d in twins}
+        return plot_map_grid({key[d]: image for d, image in twins.items()},
+                             {row: {key[d]: m for d, m in maps.items()} for row, maps in rows.items()},
+                             shared_scale=True, alpha=float(self.controls["alpha"].value), title=title,
+                             cmaps=cmaps, labels=labels)
 
 
 def twin_explorer(scenes, entropy_fn: Callable | None = None, attribution_fn: Callable | None = None,

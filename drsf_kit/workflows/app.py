@@ -120,7 +120,8 @@ def resolve_results(runs: str | os.PathLike | None = None, root: str | os.PathLi
 # ----------------------------------------------------------------------------------------- page content
 def demo_scenes(n: int = 3, height: int = 180, width: int = 320, seed: int = 0, domains=None) -> dict:
     """``{scene: {domain: image [3,H,W] in [0,1]}}``: rendered clear-day scenes and their pseudo-domain
-    twins made by the procedural generator (the twins MDSF mixes during training)."""
+    twins made by the procedural generator. The explorer fuses two of a scene's pseudo-domain twins, as
+    MDSF does in training; the clear-day image is kept for reference and never offered for fusion."""
     def tensor(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0
 
@@ -189,7 +190,8 @@ def page_dashboard(source: ResultsSource | None = None):
 
 
 def page_explorer(source: ResultsSource | None = None, n_scenes: int = 3):
-    """The MDSF interpolation explorer on rendered scenes and their procedural twins."""
+    """The MDSF explorer on rendered scenes: two procedural pseudo-domain twins of one scene, fused as the
+    model's MDSF method fuses in training (``viz.widgets.MdsfExplorer``)."""
     import html
 
     # the widget stack (ipywidgets, IPython) is the app's optional dependency: `drsf` loads without it

@@ -459,6 +459,59 @@ def twin_scenes(ctx: NotebookContext, n: int = 3, task: str = "det", domains=Non
     return scenes
 
 
+def fusion_scenes(ctx: NotebookContext, cfg=None, n: int = 3, task: str = "det") -> dict[str, dict]:
+    """``{source_id: {pseudo_domain: image [3,H,W]}}``: what MDSF fuses in training, per source image.
+
+    MDSF fuses two twins of one source image from two different pseudo-domains, never the source image
+    with a twin; so each scene holds only pseudo-domain twins (no source image), and only the first ``n``
+    source images with twins of at least two pseudo-domains are kept. With a run's config ``cfg`` the
+    twins come from the run's own pseudo-domains (``cfg.data.synth_domains``) under its synth root
+    (``cfg.data.synth_root``, when that folder exists here; else the context's). Twins are resized to
+    the first twin's size when needed (``predict_mixed`` mixes same-sized images).
+    """
+    synth_root, domains = ctx.synth_root, None
+    if cfg is not None:
+        run_root = resolve_path(cfg.data.synth_root, ctx.root)
+        synth_root = run_root if run_root.is_dir() else ctx.synth_root
+        domains = list(cfg.data.synth_domains)
+    paired = PairedSynthetic(ctx.data_root, synth_root, task=task, progress=False)
+    keep = [d for d in paired.domains if domains is None or d in domains]
+    scenes: dict[str, dict] = {}
+    for source_id in paired.source_ids:
+        twins = {d: items for d, items in paired.twins(source_id).items() if d in keep}
+        if len(twins) < 2:
+            continue
+        order = [d for d in (domains or sorted(twins)) if d in twins]  # the run's pseudo-domain order
+        scene, size = {}, None
+        for domain in order:
+            twin = paired[twins[domain][0]][0]
+            size = size or tuple(twin.shape[-2:])
+            if tuple(twin.shape[-2:]) != size:
+                twin = F.interpolate(twin[None], size=size, mode="bilinear", align_corners=False)[0]
+            scene[domain] = twin
+        scenes[source_id] = scene
+        if len(scenes) == n:
+            break
+    if not scenes:
+        raise ConfigError(f"no source image under {ctx.data_root} has twins of two pseudo-domains "
+                          f"({', '.join(keep) or 'none found'}) under {synth_root}: MDSF fuses two of them")
+    return scenes
+
+
+def mixing_sweep(explorer, steps: int = 11, score_threshold: float = 0.3):
+    """``analysis.explore.lambda_sweep`` on the explorer's current pair (two pseudo-domain twins of one
+    source image), its frame's ``attrs`` naming the scene and what lambda mixes (``fusion``), so
+    ``viz.dashboard.lambda_sweep_figure`` titles and labels it on its own."""
+    from drsf_kit.analysis.explore import lambda_sweep
+
+    scene, domain_a, domain_b = explorer.pair
+    image_a, image_b = explorer.scenes[scene][domain_a], explorer.scenes[scene][domain_b]
+    sweep = lambda_sweep(explorer.model, image_a, image_b, steps=steps, domain_names=explorer.domain_names or None,
+                         score_threshold=score_threshold, names=(domain_a, domain_b))
+    sweep.attrs.update(scene=str(scene), fusion=explorer.fusion)
+    return sweep
+
+
 def fidelity_scenes(ctx: NotebookContext, domain: str = "night_sunny", levels=("clean", "ldm", "ldm_gap"),
                     n: int = 2, source_domain: str = "daytime_clear") -> dict[str, dict]:
     """``{source_id: {column: image [H,W,3] uint8}}``: each of the first ``n`` source images, its
