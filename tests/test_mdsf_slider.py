@@ -208,14 +208,14 @@ def test_notebook_07_figures_read_on_their_own(tmp_path):
     model = _model("seg", None)
     scene = _pair_scene(size=(48, 64))
     explorer = twin_explorer(scene, model=model, methods=("gradcam",))
-    fig = explorer.figure()
+    fig = explorer.figure(model_label="seg drsf, seed 0")
     _, colorbars = _readable(fig, grid=True)
     assert len(colorbars) == 2  # entropy and attribution, each on its own scale
     assert {cb._colorbar.ax.get_ylabel() for cb in colorbars} == {"prediction entropy", "gradcam attribution"}
     assert [ax.get_title() for ax in fig.axes[:4]] == ["daytime clear (real)", "daytime foggy (synthetic)",
                                                        "night sunny (synthetic)", "dusk rainy (synthetic)"]
     assert [ax.get_ylabel() for ax in fig.axes[:12:4]] == ["image", "entropy", "gradcam"]
-    assert "Scene s" in fig._suptitle.get_text()
+    assert fig._suptitle.get_text().startswith("seg drsf, seed 0: scene s:")
     width, height = _saved_size(fig, tmp_path, "twins")
     assert width > 600 and height > 300
     plt.close(fig)

@@ -493,10 +493,11 @@ class TwinExplorer(widgets.VBox):
         self.stats_df = pd.DataFrame(stats).set_index("domain")
         self.stats_html.value = self.stats_df.to_html(float_format=lambda x: f"{x:.3f}", border=0)
 
-    def figure(self, title: str | None = None):
+    def figure(self, title: str | None = None, model_label: str | None = None):
         """The current scene's maps as a labelled Figure (``plots.plot_map_grid``): one column per twin,
         rows image / entropy / attribution, each map row with its colour bar on one scale across the twins.
-        Per-channel entropies (1-D) have no map to draw: the row is left out and the title says so."""
+        ``model_label`` (e.g. "seg drsf, seed 0") opens the default title. Per-channel entropies (1-D)
+        have no map to draw: the row is left out and the title says so."""
         from drsf_kit.viz.plots import SYNTH_PREFIX, plot_map_grid
 
         scene, method = self.controls["scene"].value, self.controls["method"].value
@@ -511,8 +512,8 @@ class TwinExplorer(widgets.VBox):
             labels[method] = f"{method} attribution"
         if title is None:
             source = next(iter(twins))
-            title = (f"Scene {scene}: where the model looks and how sure it is, per twin "
-                     f"(attribution target chosen on {source})")
+            title = (f"{model_label + ': ' if model_label else ''}scene {scene}: where the model looks and how sure "
+                     f"it is, per twin (attribution target chosen on {source})")
             if self.entropy and not maps_2d:
                 title += "; per-channel entropies: see the table"
         # column keys as the plots read them: a twin other than the source is synthetic ("synth:<domain>")
