@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--task", choices=["det", "seg"], required=True)
     ap.add_argument("--config", default=None)
     ap.add_argument("--level", default="ldm_gap")
-    ap.add_argument("--out", default=None, help="Markdown file (default benchmarks/results/v3_arms_<task>.md)")
+    ap.add_argument("--out", default=None, help="Markdown file (default benchmarks/results/v3_arms/validation_<task>.md)")
     args = ap.parse_args(argv)
     config = args.config or str(ROOT / "configs" / "protocol" / f"{args.task}_v3_arms.yaml")
     proto, run = load_protocol(args.task, config)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> str:
         lines.append(f"| {name} | {', '.join(f's{s} {per_seed[s]:.1f}' for s in seeds)} | "
                      f"{np.mean(list(per_seed.values())):.1f} | {diff} | {', '.join(sorted(set(states[name])))} |")
     text = "\n".join(lines) + "\n"
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"v3_arms_{args.task}.md")
+    out = Path(args.out or ROOT / "benchmarks" / "results" / "v3_arms" / f"validation_{args.task}.md")
     out.write_text(text, encoding="utf-8")
     print(text)
     return text
