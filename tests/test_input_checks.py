@@ -358,3 +358,23 @@ def test_the_app_token_is_not_on_the_command_line(tmp_path):
     assert env[TOKEN_ENV] == secret and env["PATH"] == "/bin"
     assert TOKEN_ENV not in token_env({TOKEN_ENV: "inherited"}, "")  # --no-token: no stray token either
     assert "--Voila.token=" in voila_command(tmp_path / "page.ipynb", 8123, token="")
+
+
+def test_a_waiting_writer_takes_the_synth_lock_once_the_first_releases_it(tmp_path):
+    """Runs trained side by side share one synth folder: the later worker waits instead of failing."""
+    import threading
+
+    from drsf_kit.errors import RunInUseError
+    from drsf_kit.utils.lock import RunLock
+
+    first = RunLock(tmp_path, name=".lock").acquire()
+    other = RunLock(tmp_path, name=".lock")
+    other.me = {**other.me, "pid": other.me["pid"] + 1}  # a second writer: another (live-looking) process
+    first_me = first.me
+    with pytest.raises(RunInUseError):
+        other.acquire()  # without waiting: refused at once, as a second `drsf synth` is
+    timer = threading.Timer(1.0, first.release)
+    timer.start()
+    got = other.acquire(wait=30)
+    assert got.held and json.loads((tmp_path / ".lock").read_text())["pid"] == first_me["pid"] + 1
+    got.release()

@@ -154,8 +154,12 @@ def _new_stats() -> dict:
     return {"generated": 0, "resumed": 0, "filtered": 0, "skipped": {}, "seconds": 0.0}
 
 
-def run_synth(cfg: SynthConfig) -> dict:
-    """Generate every pending twin of ``cfg``; returns (and saves) a summary with per-domain counts."""
+def run_synth(cfg: SynthConfig, wait: float = 0.0) -> dict:
+    """Generate every pending twin of ``cfg``; returns (and saves) a summary with per-domain counts.
+
+    A second writer into the same folder (and shard) is refused at once; ``wait`` > 0 instead waits up
+    to that many seconds for the first to finish (workers of one workflow, which then find the twins made).
+    """
     validate_config(cfg)
     with_mask = _needs_masks(cfg)
     try:
@@ -169,7 +173,7 @@ def run_synth(cfg: SynthConfig) -> dict:
     base = Path(cfg.out) / cfg.backend
     # one writer per output folder and shard (shards of one folder run side by side): a second run into
     # the same place is refused at once, naming the first, instead of deleting its temporary files
-    lock = RunLock(base, name=lock_name(cfg.shard)).acquire()
+    lock = RunLock(base, name=lock_name(cfg.shard)).acquire(wait=wait)
     try:
         return _run_locked(cfg, ds, ids, base, with_mask)
     finally:

@@ -47,8 +47,19 @@ class RunLock:
         except (OSError, ValueError):
             return None
 
-    def acquire(self) -> "RunLock":
-        """Take the lock or raise ``RunInUseError``."""
+    def acquire(self, wait: float = 0.0) -> "RunLock":
+        """Take the lock or raise ``RunInUseError``; with ``wait`` > 0, first wait up to that many seconds
+        for a live holder to release it (side-by-side workers of one workflow that share a folder)."""
+        deadline = time.monotonic() + float(wait)
+        while True:
+            try:
+                return self._acquire()
+            except RunInUseError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({**self.me, "since": round(time.time(), 3)}).encode("utf-8")
         try:

@@ -92,6 +92,10 @@ def ensure_data(root: str | os.PathLike, sizes: dict | None = None, seed: int = 
     return make_mini_weather(root, seed=seed, progress=progress)
 
 
+# How long a run waits for another worker generating the same twins (the embedded data's twins take a minute).
+SYNTH_WAIT_S = 3600.0
+
+
 def ensure_synth(data_root: str | os.PathLike, synth_root: str | os.PathLike, seed: int = 0, device: str = "auto",
                  domains: Iterable[str] | None = None, progress: bool = False) -> Path:
     """The pseudo-domain folder ``synth_root`` (``<out>/<backend>``), generating the missing twins of
@@ -102,7 +106,9 @@ def ensure_synth(data_root: str | os.PathLike, synth_root: str | os.PathLike, se
                           f"{', '.join(GENERATORS)}")
     cfg = SynthConfig(data=str(data_root), out=str(synth_root.parent), backend=synth_root.name, seed=seed,
                       device=device, progress=progress, **({"domains": tuple(domains)} if domains else {}))
-    run_synth(cfg)
+    # runs trained side by side share the folder: a later one waits for the first writer, then finds the
+    # twins made (a second `drsf synth` into the folder is still refused at once)
+    run_synth(cfg, wait=SYNTH_WAIT_S)
     return synth_root
 
 
