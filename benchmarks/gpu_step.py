@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from drsf_kit.config import load_config
-from drsf_kit.models import VARIANTS, get_variant
+from drsf_kit.models import VARIANTS
 from drsf_kit.data.twins import TwinBatch
 from drsf_kit.train.engine import build_model_for, build_optimizer, train_step
 from drsf_kit.train.precision import describe, grad_scaler, resolve_amp_dtype
@@ -82,7 +82,7 @@ def measure(config: str, variant: str, device: torch.device, steps: int, warmup:
     scaler = grad_scaler(device, amp_dtype)
     hw = TOY_HW[task] if toy else (tuple(cfg.train.crop_size) if task == "seg" and cfg.train.crop_size else DWD_HW)
     g = torch.Generator().manual_seed(0)
-    twins = get_variant(variant).use_synth
+    twins = cfg.spec.use_synth
     batch = synthetic_batch(task, cfg.train.batch_source, twins, hw, len(cfg.data.synth_domains), g)
     if device.type == "cuda":
         batch = batch.pin_memory()

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from drsf_kit.workflows import runs as workflows
-from drsf_kit.models import VARIANTS, get_variant
+from drsf_kit.models import VARIANTS
 from drsf_kit.train.rundir import RunDir
 from drsf_kit.utils.io import atomic_write_json, atomic_write_text
 
@@ -58,7 +58,7 @@ def train_one(task: str, variant: str, seed: int, args) -> dict:
         raise SystemExit(f"error: {cfg.run_dir} holds a finished run of another config ({', '.join(keys)}); "
                          "pass --fresh to retrain it or choose another --out")
     workflows.ensure_data(cfg.data.root)
-    if get_variant(variant).use_synth:
+    if cfg.spec.use_synth:
         workflows.ensure_synth(cfg.data.root, cfg.data.synth_root)
     cmd = [sys.executable, "-m", "drsf_kit", "train", "--config", str(config), f"variant={variant}", f"seed={seed}",
            "--no-progress", *(["--overwrite"] if args.fresh else ["--resume", "--start-over"]), *run_overrides(args)]

@@ -139,9 +139,9 @@ def protocol_trials(variant: str, task: str, block: str, first: int, trials: int
     from drsf_kit.models.hparams import default_hparams
 
     keys = block_keys(variant, block)
-    out = [("default", default_hparams(variant, task))]
+    out = [("default", default_hparams(variant, task, method))]
     for k in range(first, first + trials):
-        hp = random_hparams(variant, task, seed=k, keys=keys)
+        hp = random_hparams(variant, task, seed=k, keys=keys, method=method)
         if "method" in hp:
             hp["method"] = method
         out.append((f"{block}-t{k}", hp))
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = block_keys(args.variant, args.block)
     metric = "map50_voc07" if args.task == "det" else "miou"
     for trial in range(args.first_trial, args.first_trial + args.trials):
-        hp = random_hparams(args.variant, args.task, seed=trial, keys=keys)
+        hp = random_hparams(args.variant, args.task, seed=trial, keys=keys, method=args.method)
         if "method" in hp:
             hp["method"] = args.method
         t0 = time.perf_counter()

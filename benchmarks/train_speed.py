@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from drsf_kit.config import load_config
-from drsf_kit.models import VARIANTS, get_variant
+from drsf_kit.models import VARIANTS
 from drsf_kit.data.twins import TwinCollate
 from drsf_kit.train.data import build_train_set
 from drsf_kit.train.samplers import TwinBatchSampler
@@ -46,7 +46,7 @@ def step_times(task: str, variant: str, steps: int, overrides: list[str]) -> dic
     seed_everything(cfg.seed)
     train_set = build_train_set(cfg)
     sampler = TwinBatchSampler(train_set.twin_table, cfg.train.batch_source, cfg.seed,
-                               use_twins=get_variant(variant).use_synth)
+                               use_twins=cfg.spec.use_synth)
     collate = TwinCollate(task)
     model = build_model_for(cfg)
     optimizer = build_optimizer(model, cfg.train)

@@ -18,6 +18,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,9 +27,9 @@ from drsf_kit.data.check import find_domains
 from drsf_kit.data.classes import PSEUDO_DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS
 from drsf_kit.data.dwd import PROTOCOLS, split_for, split_ids
 from drsf_kit.errors import ConfigError, DataError
-from drsf_kit.models import VARIANTS, get_variant
+from drsf_kit.models import VARIANTS, VariantSpec, get_variant
 from drsf_kit.models.dfdr import DFDRHparams
-from drsf_kit.models.hparams import resolve_hparams
+from drsf_kit.models.hparams import pin_method, resolve_hparams
 from drsf_kit.models.mdsf import MDSFHparams
 
 # Where the demo's things live, relative to the project root: the one definition every entry point reads.
@@ -137,6 +138,21 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @cached_property
+    def spec(self) -> VariantSpec:
+        """The variant's spec (which blocks, whether it trains on twins): resolved once, read everywhere."""
+        return get_variant(self.variant)
+
+    @cached_property
+    def hparams(self) -> types.MappingProxyType:
+        """The variant's resolved hyperparameters (defaults + ``model.hparams``, the DRSF method pinned),
+        read-only; resolved once and never saved (``config_to_dict`` saves ``model.hparams``)."""
+        return types.MappingProxyType(resolve_hparams(self.variant, self.task, self.model.hparams))
+
+    def __getstate__(self) -> dict:
+        """Pickle and deepcopy the fields only: ``spec`` and ``hparams`` are resolved again on first use."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("spec", "hparams")}
 
     @property
     def name(self) -> str:
@@ -404,13 +420,21 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), v
 
 
 def config_to_dict(cfg: RunConfig) -> dict:
-    """A JSON-ready nested mapping of ``cfg`` (tuples become lists)."""
-    return dataclasses.asdict(cfg)
+    """A JSON-ready nested mapping of ``cfg`` (tuples become lists), as a run folder saves it.
+
+    ``model.hparams`` names the DRSF design the blocks are built with (``pin_method``), so a saved run
+    rebuilds the same model after the kit's default design changes, and a run saved under another
+    default compares as another config.
+    """
+    out = dataclasses.asdict(cfg)
+    out["model"]["hparams"] = pin_method(cfg.variant, out["model"]["hparams"])
+    return out
 
 
 def with_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
     """A copy of ``cfg`` with dotted ``key=value`` overrides applied (notebooks, sweeps)."""
-    return config_from_dict(config_to_dict(cfg), overrides)
+    # the plain mapping: a pinned method would follow a variant override onto a variant without blocks
+    return config_from_dict(dataclasses.asdict(cfg), overrides)
 
 
 def _check_choice(value: str, valid: Iterable[str], key: str) -> None:
@@ -502,7 +526,7 @@ def validate_config(cfg: RunConfig) -> None:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
     _check_ranges(cfg)
 
-    resolve_hparams(cfg.variant, cfg.task, cfg.model.hparams)  # a key the variant does not use is an error
+    cfg.hparams  # noqa: B018  (resolving is the check: a key the variant does not use is an error)
     _check_hparam_types(cfg.model.hparams)
     if cfg.train.keep_checkpoints < 1:
         raise ConfigError(f"train.keep_checkpoints must be at least 1, got {cfg.train.keep_checkpoints}")
@@ -521,7 +545,7 @@ def check_paths(cfg: RunConfig, need_synth: bool | None = None) -> None:
             f"`drsf data make-mini --out {root}` or point data.root=PATH at a dataset folder"
         )
     if need_synth is None:
-        need_synth = get_variant(cfg.variant).use_synth
+        need_synth = cfg.spec.use_synth
     if need_synth:
         synth = Path(cfg.data.synth_root)
         if not synth.is_dir():

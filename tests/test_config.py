@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,13 @@ from drsf_kit.config import (
     parse_overrides,
     with_overrides,
 )
+import drsf_kit.config as config_module
 from drsf_kit.errors import ConfigError
+from drsf_kit.models import get_variant
+from drsf_kit.models.hparams import DEFAULT_METHOD, LEGACY_METHOD
+from drsf_kit.train.builders import build_model_for
+from drsf_kit.train.evaluate import read_run_config
+from drsf_kit.train.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +55,51 @@ def test_yaml_file_then_overrides_and_round_trip(tmp_path):
     assert (cfg.task, cfg.variant, cfg.train.max_steps, cfg.train.lr_steps) == ("seg", "mdsf", 50, (10, 20))
     assert cfg.model.hparams == {"alpha": 0.4, "p_mix": 0.7}
     assert cfg.name == "seg-mdsf-0"
-    again = config_from_dict(config_to_dict(cfg))
-    assert again == cfg
+    saved = config_to_dict(cfg)
+    again = config_from_dict(saved)
+    # the saved form names the DRSF design the model is built with; it round-trips unchanged
+    assert saved["model"]["hparams"] == {"alpha": 0.4, "p_mix": 0.7, "method": DEFAULT_METHOD}
+    assert again == dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hparams=saved["model"]["hparams"]))
+    assert config_to_dict(again) == saved
+
+
+def test_saved_config_pins_the_method_and_an_old_folder_reads_as_v2(tmp_path):
+    """A run folder records its DRSF design; one saved before the kit did so reads as the old default."""
+    cfg = config_from_dict({"variant": "drsf", "output_dir": str(tmp_path), "run_name": "r"})
+    assert config_to_dict(cfg)["model"]["hparams"] == {"method": DEFAULT_METHOD}
+    assert config_to_dict(with_overrides(cfg, ["variant=naive_synth"]))["model"]["hparams"] == {}
+    assert config_to_dict(config_from_dict({"variant": "drsf", "model": {"hparams": {"method": "v1"}}}))["model"]["hparams"] == {"method": "v1"}
+    run = RunDir(cfg.run_dir)
+    old = config_to_dict(cfg)
+    old["model"]["hparams"] = {}
+    run.path.mkdir(parents=True)
+    run.write_config(old)
+    assert run.read_config()["model"]["hparams"] == {"method": LEGACY_METHOD} != {"method": DEFAULT_METHOD}
+    assert read_run_config(run.path).model.hparams == {"method": "v2"}
+    plain = config_to_dict(config_from_dict({"variant": "naive_synth"}))
+    run.write_config(plain)
+    assert run.read_config()["model"]["hparams"] == {}
+
+
+def test_config_resolves_variant_and_hparams_once(monkeypatch):
+    """The config carries the resolved variant: building, checking and reading it resolves the hparams
+    once, and the resolved mapping is read-only, unsaved and equal to what the model is built with."""
+    calls = []
+    real = config_module.resolve_hparams
+    monkeypatch.setattr(config_module, "resolve_hparams", lambda *a, **k: calls.append(a) or real(*a, **k))
+    cfg = config_from_dict({"variant": "drsf", "task": "seg", "model": {"hparams": {"rho": 0.25}}})
+    for _ in range(3):
+        assert cfg.hparams["rho"] == 0.25 and cfg.hparams["method"] == DEFAULT_METHOD
+        assert cfg.spec is cfg.spec and cfg.spec == get_variant("drsf")
+    assert len(calls) == 1
+    with pytest.raises(TypeError):
+        cfg.hparams["rho"] = 0.5
+    assert "hparams" not in dataclasses.asdict(cfg) and config_to_dict(cfg)["model"]["hparams"] == {"rho": 0.25, "method": DEFAULT_METHOD}
+    model = build_model_for(cfg, load_pretrained=False)
+    assert model.hparams == dict(cfg.hparams)
+    # a copy with another variant resolves its own spec (the saved method does not follow onto a variant without blocks)
+    plain = with_overrides(config_from_dict({"variant": "drsf"}), ["variant=naive_synth"])
+    assert plain.spec == get_variant("naive_synth") and dict(plain.hparams) == {"twins_per_source": 1}
 
 
 def test_unknown_keys_list_the_valid_ones(tmp_path):

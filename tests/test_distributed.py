@@ -259,9 +259,11 @@ def test_two_nodes_train_a_detector_with_both_blocks(tiny_weather, synth_root, t
     # the multi-node launch, both "nodes" on this machine: two torchrun agents meet at a c10d rendezvous
     # and start one process each. drsf (DFDR + MDSF) on the detector also checks that every parameter
     # gets a gradient (DDP without find_unused_parameters) and that rank > 0 draws its own MDSF mixing.
+    # The default design (v3) with its optional adversary on, so that the discriminator is trained under DDP too.
     endpoint = f"127.0.0.1:{free_port()}"
     args = ["--config", str(CONFIGS / "mini_det.yaml"), f"data.root={tiny_weather}", f"data.synth_root={synth_root}",
-            f"output_dir={tmp_path}", "run_name=nodes", "variant=drsf", "train.batch_source=1", "train.max_steps=2",
+            f"output_dir={tmp_path}", "run_name=nodes", "variant=drsf", "model.hparams.w_adv=0.1",
+            "train.batch_source=1", "train.max_steps=2",
             "train.log_every=1", "train.warmup_steps=1", "eval.max_images=1", "eval.batch_size=2"]
     nodes = [torchrun(["--nnodes=2", f"--node_rank={r}", "--nproc_per_node=1", "--rdzv-backend=c10d",
                        f"--rdzv-endpoint={endpoint}", "--rdzv-id=drsf-test"], args) for r in (0, 1)]

@@ -1,4 +1,4 @@
-"""DRSF v2 (the default design) and the pinned first reading (``method: v1``).
+"""DRSF v2 (the default design before v3) and the pinned first reading (``method: v1``).
 
 v2: the adversary learns the domains on the kit's mini data (reversal off), DFDR's gates saturate on
 channels that differ in domain content, fused samples are added with their source's labels, the sampler
@@ -117,7 +117,7 @@ def test_fused_samples_are_added_with_their_source_labels():
     assert torch.allclose(out[6:], lam * z[[2, 3]] + (1 - lam) * z[[4, 5]])
     # in a segmenter the fused rows are trained with their source's masks
     torch.manual_seed(0)
-    model = build_model("seg", "mini", "mdsf", 3, hparams={"p_mix": 1.0, "fuse_stage": "layer1", "fuse_head": True})
+    model = build_model("seg", "mini", "mdsf", 3, hparams={"method": "v2", "p_mix": 1.0, "fuse_stage": "layer1", "fuse_head": True})
     model.train()
     images = torch.rand(6, 3, 32, 32)
     masks = torch.stack([torch.full((32, 32), i, dtype=torch.long) for i in (4, 7, 4, 7, 4, 7)])
@@ -268,7 +268,7 @@ def test_discriminator_learns_the_domains_with_reversal_off(tiny_weather, synth_
                              "variant=mdsf", "train.crop_size=[64,64]", "train.warmup_steps=0"])
     train_set = build_train_set(cfg)
     torch.manual_seed(0)
-    model = build_model("seg", "mini", "mdsf", 1 + len(cfg.data.synth_domains), hparams={"eta_max": 0.0})
+    model = build_model("seg", "mini", "mdsf", 1 + len(cfg.data.synth_domains), hparams={"method": "v2", "eta_max": 0.0})
     optimizer = build_optimizer(model, cfg.train)
     assert any(g.get("lr_mult") == 10.0 for g in optimizer.param_groups)
     n_train = 12  # sources 12..15 and their twins are held out
@@ -407,7 +407,7 @@ def test_two_twin_naive_synth_trains_like_mdsf_with_fusion_and_alignment_off(tin
     k = 1 + len(cfg.data.synth_domains)
     torch.manual_seed(0)
     naive = build_model("seg", "mini", "naive_synth", k, hparams={"twins_per_source": 2})
-    arm = build_model("seg", "mini", "mdsf", k, hparams={"eta_max": 0.0, "p_mix": 0.0})
+    arm = build_model("seg", "mini", "mdsf", k, hparams={"method": "v2", "eta_max": 0.0, "p_mix": 0.0})
     missing = arm.load_state_dict(naive.state_dict(), strict=False).missing_keys
     assert missing and all(key.startswith("mdsf.discriminator.") for key in missing)  # only the adversary differs
     losses = {}

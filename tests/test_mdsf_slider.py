@@ -23,6 +23,7 @@ from drsf_kit.data.classes import SOURCE_DOMAIN  # noqa: E402
 from drsf_kit.data.paired import PairedSynthetic  # noqa: E402
 from drsf_kit.errors import ConfigError  # noqa: E402
 from drsf_kit.models import build_model  # noqa: E402
+from drsf_kit.models.hparams import DEFAULT_METHOD  # noqa: E402
 from drsf_kit.viz import dashboard  # noqa: E402
 from drsf_kit.viz.plots import gate_histograms  # noqa: E402
 from drsf_kit.viz.widgets import mdsf_explorer, twin_explorer  # noqa: E402
@@ -87,7 +88,7 @@ def test_fusion_scenes_hold_only_the_runs_pseudo_domain_twins(run_scenes, synth_
         nbk.fusion_scenes(ctx, lone, n=2, task="seg")
 
 
-@pytest.mark.parametrize("method", ["v3", None])  # None: the default method (v2)
+@pytest.mark.parametrize("method", ["v2", None])  # None: the default method (v3)
 def test_slider_and_sweep_fuse_two_pseudo_domain_twins_of_one_source(run_scenes, synth_root, method):
     ctx, _, scenes = run_scenes
     model = Recorder(_model("seg", method))
@@ -116,7 +117,7 @@ def test_slider_and_sweep_fuse_two_pseudo_domain_twins_of_one_source(run_scenes,
     assert len(model.pairs) == 3
     for image_a, image_b in model.pairs:
         assert torch.equal(_scaled(image_a), _scaled(twin[a])) and torch.equal(_scaled(image_b), _scaled(twin[b]))
-    assert sweep.attrs["fusion"].method == (method or "v2")
+    assert sweep.attrs["fusion"].method == (method or DEFAULT_METHOD)
 
 
 def test_explorer_refuses_scenes_without_two_pseudo_domain_twins():

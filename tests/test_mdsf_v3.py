@@ -129,7 +129,8 @@ def test_v3_forwards_no_more_rows_than_the_data_matched_baseline(task):
 def test_v3_puts_dfdr_on_every_path_to_the_head():
     seg = build_model("seg", "mini", "drsf", 5, hparams={"method": "v3"})
     assert seg.dfdr_stage == "layer1" and seg.head_sources["low"] == "layer1"  # the skip reads DFDR's output
-    assert build_model("seg", "mini", "drsf", 5).dfdr_stage == "layer2"  # v2 kept where it was
+    assert build_model("seg", "mini", "drsf", 5).dfdr_stage == "layer1"  # v3 is the default design
+    assert build_model("seg", "mini", "drsf", 5, hparams={"method": "v2"}).dfdr_stage == "layer2"  # v2 kept where it was
     det = build_model("det", "mini", "drsf", 5, hparams={"method": "v3"}, min_size=32, max_size=48)
     assert det.dfdr_stage == "layer2"  # the FPN's shallowest level is layer2 already
 

@@ -75,8 +75,11 @@ def test_default_hparams_and_ranges():
     v1 = default_hparams("drsf", "det", method="v1")  # the first reading's defaults, as shipped
     assert (v1["w_align"], v1["w_rea"], v1["w_adv"], v1["alpha"], v1["p_mix"], v1["gamma_init"]) == (1.0, 0.1, 0.1, 0.4, 0.5, 0.1)
     assert resolve_hparams("drsf", "det", {"method": "v1"}) == v1
-    hp = default_hparams("drsf", "det")
-    assert hp["method"] == "v2" and hp["alpha"] >= 1.0 and hp["twins_per_source"] >= 2
+    hp = default_hparams("drsf", "det")  # the default design, v3: fusion in place at layer1, no adversary
+    assert hp["method"] == "v3" and hp["alpha"] >= 1.0 and hp["twins_per_source"] >= 2
+    assert (hp["fuse_stage"], hp["fuse_head"], hp["w_adv"]) == ("layer1", False, 0.0)
+    v2 = default_hparams("drsf", "det", method="v2")
+    assert v2["method"] == "v2" and v2["w_adv"] > 0 and v2["fuse_head"] and resolve_hparams("drsf", "det", {"method": "v2"}) == v2
     assert default_hparams("naive_consistency", "det") == {"w_cons": 1.0, "twins_per_source": 1}
     assert "alpha" not in default_hparams("dfdr", "det") and "tau" not in default_hparams("mdsf", "seg")
     assert set(HPARAM_RANGES) >= set(hp)
@@ -98,12 +101,11 @@ def test_every_variant_trains_and_evaluates(task, variant):
     spec = VARIANTS[variant]
     losses = _train_steps(model, task)
     expected = set(DET_KEYS if task == "det" else {"loss_task"})
-    if spec.use_dfdr:  # v2 defaults: top-k split (no collapse guard), domain-posterior score
+    if spec.use_dfdr:  # v3 defaults (v2's DFDR): top-k split (no collapse guard), domain-posterior score
         expected |= {"loss_align", "loss_rea", "loss_posterior", "loss_commit"}
         assert {"gate_mean", "gate_saturation", "entropy_spread", "gamma_mean"} <= set(model.last_stats)
-    if spec.use_mdsf:
-        expected |= {"loss_adv"}
-        assert {"disc_acc", "disc_prior", "disc_bal_acc_running", "grl_coeff", "fused_fraction"} <= set(model.last_stats)
+    if spec.use_mdsf:  # v3 fuses in place and builds no adversary: no loss, no discriminator statistics
+        assert model.mdsf.discriminator is None and not any(k.startswith("disc_") for k in model.last_stats)
     if spec.use_consistency:
         expected |= {"loss_cons"}
     assert set(losses) == expected
@@ -151,7 +153,7 @@ def test_swap_posterior_and_body_stage_mdsf(task, method):
 def test_blocks_receive_gradients_and_mixing_is_seeded():
     losses = []
     for _ in range(2):
-        model = _mini("seg", "drsf", hparams={"p_mix": 1.0})
+        model = _mini("seg", "drsf", hparams={"p_mix": 1.0, "w_adv": 0.1})  # v3 with its optional adversary
         images, targets, domains, pairs = _batch("seg")
         model.train()
         out = model(images, targets, domains=domains, pairs=pairs, progress=0.5, generator=torch.Generator().manual_seed(7))
@@ -159,12 +161,14 @@ def test_blocks_receive_gradients_and_mixing_is_seeded():
         losses.append({k: v.item() for k, v in out.items()})
     assert losses[0] == losses[1]
     assert model.dfdr.gate_bias.grad.abs().sum() > 0  # v2 gate
-    assert model.mdsf.discriminator.fc1.weight.grad.abs().sum() > 0  # v2 stats discriminator
+    assert "loss_adv" in losses[0]
+    disc = [m for m in model.mdsf.discriminator.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.weight.grad.abs().sum() > 0 for m in disc)  # the body-stage cell discriminator learns
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
 def test_analysis_interface(task):
-    model = _mini(task, "drsf")
+    model = _mini(task, "drsf", hparams={"w_adv": 0.1})  # v3 with an adversary, so domain_probs answers
     images, *_ = _batch(task)
     model.extract_features(images, ["layer1"])
     assert model.training  # analysis calls run in eval mode and restore the caller's mode
@@ -174,7 +178,7 @@ def test_analysis_interface(task):
     with torch.no_grad():
         feats = model.extract_features(images, names)
         assert all(v.dim() == 4 and v.shape[0] == 4 for v in feats.values())
-        assert torch.allclose(feats["dfdr.shared"] + feats["dfdr.private"], feats["layer2"], atol=1e-5)
+        assert torch.allclose(feats["dfdr.shared"] + feats["dfdr.private"], feats[model.dfdr_stage], atol=1e-5)
         dfdr = model.dfdr_outputs(images)
         assert dfdr.gate.shape == (4, model.dfdr.channels)
         probs = model.domain_probs(images)
@@ -189,10 +193,12 @@ def test_analysis_interface(task):
         assert torch.allclose(same["prediction"]["scores"], own["scores"], atol=1e-5)
     else:
         assert torch.allclose(same["prediction"], own, atol=1e-5)
-    key = f"head.{model.disc_key}"
+    # v3 mixes styles at fuse_stage; "features" is then the map its adversary reads, image_a's content
+    key = "dfdr" if model.dfdr_stage == model.mdsf.hparams.adv_stage else model.mdsf.hparams.adv_stage  # it reads DFDR's output
     pair = model.extract_features([a, b] if task == "det" else torch.stack([a, b]), [key])[key]
-    assert torch.allclose(half["features"], 0.5 * (pair[0] + pair[1]), atol=1e-5)
-    assert half["domain_probs"].shape == (3,)
+    assert torch.allclose(same["features"], pair[0], atol=1e-5)
+    assert not torch.allclose(half["features"], pair[0], atol=1e-3)
+    assert half["domain_probs"].shape == (3,) and torch.isclose(half["domain_probs"].sum(), torch.tensor(1.0))
     with pytest.raises(ConfigError, match="valid"):
         model.extract_features(images, ["nope"])
 
@@ -235,13 +241,14 @@ def test_build_config_rebuilds_the_architecture():
 def test_torchvision_profiles_build_with_explicit_sizes():
     det = build_model("det", "frcnn_r50_fpn", "drsf", 5)
     assert det.transform.min_size == (800,) and det.transform.max_size == 1333
-    assert det.dfdr.channels == 512  # after ResNet layer2
+    assert det.dfdr.channels == 256  # v3: DFDR at layer1, the shallowest map the FPN reads
+    assert build_model("det", "frcnn_r50_fpn", "drsf", 5, hparams={"method": "v2"}).dfdr.channels == 512  # v2: layer2
     small = build_model("det", "frcnn_r50_fpn", "source_only", 5, min_size=64, max_size=96)
     small.eval()
     with torch.no_grad():
         out = small([torch.rand(3, 64, 96)])
     assert set(out[0]) == {"boxes", "scores", "labels"}
-    seg = build_model("seg", "deeplabv3_r50", "drsf", 5)
+    seg = build_model("seg", "deeplabv3_r50", "drsf", 5, hparams={"method": "v2"})
     assert seg.mdsf.discriminator.fc1.in_features == 2 * 2048 and seg.num_classes == 19
 
 

@@ -151,9 +151,12 @@ def test_an_arm_is_its_variant_with_overrides_and_is_compared_with_it(protocol, 
     job = next(j for j in todo if j["variant"] == "mdsf_twins_only")
     cfg = protocol.run_config("det", proto, run, job, tmp_path / "w.pt")
     assert cfg.variant == "mdsf" and cfg.name == "det-ldm-mdsf_twins_only-s0"
-    assert cfg.model.hparams == {"eta_max": 0.0, "p_mix": 0.0}
+    assert proto["method"] == "v2"  # protocol v2's rows were trained with the v2 design: its config pins it
+    assert cfg.model.hparams == {"eta_max": 0.0, "p_mix": 0.0, "method": "v2"}
     plain = protocol.run_config("det", proto, run, next(j for j in todo if j["variant"] == "mdsf"), tmp_path / "w.pt")
-    assert plain.variant == "mdsf" and plain.model.hparams == {} and plain.name == "det-ldm-mdsf-s0"
+    assert plain.variant == "mdsf" and plain.model.hparams == {"method": "v2"} and plain.name == "det-ldm-mdsf-s0"
+    naive = protocol.run_config("det", proto, run, next(j for j in todo if j["variant"] == "naive_synth"), tmp_path / "w.pt")
+    assert naive.model.hparams == {}  # a variant without blocks has no design to pin
     rows = []
     for seed in (0, 1):
         rows += _rows("mdsf", seed, {"daytime_foggy": 0.50, "night_rainy": 0.40}, val=0.3)
@@ -196,6 +199,33 @@ def test_levels_name_their_failure_strength_and_appearance_gap(protocol, tmp_pat
     for bad in ({"appearance_gap": 2.0}, {"strength": 1.0}, "ldm"):
         with pytest.raises(ConfigError, match="appearance gap|protocol level"):
             protocol.level_profile({"levels": {"x": bad}}, "x")
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_the_confirmation_builds_are_fresh_and_pin_the_method(protocol, task):
+    """The pre-registered builds (docs/preregistration.md): new data, twins and warm start per build, the
+    base protocol's train config unchanged, the five variants at both levels, drsf as design v3."""
+    base_proto, base_run = protocol.load_protocol(task)
+    seen = {base_proto["build"]["seed"], 1}  # build 0 (protocol v2) and build 1 (the v2 ldm confirmation) were scored
+    folders = set()
+    for build in (2, 3):
+        proto, run = protocol.load_protocol(task, str(ROOT / "configs" / "protocol" / "confirm" / f"{task}_b{build}.yaml"))
+        assert proto["build"]["seed"] == proto["synth_seed"] == proto["pretrain"]["seed"] == build and build not in seen
+        assert {k: v for k, v in proto["pretrain"].items() if k != "seed"} == {
+            k: v for k, v in base_proto["pretrain"].items() if k != "seed"}
+        assert run["data"].pop("root") == proto["data_root"]
+        assert run == {**base_run, "data": {k: v for k, v in base_run["data"].items() if k != "root"}}
+        assert proto["variants"] == {level: ["source_only", "naive_synth", "naive_consistency", "mdsf_twins_only", "drsf"]
+                                     for level in ("ldm", "ldm_gap")}
+        assert len(proto["seeds"]) == 5 and proto["method"] == "v3"
+        synth = protocol.synth_config(proto, run, "ldm_gap", progress=False)
+        assert (synth.seed, synth.data) == (build, proto["data_root"])
+        assert (synth.fidelity, synth.appearance_gap) == protocol.level_profile(base_proto, "ldm_gap")  # no recalibration
+        jobs = protocol.jobs_of(proto, None, ["ldm"], [0])
+        drsf = protocol.run_config(task, proto, run, next(j for j in jobs if j["variant"] == "drsf"), Path("w.pt"))
+        assert drsf.model.hparams == {"method": "v3"}
+        folders |= {proto["data_root"], proto["synth_out"], proto["output_dir"]}
+    assert len(folders) == 6  # nothing shared between the two builds
 
 
 def test_regime_ratio_and_margin_by_hand(protocol, tmp_path):

@@ -38,7 +38,7 @@ def test_protocol_trials_start_from_the_defaults_and_draw_one_block(load_benchma
     search = load_benchmark("search_hparams")
     trials = search.protocol_trials("drsf", "det", "dfdr", 0, 3, "v2")
     assert [name for name, _ in trials] == ["default", "dfdr-t0", "dfdr-t1", "dfdr-t2"]
-    defaults = default_hparams("drsf", "det")
+    defaults = default_hparams("drsf", "det", "v2")  # the trials of a v2 search start from v2's defaults
     assert trials[0][1] == defaults
     dfdr_keys = set(search.block_keys("drsf", "dfdr"))
     for _, hp in trials[1:]:

@@ -99,15 +99,18 @@ def test_every_variant_trains_and_writes_its_run(tiny_weather, synth_root, tmp_p
     assert run_dir == tmp_path / "runs" / f"{task}-{variant}-0"
     for name in ("config.json", "metrics.jsonl", "results.jsonl", "done", "checkpoints/last.pt"):
         assert (run_dir / name).is_file(), name
-    assert json.loads((run_dir / "config.json").read_text())["variant"] == variant
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["variant"] == variant
+    spec = VARIANTS[variant]
+    # the run records the DRSF design it was built with (the default, v3), so it rebuilds after a default changes
+    assert saved["model"]["hparams"].get("method") == ("v3" if spec.use_dfdr or spec.use_mdsf else None)
     steps = losses_by_step(run_dir)
     assert sorted(steps) == [1, 2]
-    spec = VARIANTS[variant]
     for row in steps.values():
         terms = {k: v for k, v in row.items() if k.startswith("loss_")}
         assert terms and all(math.isfinite(v) for v in terms.values())
-        assert ("loss_align" in terms) == spec.use_dfdr and ("loss_adv" in terms) == spec.use_mdsf
-        assert ("stats/disc_acc" in row) == spec.use_mdsf
+        assert ("loss_align" in terms) == spec.use_dfdr and ("loss_cons" in terms) == spec.use_consistency
+        assert "loss_adv" not in terms and "stats/disc_acc" not in row  # v3 fuses without an adversary
     start = read_jsonl(run_dir / "metrics.jsonl")[0]
     assert start["event"] == "start" and start["twin_coverage"] == (1.0 if spec.use_synth else 0.0)
     rows = read_jsonl(run_dir / "results.jsonl")

@@ -327,15 +327,19 @@ def test_mdsf_explorer_with_a_kit_model():
     """The explorer drives a real (untrained, tiny) DRSF segmenter through predict_mixed."""
     from drsf_kit.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model("seg", "mini", "drsf", num_domains=5)
     image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))
-    explorer = mdsf_explorer(model, {"s": {SOURCE_DOMAIN: image, "daytime_foggy": 0.5 * image + 0.5,
-                                           "night_sunny": 0.3 * image}})
+    scenes = {"s": {SOURCE_DOMAIN: image, "daytime_foggy": 0.5 * image + 0.5, "night_sunny": 0.3 * image}}
+    torch.manual_seed(0)
+    model = build_model("seg", "mini", "drsf", num_domains=5, hparams={"w_adv": 0.1})  # v3 with its adversary
+    explorer = mdsf_explorer(model, scenes)
     assert explorer.features.ndim == 3 and explorer.domain_probs.sum() == pytest.approx(1.0, abs=1e-4)
     features, probs = explorer.features.copy(), explorer.domain_probs.copy()
     explorer.controls["lam"].value = 0.0
     assert not np.allclose(explorer.features, features) and not np.allclose(explorer.domain_probs, probs)
+    plain = mdsf_explorer(build_model("seg", "mini", "drsf", num_domains=5), scenes)  # the default: no adversary
+    features = plain.features.copy()
+    plain.controls["lam"].value = 0.0
+    assert not np.allclose(plain.features, features) and plain.domain_probs is None and "no adversary" in plain.status.value
 
 
 def test_discriminator_outputs_are_labelled_with_the_runs_own_domain_order():
@@ -348,7 +352,8 @@ def test_discriminator_outputs_are_labelled_with_the_runs_own_domain_order():
     from drsf_kit.train.engine import build_model_for
 
     def status_top(order):
-        cfg = config_from_dict({"task": "seg", "variant": "drsf", "data": {"synth_domains": list(order)}})
+        cfg = config_from_dict({"task": "seg", "variant": "drsf", "data": {"synth_domains": list(order)},
+                                "model": {"hparams": {"w_adv": 0.1}}})  # v3 with its adversary
         torch.manual_seed(0)
         model = build_model_for(cfg, load_pretrained=False).eval()
         assert model.domain_names == (SOURCE_DOMAIN, *order)

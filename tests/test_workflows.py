@@ -71,6 +71,10 @@ def test_require_runs_refuses_runs_of_mixed_settings(tmp_path):
     with pytest.raises(ConfigError, match=rf"trained with other settings \(train\.max_steps: {steps} -> 100\); one table"):
         workflows.require_runs(tmp_path, "det", ["source_only", "drsf"], [0, 1], root=ROOT)
     assert b.path in workflows.require_runs(tmp_path, "det", ["source_only", "drsf"], [0, 1], reuse_anyway=True, root=ROOT)
+    # a run records its DRSF design: runs of two designs do not share a table, a run without blocks is no mismatch
+    _finished(workflows.run_config("det", "drsf", 1, [*base, "model.hparams.method=v2"], root=ROOT))
+    with pytest.raises(ConfigError, match=r"model\.hparams: \{'method': 'v3'\} -> \{'method': 'v2'\}"):
+        workflows.require_runs(tmp_path, "det", ["drsf"], [0, 1], root=ROOT)
 
 
 def test_demo_configs_fine_tune_from_the_shipped_warm_starts():

@@ -13,7 +13,7 @@ import os
 import sys
 
 from drsf_kit import __version__
-from drsf_kit.cli import app, batch, data, demo, gap, pretrain, protocol, synth, train, warm_start
+from drsf_kit.cli import app, batch, confirm, data, demo, gap, pretrain, protocol, synth, train, warm_start
 from drsf_kit.errors import DrsfError
 
 # verb -> function registering it on the sub-parsers; the order is the order of `drsf --help`
@@ -25,6 +25,7 @@ COMMANDS = {
     "eval": train.add_eval_parser,
     "gap": gap.add_parser,
     "protocol": protocol.add_parser,
+    "confirm": confirm.add_parser,
     "batch": batch.add_parser,
     "demo": demo.add_parser,
     "warm-start": warm_start.add_parser,

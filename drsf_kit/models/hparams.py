@@ -5,8 +5,13 @@ blocks it uses (``source_only`` has none; ``naive_consistency`` owns ``w_cons``;
 on twins owns ``twins_per_source``).
 Every default marked "our reading" in ``docs/method.md`` is set here.
 
-``method`` selects the design: ``v2`` (default) or ``v1``, the first reading, whose defaults are
-``V1_DEFAULTS``. A v1 model ignores the v2-only keys (it carries them with their v2 defaults).
+``method`` selects the design: ``v3`` (default since the v3 design arms, docs/method.md section 0b),
+``v2``, or ``v1``, the first reading, whose defaults are ``V1_DEFAULTS``. The block dataclasses' field
+defaults are v2's; ``V3_DEFAULTS`` and ``V1_DEFAULTS`` hold what the other designs change. A model
+ignores the keys its design does not read (it carries them with their v2 defaults).
+
+A run records its method: ``pin_method`` writes the resolved one into the run folder's config. A run
+folder without one was written before v3 became the default and was trained with ``LEGACY_METHOD``.
 """
 
 from __future__ import annotations
@@ -39,8 +44,15 @@ CONSISTENCY_DEFAULTS: dict[str, Any] = {"w_cons": 1.0}
 # default 1, so `naive_synth` with `twins_per_source: 2` is naive training on the twins MDSF sees.
 SYNTH_DEFAULTS: dict[str, Any] = {"twins_per_source": 1}
 
+# The design a config without ``method`` gets: v3, the one the v3 design arms chose on training-domain
+# validation (configs/protocol/det_v3_arms.yaml, docs/method.md section 0b).
+DEFAULT_METHOD = "v3"
+# The design of a run folder whose config holds no ``method``: the kit's default before v3 (such folders
+# were written before the kit recorded the method in every run it starts).
+LEGACY_METHOD = "v2"
+
 # Search ranges: ("log_uniform", lo, hi), ("uniform", lo, hi) or ("choice", [options]). Ranges of the
-# v2 design (a search of method v1 fixes "method" to v1 and draws the same keys).
+# v2 design, the one the searches tuned (a search of method v1 fixes "method" to v1 and draws the same keys).
 HPARAM_RANGES: dict[str, tuple] = {
     "method": ("choice", ["v2"]),
     "split": ("choice", ["topk", "soft"]),
@@ -124,10 +136,10 @@ def hparam_keys(variant: str) -> tuple[str, ...]:
     return tuple(default_hparams(variant, "det"))
 
 
-def default_hparams(variant: str, task: str, method: str = "v2") -> dict[str, Any]:
+def default_hparams(variant: str, task: str, method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """Default hyperparameters of ``variant`` for ``task`` (a new dict; empty for source_only).
 
-    ``method="v1"`` gives the first reading's defaults (``V1_DEFAULTS``).
+    ``method="v2"`` gives v2's defaults, ``method="v1"`` the first reading's (``V1_DEFAULTS``).
     """
     out: dict[str, Any] = {}
     for block in _block_defaults(variant, normalize_task(task), method):
@@ -138,14 +150,26 @@ def default_hparams(variant: str, task: str, method: str = "v2") -> dict[str, An
 def resolve_hparams(variant: str, task: str, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Defaults of (variant, task) updated with ``overrides``; a key the variant does not use is an error."""
     overrides = dict(overrides or {})
-    method = overrides.get("method", "v2")
-    hp = default_hparams(variant, task, method if "method" in hparam_keys(variant) else "v2")
+    method = overrides.get("method", DEFAULT_METHOD)
+    hp = default_hparams(variant, task, method if "method" in hparam_keys(variant) else DEFAULT_METHOD)
     for key, value in overrides.items():
         if key not in hp:
             valid = ", ".join(hp) or "none (this variant has no DRSF blocks)"
             raise ConfigError(f"hparam {key!r} does not apply to variant {variant!r}; valid keys: {valid}")
         hp[key] = value
     return hp
+
+
+def pin_method(variant: str, overrides: Optional[Mapping[str, Any]], method: str = DEFAULT_METHOD) -> dict[str, Any]:
+    """``overrides`` with ``method`` set when ``variant`` has DRSF blocks and they name none (a new dict).
+
+    A run pins ``DEFAULT_METHOD`` before its config is saved, so the folder rebuilds the same model after
+    the kit's default changes; reading a folder saved without one pins ``LEGACY_METHOD``.
+    """
+    out = dict(overrides or {})
+    if "method" not in out and "method" in hparam_keys(variant):
+        out["method"] = method
+    return out
 
 
 def split_hparams(hp: Mapping[str, Any]) -> tuple[Optional[DFDRHparams], Optional[MDSFHparams]]:
@@ -157,13 +181,15 @@ def split_hparams(hp: Mapping[str, Any]) -> tuple[Optional[DFDRHparams], Optiona
     return dfdr, mdsf
 
 
-def random_hparams(variant: str, task: str, seed: int, keys: Optional[list[str]] = None) -> dict[str, Any]:
+def random_hparams(variant: str, task: str, seed: int, keys: Optional[list[str]] = None,
+                   method: str = "v2") -> dict[str, Any]:
     """One draw from ``HPARAM_RANGES`` for the keys of ``variant`` (seeded; for sweeps).
 
-    ``keys`` limits the draw to those keys (e.g. one block's); the others keep their defaults.
+    ``keys`` limits the draw to those keys (e.g. one block's); the others keep ``method``'s defaults
+    (v2's by default: the ranges are v2's).
     """
     rng = random.Random(seed)
-    hp = default_hparams(variant, task)
+    hp = default_hparams(variant, task, method)
     for key in hp:
         if keys is not None and key not in keys:
             continue

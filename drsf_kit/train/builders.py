@@ -23,7 +23,7 @@ def build_model_for(cfg: RunConfig, load_pretrained: bool = True) -> torch.nn.Mo
     pretrained = cfg.model.pretrained_backbone
     frozen = cfg.model.frozen_bn if cfg.model.frozen_bn is not None else (pretrained is not None if cfg.task == "det" else None)
     model = build_model(cfg.task, cfg.model.profile, cfg.variant, num_domains=1 + len(cfg.data.synth_domains),
-                       hparams=dict(cfg.model.hparams) or None,
+                       hparams=dict(cfg.hparams) or None,
                        pretrained_backbone=find_weights(pretrained) if load_pretrained and pretrained else None,
                        dfdr_stage=cfg.model.dfdr_stage, mdsf_stage=cfg.model.mdsf_stage, frozen_bn=frozen,
                        domain_names=(cfg.data.source_domain, *cfg.data.synth_domains), **sizes)

@@ -11,7 +11,6 @@ from drsf_kit.data.dwd import DWDDetection
 from drsf_kit.data.paired import PairedSynthetic
 from drsf_kit.data.twins import ManifestTwins, TwinTrainSet
 from drsf_kit.errors import DataError
-from drsf_kit.models import get_variant
 
 
 def source_dataset(cfg, domain: str, split: str, progress: bool = False) -> Dataset:
@@ -40,7 +39,7 @@ def build_train_set(cfg, progress: bool = False) -> TwinTrainSet:
     if len(source) == 0:
         raise DataError(cfg.data.root, f"domain {cfg.data.source_domain!r} split {cfg.data.source_split!r} has no images")
     crops = dict(crop_min_scale=cfg.train.crop_min_scale, crop_size=cfg.train.crop_size)
-    if not get_variant(cfg.variant).use_synth:
+    if not cfg.spec.use_synth:
         return TwinTrainSet(source, cfg.task, **crops)
     if cfg.data.format == "gtav":
         paired = ManifestTwins(source, cfg.data.synth_root, cfg.data.source_domain, cfg.data.synth_domains)

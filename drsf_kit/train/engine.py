@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 
 from drsf_kit.config import RunConfig, TrainConfig, check_paths, config_to_dict, validate_config
 from drsf_kit.errors import ConfigError, DrsfError, NonFiniteLossError
-from drsf_kit.models import get_variant
 from drsf_kit.train.builders import build_model_for  # noqa: F401  (re-exported: engine.build_model_for)
 from drsf_kit.train.checkpoint import restore_training_state
 from drsf_kit.train.precision import autocast, resolve_amp_dtype
@@ -448,7 +447,7 @@ def _fit(cfg: RunConfig, ctx, ckpt: dict | None, progress: bool) -> Path:
         consumed = TwinDistributedSampler.position(ckpt.get("sampler"))
         rank_rng = (ckpt.get("extra") or {}).get("rank_rng")
     seed_process(ctx, cfg.seed, start, generator, rank_rng)  # ranks > 0 draw their own random numbers
-    use_twins = get_variant(cfg.variant).use_synth
+    use_twins = cfg.spec.use_synth
     if main:
         run.write_config(config_to_dict(cfg))
         record = {**launch_record(ctx, cfg, tcfg.lr, start, consumed, use_twins), "config_hash": config_hash(config_to_dict(cfg))}

@@ -16,7 +16,6 @@ import copy
 import torch
 
 from drsf_kit.config import RunConfig
-from drsf_kit.models import get_variant
 from drsf_kit.train.precision import autocast, describe
 
 GIB = float(1 << 30)
@@ -91,7 +90,7 @@ def estimate_memory(model: torch.nn.Module, cfg: RunConfig, device: torch.device
     state = state_bytes(model, cfg.train.optimizer)
     out = {f"{k}_gib": round(v / GIB, 3) for k, v in state.items()}
     per_forward = cfg.train.batch_source // max(1, cfg.train.accumulate)
-    images = per_forward * (2 if get_variant(cfg.variant).use_synth else 1)
+    images = per_forward * (2 if cfg.spec.use_synth else 1)
     hw = tuple(cfg.train.crop_size) or image_hw
     out.update(dtype=describe(amp_dtype), images_per_forward=images, image_hw=list(hw) if hw else None,
                activations_gib=None)

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from drsf_kit.errors import ConfigError, DataError, RunInUseError
+from drsf_kit.models.hparams import LEGACY_METHOD, pin_method
+from drsf_kit.models.variants import VARIANTS
 from drsf_kit.train.checkpoint import load_checkpoint, save_checkpoint
 from drsf_kit.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from drsf_kit.utils.lock import RunLock, _pid_alive  # noqa: F401  (the lock lives with the shared helpers)
@@ -237,13 +239,21 @@ class RunDir:
 
     # config
     def read_config(self) -> dict | None:
-        """The saved config mapping (None when there is none)."""
+        """The saved config mapping (None when there is none).
+
+        A config saved without a DRSF method (``model.hparams.method``) was written before the kit
+        recorded it, when its default was ``LEGACY_METHOD``: the mapping returned names that one.
+        """
         if not self.config_path.is_file():
             return None
         try:
-            return json.loads(self.config_path.read_text(encoding="utf-8"))
+            values = json.loads(self.config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(self.config_path, f"not valid JSON ({exc.msg})") from None
+        model = values.get("model") if isinstance(values, dict) else None
+        if isinstance(model, dict) and values.get("variant") in VARIANTS and isinstance(model.get("hparams", {}), dict):
+            model["hparams"] = pin_method(values["variant"], model.get("hparams"), LEGACY_METHOD)
+        return values
 
     def write_config(self, values: dict) -> None:
         """Save the resolved config mapping."""

@@ -27,7 +27,9 @@ Ablations are *arms*: a named variant with hyperparameter overrides, declared in
 (``arms: {mdsf_no_align: {variant: mdsf, hparams: {eta_max: 0.0}}}``) and listed under ``variants`` like
 any variant. An arm's runs are named after it, paired by seed with every other run, and compared with
 the variant it modifies as well as with the usual baselines (``configs/protocol/det_ablation.yaml``);
-``compare_with: [name, ...]`` adds baselines every variant is compared with.
+``compare_with: [name, ...]`` adds baselines every variant is compared with. ``method: v2`` sets the DRSF
+design of every variant with blocks that names none (protocol v2's configs: their rows were trained
+before v3 became the kit's default).
 
 ``--jobs 2`` trains two runs side by side with one torch thread each (on 2 cores a mini source_only
 step takes 0.18 s with one thread and 0.14 s with two: small convolutions do not split well).
@@ -52,6 +54,7 @@ from drsf_kit.config import RunConfig, config_from_dict
 from drsf_kit.data.mini_weather import holdout_split, make_mini_weather
 from drsf_kit.errors import ConfigError
 from drsf_kit.models import get_variant
+from drsf_kit.models.hparams import pin_method
 from drsf_kit.synth.base import SynthConfig
 from drsf_kit.synth.fidelity import check_gap, parse_level
 from drsf_kit.synth.runner import run_synth
@@ -118,11 +121,17 @@ def prepare(task: str, proto: dict, run: dict, levels: list[str], progress: bool
     make_mini_weather(root, progress=progress, **proto["build"])
     holdout_split(root, int(proto["n_val"]), run["data"]["source_domain"])
     for level in levels:
-        strength, gap = level_profile(proto, level)
-        run_synth(SynthConfig(data=root, out=str(Path(proto["synth_out"]) / level), source=run["data"]["source_domain"],
-                              domains=tuple(run["data"]["synth_domains"]), split="train",
-                              fidelity=strength, appearance_gap=gap, progress=progress))
+        run_synth(synth_config(proto, run, level, progress))
     return pretrain(pretrain_config(task, proto, run), progress=progress)
+
+
+def synth_config(proto: dict, run: dict, level: str, progress: bool = True) -> SynthConfig:
+    """The twins of ``level``: every source train image in every pseudo-domain, from the protocol's
+    ``synth_seed`` (default 0; a new build of a confirmation draws its own twins)."""
+    strength, gap = level_profile(proto, level)
+    return SynthConfig(data=proto["data_root"], out=str(Path(proto["synth_out"]) / level),
+                       source=run["data"]["source_domain"], domains=tuple(run["data"]["synth_domains"]), split="train",
+                       fidelity=strength, appearance_gap=gap, seed=int(proto.get("synth_seed", 0)), progress=progress)
 
 
 def pretrain_config(task: str, proto: dict, run: dict) -> PretrainConfig:
@@ -168,6 +177,8 @@ def run_config(task: str, proto: dict, run: dict, job: dict, weights: Path) -> R
     values = copy.deepcopy(run)
     level = job["serves"][0]
     variant, overrides = arm(proto, job["variant"])
+    if proto.get("method"):  # the DRSF design of the protocol's blocks; an arm's own method wins
+        overrides = pin_method(variant, overrides, proto["method"])
     values.update(variant=variant, seed=job["seed"], output_dir=proto["output_dir"],
                   run_name=f"{task}-{job['level']}-{job['variant']}-s{job['seed']}")
     if overrides:

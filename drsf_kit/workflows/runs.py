@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from drsf_kit.config import DEFAULT_DATA_ROOT, DEFAULT_RUNS_DIR, RunConfig, config_to_dict, load_config
 from drsf_kit.data.mini_weather import make_mini_weather
 from drsf_kit.errors import ConfigError
-from drsf_kit.models import get_variant
+from drsf_kit.models.hparams import hparam_keys
 from drsf_kit.synth import GENERATORS, SynthConfig, run_synth
 from drsf_kit.train import fit
 from drsf_kit.train.pretrain import export_weights
@@ -184,7 +184,7 @@ def ensure_run(cfg: RunConfig, on_mismatch: str = "refuse", reuse_anyway: bool =
         raise ConfigError(f"{run.path} holds a finished run with another config ({differs}); set "
                           f"REUSE_ANYWAY=True (reuse_anyway=True) to use it as it is, or choose another runs folder")
     ensure_data(cfg.data.root, sizes=data_sizes, progress=progress)
-    if get_variant(cfg.variant).use_synth:
+    if cfg.spec.use_synth:
         ensure_synth(cfg.data.root, cfg.data.synth_root, seed=0, device=cfg.device, progress=progress)
     if state == "other":
         return fit(cfg, overwrite=True, progress=progress)  # retrain: same name, other settings
@@ -254,11 +254,11 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
     for i in train:  # one maker of the data, not several processes at once
         cfg = cfgs[i]
         ensure_data(cfg.data.root, sizes=data_sizes, progress=progress)
-        if get_variant(cfg.variant).use_synth:
+        if cfg.spec.use_synth:
             ensure_synth(cfg.data.root, cfg.data.synth_root, seed=0, device=cfg.device, progress=progress)
     threads = max(1, default_num_threads() // jobs)
     # the costliest first (twins, then each block), so that the run left alone at the end is a cheap one
-    spec = {i: get_variant(cfgs[i].variant) for i in train}
+    spec = {i: cfgs[i].spec for i in train}
     train.sort(key=lambda i: -(int(spec[i].use_synth) + int(spec[i].use_dfdr) + int(spec[i].use_mdsf)))
     work = [(i, cfgs[i], on_mismatch, reuse_anyway, data_sizes) for i in train]
     bar = tqdm(total=len(work), desc=f"training {len(work)} runs, {jobs} at a time", unit="run", disable=not progress)
@@ -270,6 +270,17 @@ def ensure_runs(cfgs: Iterable[RunConfig], jobs: int = 1, on_mismatch: str = "re
     finally:
         bar.close()
     return [folders[i] for i in range(len(cfgs))]
+
+
+def _settings(config: dict, other: dict) -> dict:
+    """``config`` as ``require_runs`` compares it with ``other``: a variant with DRSF blocks records its
+    design (``model.hparams.method``), which a variant without blocks has no key for, so that key is
+    compared only when both variants have it."""
+    if all("method" in hparam_keys(c.get("variant", "source_only")) for c in (config, other)):
+        return config
+    model = config.get("model", {})
+    hparams = {k: v for k, v in (model.get("hparams") or {}).items() if k != "method"}
+    return {**config, "model": {**model, "hparams": hparams}}
 
 
 def require_runs(runs_dir: str | os.PathLike, task: str, variants: Iterable[str], seeds: Iterable[int] = (0,),
@@ -293,7 +304,7 @@ def require_runs(runs_dir: str | os.PathLike, task: str, variants: Iterable[str]
             found.append(run.path)
             configs.append(run.read_config() or {})
     for path, values in zip(found[1:], configs[1:]):
-        keys = config_diff(configs[0], values, ignore=IDENTITY_EXCLUDED | COMPARED_KEYS)
+        keys = config_diff(_settings(configs[0], values), _settings(values, configs[0]), ignore=IDENTITY_EXCLUDED | COMPARED_KEYS)
         if keys and not reuse_anyway:
             raise ConfigError(f"{path} and {found[0]} were trained with other settings "
                               f"({describe_diff(configs[0], values, keys)}); one table would mix them. "

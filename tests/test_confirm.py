@@ -1,0 +1,100 @@
+"""The pre-registered confirmation's analysis: exact sign-flip p, t interval, Holm, the verdict rule and the
+interim/complete report, on rows the test writes; and the committed plan against the committed configs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from drsf_kit.errors import ConfigError
+from drsf_kit.workflows import confirm
+from drsf_kit.workflows.protocol import load_protocol
+
+TARGETS = ("daytime_foggy", "dusk_rainy", "night_rainy", "night_sunny")
+
+
+def _rows(task, level, variant, build, seed, value):
+    """The summary target rows of one run whose four target domains all score ``value``."""
+    return [{"task": task, "fidelity": level, "variant": variant, "seed": seed, "build": build, "domain": d,
+             "split": "all", "metric": confirm.HEADLINE[task], "value": value, "class": None, "unseen": d == "night_rainy",
+             "role": "target", "protocol": "v2/all_images", "run": f"{task}-{level}-{variant}-s{seed}"} for d in TARGETS]
+
+
+def _plan(tmp_path, **kw):
+    plan = confirm.load_plan()
+    return {**plan, **kw}
+
+
+def test_sign_flip_p_is_the_exact_enumeration():
+    d = np.array([1.5, 0.2, -0.4, 2.0, 0.9, 1.1, -0.3, 0.8])
+    flips = np.array(list(itertools.product([1, -1], repeat=d.size)))
+    means = (flips * d).mean(axis=1)
+    by_hand = np.mean(np.abs(means) >= abs(d.mean()) - 1e-12)
+    assert confirm.sign_flip_p(d) == pytest.approx(by_hand)
+    assert confirm.sign_flip_p(np.arange(1, 11)) == pytest.approx(2 / 1024)  # all ten positive: the smallest p at n = 10
+
+
+def test_t_interval_and_holm_by_hand():
+    d = np.array([1.0, 2.0, 4.0, 0.5, 2.5])
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+    assert confirm.t_interval(d) == pytest.approx((d.mean() - half, d.mean() + half))
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.06
+    assert confirm.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert confirm.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert [confirm.verdict(m, p, 0.05) for m, p in ((1.0, 0.01), (-1.0, 0.01), (1.0, 0.2))] == [
+        "confirmed", "reversed", "not confirmed"]
+
+
+def test_contrasts_stay_interim_until_every_cell_is_full_then_decide(tmp_path):
+    plan = _plan(tmp_path, tasks=["det"], levels=["ldm"], builds=[2, 3], units_per_cell=4,
+                 baselines={"naive_synth": 2.0, "mdsf_twins_only": 1.0})
+    rows = []
+    for build, seed in itertools.product((2, 3), (0, 1)):
+        gain = 0.03 + 0.002 * seed  # drsf +3.0 or +3.2 points over naive_synth, -0.2 or -0.3 against two twins
+        rows += _rows("det", "ldm", "naive_synth", build, seed, 0.30)
+        rows += _rows("det", "ldm", "mdsf_twins_only", build, seed, 0.30 + gain + 0.002 + 0.001 * build - 0.002)
+        if (build, seed) != (3, 1):
+            rows += _rows("det", "ldm", "drsf", build, seed, 0.30 + gain)
+    records = confirm.contrasts(plan, rows)
+    assert [r["n"] for r in records] == [3, 3] and not any(r["complete"] or "verdict" in r for r in records)
+    text = confirm.report_text(plan, rows, records, "abc")
+    assert "Interim: no verdict" in text and "3 of 4" in text and "Holm p" not in text
+    rows += _rows("det", "ldm", "drsf", 3, 1, 0.30 + 0.032)
+    records = confirm.contrasts(plan, rows)
+    naive, matched = records
+    assert naive["n"] == 4 and naive["units"] == [[2, 0], [2, 1], [3, 0], [3, 1]]
+    assert naive["diffs"] == pytest.approx([3.0, 3.2, 3.0, 3.2]) and naive["mean"] == pytest.approx(3.1)
+    assert matched["diffs"] == pytest.approx([-0.2, -0.2, -0.3, -0.3]) and matched["mean"] == pytest.approx(-0.25)
+    # four units: the smallest exact p is 2/16, so nothing survives Holm at 0.05: not confirmed, goal read apart
+    assert naive["p"] == pytest.approx(2 / 16) and naive["p_holm"] == pytest.approx(0.25)
+    assert naive["verdict"] == matched["verdict"] == "not confirmed" and naive["goal_met"] and not matched["goal_met"]
+    text = confirm.report_text(plan, rows, records, "abc")
+    assert "**Complete.**" in text and "| det | ldm | naive_synth | 4 | +3.1 |" in text and "0 confirmed" in text
+    path = confirm.figure(records, tmp_path)
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_committed_plan_names_the_committed_builds(tmp_path):
+    plan = confirm.load_plan()
+    assert plan["units_per_cell"] == len(plan["builds"]) * 5 >= 10 and plan["method"] == "drsf"
+    for task in plan["tasks"]:
+        for build in plan["builds"]:
+            proto, _ = load_protocol(task, str(confirm.build_config(plan, task, build)))
+            assert proto["build"]["seed"] == build and len(proto["seeds"]) * len(plan["builds"]) == plan["units_per_cell"]
+            for level in plan["levels"]:
+                assert {plan["method"], *plan["baselines"], *plan["context"]} <= set(proto["variants"][level])
+    bad = tmp_path / "plan.yaml"
+    bad.write_text("method: drsf\nbaseline: {}\n")
+    with pytest.raises(ConfigError, match=r"plan\.yaml: a confirmation plan has exactly the keys.*unknown: baseline"):
+        confirm.load_plan(bad)
+
+
+def test_no_runs_give_an_interim_report_and_rows_file(tmp_path):
+    path = confirm.run_confirm(runs_root=str(tmp_path), results=str(tmp_path / "out"), command="drsf confirm")
+    doc = json.loads((tmp_path / "out" / "sdg_confirm.json").read_text())
+    assert doc["rows"] == [] and doc["command"] == "drsf confirm" and all(c["n"] == 0 for c in doc["contrasts"])
+    assert "Interim: no verdict" in path.read_text() and (tmp_path / "out" / "sdg_confirm.png").is_file()
