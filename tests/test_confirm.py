@@ -98,3 +98,21 @@ def test_no_runs_give_an_interim_report_and_rows_file(tmp_path):
     doc = json.loads((tmp_path / "out" / "sdg_confirm.json").read_text())
     assert doc["rows"] == [] and doc["command"] == "drsf confirm" and all(c["n"] == 0 for c in doc["contrasts"])
     assert "Interim: no verdict" in path.read_text() and (tmp_path / "out" / "sdg_confirm.png").is_file()
+
+
+def test_collect_reads_the_runs_of_another_checkout_and_tags_their_build(tmp_path):
+    """``--runs-root``: the builds' relative folders are read under the checkout the runs were trained in."""
+    plan = {**confirm.load_plan(), "tasks": ["det"], "builds": [2], "levels": ["ldm"]}
+    proto, run = load_protocol("det", str(confirm.build_config(plan, "det", 2)))
+    split = tmp_path / proto["data_root"] / "daytime_clear" / "VOC2007" / "ImageSets" / "Main" / "fit.txt"
+    split.parent.mkdir(parents=True)
+    split.write_text("000001\n")
+    folder = tmp_path / proto["output_dir"] / "det-ldm-drsf-s3"
+    folder.mkdir(parents=True)
+    results = [{"domain": d, "split": "all", "metric": "map50_voc07", "value": 0.4, "class": None} for d in TARGETS]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    (folder / "done").write_text("300\n")
+    rows = confirm.collect(plan, tmp_path)
+    assert {(r["build"], r["variant"], r["seed"], r["fidelity"]) for r in rows} == {(2, "drsf", 3, "ldm")}
+    assert len(rows) == 4 and all(r["role"] == "target" and r["value"] == 0.4 for r in rows)
+    assert confirm.unit_means(rows, "det") == {("ldm", "drsf"): {(2, 3): pytest.approx(40.0)}}

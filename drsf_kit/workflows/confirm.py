@@ -69,7 +69,8 @@ def collect(plan: dict, runs_root: str | Path | None = None) -> list[dict]:
     for task in plan["tasks"]:
         for build in plan["builds"]:
             proto, run = load_protocol(task, str(build_config(plan, task, build)))
-            proto = {**proto, "output_dir": str(root / proto["output_dir"])}
+            # the config's folders are relative to the checkout the runs were trained in
+            proto = {**proto, "output_dir": str(root / proto["output_dir"]), "data_root": str(root / proto["data_root"])}
             try:
                 weights = weights_path(pretrain_config(task, proto, run))
             except DataError:  # this build's data is not made yet, so it has no runs
