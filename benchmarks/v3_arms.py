@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from drsf_kit.evaluation.paired import sign_flip_p
 from drsf_kit.train.pretrain import weights_path
 from drsf_kit.train.rundir import RunDir
 from drsf_kit.train.selection import validation_score
@@ -35,7 +36,7 @@ def paired(diffs: list[float]) -> str:
     if d.size < 2:
         return f"{d.mean():+.1f} (1 seed)" if d.size else "-"
     lo, hi = stats.t.interval(0.95, d.size - 1, loc=d.mean(), scale=stats.sem(d))
-    p = stats.permutation_test((d,), np.mean, permutation_type="samples", alternative="two-sided").pvalue
+    p = sign_flip_p(d)
     return f"{d.mean():+.1f} [{lo:+.1f}, {hi:+.1f}], sign-flip p = {p:.3f} (n = {d.size})"
 
 

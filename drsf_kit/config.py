@@ -146,8 +146,8 @@ class RunConfig:
 
     @cached_property
     def hparams(self) -> types.MappingProxyType:
-        """The variant's resolved hyperparameters (defaults + ``model.hparams``, the DRSF method pinned),
-        read-only; resolved once and never saved (``config_to_dict`` saves ``model.hparams``)."""
+        """The variant's resolved hyperparameters (defaults + ``model.hparams``; without a ``method``
+        the default design), read-only; resolved once and never saved (``config_to_dict`` saves ``model.hparams``)."""
         return types.MappingProxyType(resolve_hparams(self.variant, self.task, self.model.hparams))
 
     def __getstate__(self) -> dict:

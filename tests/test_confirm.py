@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from drsf_kit.errors import ConfigError
+from drsf_kit.evaluation.paired import paired_difference, sign_flip_p
 from drsf_kit.workflows import confirm
 from drsf_kit.workflows.protocol import load_protocol
 
@@ -34,14 +35,15 @@ def test_sign_flip_p_is_the_exact_enumeration():
     flips = np.array(list(itertools.product([1, -1], repeat=d.size)))
     means = (flips * d).mean(axis=1)
     by_hand = np.mean(np.abs(means) >= abs(d.mean()) - 1e-12)
-    assert confirm.sign_flip_p(d) == pytest.approx(by_hand)
-    assert confirm.sign_flip_p(np.arange(1, 11)) == pytest.approx(2 / 1024)  # all ten positive: the smallest p at n = 10
+    assert sign_flip_p(d) == pytest.approx(by_hand)
+    assert sign_flip_p(np.arange(1, 11)) == pytest.approx(2 / 1024)  # all ten positive: the smallest p at n = 10
 
 
 def test_t_interval_and_holm_by_hand():
     d = np.array([1.0, 2.0, 4.0, 0.5, 2.5])
     half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
-    assert confirm.t_interval(d) == pytest.approx((d.mean() - half, d.mean() + half))
+    pd = paired_difference(dict(enumerate(d)), dict.fromkeys(range(5), 0.0))
+    assert (pd.low, pd.high) == pytest.approx((d.mean() - half, d.mean() + half))
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.06
     assert confirm.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert confirm.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])

@@ -53,3 +53,14 @@ def paired_difference(a: Mapping, b: Mapping, level: float = 0.95) -> PairedDiff
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     half = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     return PairedDifference(mean, mean - half, mean + half, sd, n, seeds)
+
+
+def sign_flip_p(diffs) -> float:
+    """Exact two-sided sign-flip permutation p-value of the mean of paired differences: every one of the
+    2^n sign patterns (scipy's ``permutation_test``), the test to use when seeds are few."""
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    d = np.asarray(diffs, dtype=float)
+    res = permutation_test((d,), np.mean, permutation_type="samples", alternative="two-sided", n_resamples=np.inf)
+    return float(res.pvalue)

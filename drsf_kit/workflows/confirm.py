@@ -8,7 +8,8 @@ whose runs ``drsf protocol`` trains. ``drsf confirm`` then
    ``build`` (``sdg_confirm.json``);
 2. pairs runs by unit, a (build, seed), and for each task x level x baseline takes the paired differences of
    target means (method - baseline, points);
-3. tests each with an exact two-sided sign-flip permutation test and gives a 95 % t interval (scipy.stats),
+3. tests each with an exact two-sided sign-flip permutation test and gives a 95 % t interval
+   (``drsf_kit.evaluation.paired``, on scipy.stats),
    adjusts the p-values by Holm over the whole family, and reads the verdict by the written rule;
 4. writes the Markdown report and the figure. Until every cell holds its units the report is interim and
    reads no verdict.
@@ -24,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
-from scipy import stats
-
 from drsf_kit.errors import ConfigError, DataError
+from drsf_kit.evaluation.paired import paired_difference, sign_flip_p
 from drsf_kit.train.pretrain import weights_path
 from drsf_kit.utils.io import atomic_write_json, atomic_write_text
 from drsf_kit.workflows import report as protocol_report
@@ -93,19 +93,6 @@ def unit_means(rows: list[dict], task: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- statistics
-def sign_flip_p(diffs) -> float:
-    """Exact two-sided sign-flip permutation p-value of the mean of paired differences (every 2^n pattern)."""
-    d = np.asarray(diffs, dtype=float)
-    res = stats.permutation_test((d,), np.mean, permutation_type="samples", alternative="two-sided", n_resamples=np.inf)
-    return float(res.pvalue)
-
-
-def t_interval(diffs, level: float = 0.95) -> tuple[float, float]:
-    """The t interval of the mean of paired differences."""
-    ci = stats.ttest_1samp(np.asarray(diffs, dtype=float), 0.0).confidence_interval(level)
-    return float(ci.low), float(ci.high)
-
-
 def holm(pvalues: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values, in the order given (Holm 1979: the k-th smallest of m is
     multiplied by m - k + 1, then made monotone; capped at 1)."""
@@ -137,13 +124,12 @@ def contrasts(plan: dict, rows: list[dict]) -> list[dict]:
             mine = means.get((level, plan["method"]), {})
             for baseline, goal in plan["baselines"].items():
                 theirs = means.get((level, baseline), {})
-                units = sorted(set(mine) & set(theirs))
-                d = [mine[u] - theirs[u] for u in units]
                 rec = {"task": task, "level": level, "baseline": baseline, "goal": float(goal),
-                       "units": [list(u) for u in units], "diffs": d, "n": len(d),
-                       "mean": float(np.mean(d)) if d else math.nan}
-                rec["ci"] = t_interval(d) if len(d) >= 2 else (math.nan, math.nan)
-                rec["goal_met"] = bool(d) and rec["mean"] >= goal and rec["ci"][0] > 0
+                       "units": [], "diffs": [], "n": 0, "mean": math.nan, "ci": (math.nan, math.nan), "goal_met": False}
+                if set(mine) & set(theirs):  # units are (build, seed): paired like seeds
+                    pd = paired_difference(mine, theirs)
+                    rec.update(units=[list(u) for u in pd.seeds], diffs=[mine[u] - theirs[u] for u in pd.seeds], n=pd.n,
+                               mean=pd.mean, ci=(pd.low, pd.high), goal_met=pd.mean >= goal and pd.low > 0)
                 out.append(rec)
     complete = all(r["n"] >= plan["units_per_cell"] for r in out)
     if complete:
