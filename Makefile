@@ -27,9 +27,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/drsf demo
 
-# one worker per core (pytest-xdist), each test file on one worker (a file's session fixtures are built once)
 test: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --tier fast -n auto --dist loadfile
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --tier fast
 
 # the slow and browser tiers only; a missing Chromium or playwright fails these tests, never skips them
 test-slow: $(STAMP)

@@ -14,8 +14,6 @@ import pytest  # noqa: E402
 def pytest_configure(config):
     import torch
 
-    # 2 torch threads in every process, pytest-xdist workers too: a few tests train a tiny model to a
-    # threshold, and their float reductions (so their outcome) depend on the thread count
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
