@@ -6,6 +6,8 @@ reads runs) is opened in a fresh JupyterLab; Run -> Run
 All Cells; then the lambda slider is moved with the keyboard (ArrowRight,
 End) and by dragging its handle. After each move the mixed feature map, the discriminator's
 probabilities and the prediction overlay must all show a new picture (bytes and screen pixels).
+The run carries v3's optional adversary (``model.hparams.w_adv``): the default design has none, and its
+explorer then shows a fixed "no adversary" panel (tests/test_mdsf_slider.py, tests/test_widgets.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "08_explore_mdsf_
 EXPLORER = ".drsf-mdsf-explorer"
 PICTURES = {name: f"{EXPLORER} img.drsf-{name}" for name in ("features", "probs", "prediction")}
 PARAMS = {"SMOKE": True, "TASK": "seg", "VARIANT": "drsf", "N_IMAGES": 2}
+ADVERSARY = ("model.hparams.w_adv=0.1",)  # a discriminator whose probabilities the middle panel draws
 # no news or update checks: nothing may leave the machine, and no toast may cover the page
 QUIET_SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
                                                                                         "checkForUpdates": False}}
@@ -40,7 +43,7 @@ def _prepare(tmp: Path) -> Path:
 
     params = dict(PARAMS, OUTPUT_DIR=str(tmp / "work"))
     ctx = nbk.setup(SMOKE=True, OUTPUT_DIR=params["OUTPUT_DIR"])
-    nbk.ensure_run(ctx, PARAMS["TASK"], PARAMS["VARIANT"], progress=False)
+    nbk.ensure_run(ctx, PARAMS["TASK"], PARAMS["VARIANT"], overrides=ADVERSARY, progress=False)
     nb = parameterize_notebook(load_notebook_node(str(NOTEBOOK)), params)
     target = tmp / "lab" / "mdsf.ipynb"
     target.parent.mkdir(parents=True)
@@ -184,7 +187,8 @@ def test_lab_mdsf_slider_moves_features_probabilities_and_prediction(tmp_path, s
     record("3-dragged", "the pictures to follow the drag")
     assert float(readouts[-1]) < 0.5
     assert readouts == ["0.50", "0.70", "1.00", readouts[-1]]
-    assert "discriminator's top domain" in page.inner_text(f"{EXPLORER} .drsf-status")
+    status = page.inner_text(f"{EXPLORER} .drsf-status")
+    assert "discriminator's top domain" in status and "no adversary" not in status, status
     legend = page.inner_text(f"{EXPLORER} .drsf-prediction-legend")  # the overlay's colours are named
     assert re.search(r"[a-z]+ \d+%", legend), legend
     assert page.outside_requests == []
