@@ -11,6 +11,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
+import numpy as np
+from scipy import stats
+
 from drsf_kit.errors import ConfigError
 
 
@@ -32,9 +35,7 @@ class PairedDifference:
 
 def t_quantile(p: float, dof: int) -> float:
     """The ``p`` quantile of Student's t with ``dof`` degrees of freedom (scipy)."""
-    from scipy.stats import t
-
-    return float(t.ppf(p, dof))
+    return float(stats.t.ppf(p, dof))
 
 
 def paired_difference(a: Mapping, b: Mapping, level: float = 0.95) -> PairedDifference:
@@ -58,9 +59,6 @@ def paired_difference(a: Mapping, b: Mapping, level: float = 0.95) -> PairedDiff
 def sign_flip_p(diffs) -> float:
     """Exact two-sided sign-flip permutation p-value of the mean of paired differences: every one of the
     2^n sign patterns (scipy's ``permutation_test``), the test to use when seeds are few."""
-    import numpy as np
-    from scipy.stats import permutation_test
-
     d = np.asarray(diffs, dtype=float)
-    res = permutation_test((d,), np.mean, permutation_type="samples", alternative="two-sided", n_resamples=np.inf)
+    res = stats.permutation_test((d,), np.mean, permutation_type="samples", alternative="two-sided", n_resamples=np.inf)
     return float(res.pvalue)

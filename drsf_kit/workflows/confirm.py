@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
+
 from drsf_kit.errors import ConfigError, DataError
 from drsf_kit.evaluation.paired import paired_difference, sign_flip_p
 from drsf_kit.train.pretrain import weights_path
