@@ -118,3 +118,37 @@ def test_collect_reads_the_runs_of_another_checkout_and_tags_their_build(tmp_pat
     assert {(r["build"], r["variant"], r["seed"], r["fidelity"]) for r in rows} == {(2, "drsf", 3, "ldm")}
     assert len(rows) == 4 and all(r["role"] == "target" and r["value"] == 0.4 for r in rows)
     assert confirm.unit_means(rows, "det") == {("ldm", "drsf"): {(2, 3): pytest.approx(40.0)}}
+
+
+def test_earlier_rows_stand_in_only_for_builds_without_runs(tmp_path):
+    """``--earlier``: a build whose run folders are gone keeps its earlier rows; a build with runs is read
+    from them; the source of each is recorded, carried into a later collection, and a commit mismatch is refused."""
+    plan = _plan(tmp_path, tasks=["det"], levels=["ldm"], builds=[2, 3])
+    old = _rows("det", "ldm", "drsf", 2, 0, 0.5) + _rows("det", "ldm", "drsf", 3, 0, 0.1)
+    earlier = tmp_path / "sdg_confirm.json"
+    earlier.write_text(json.dumps({"trained_at": "abc123", "date": "2026-12-01 10:00 UTC", "command": "drsf confirm",
+                                   "rows": old}))
+    runs = _rows("det", "ldm", "drsf", 3, 0, 0.3)
+    rows, sources = confirm.with_earlier_rows(plan, runs, earlier, "abc123")
+    assert confirm.unit_means(rows, "det") == {("ldm", "drsf"): {(2, 0): pytest.approx(50.0), (3, 0): pytest.approx(30.0)}}
+    assert [(s["build"], s["source"], s["runs"]) for s in sources] == [(2, "earlier collection", 1), (3, "runs", 1)]
+    assert sources[0]["collected"] == "2026-12-01 10:00 UTC"
+    # a second collection keeps the first one's record of where build 2 came from
+    earlier.write_text(json.dumps({"trained_at": "abc123", "date": "2026-12-02", "rows": rows, "sources": sources}))
+    _, again = confirm.with_earlier_rows(plan, [], earlier, "abc123")
+    assert [(s["build"], s["source"], s.get("collected")) for s in again] == [
+        (2, "earlier collection", "2026-12-01 10:00 UTC"), (3, "earlier collection", "2026-12-02")]
+    with pytest.raises(ConfigError, match=r"sdg_confirm\.json: its rows were trained from abc123, the runs .* from def456"):
+        confirm.with_earlier_rows(plan, runs, earlier, "def456")
+    with pytest.raises(ConfigError, match=r"missing\.json: no such earlier collection"):
+        confirm.with_earlier_rows(plan, runs, tmp_path / "missing.json", "abc123")
+
+
+def test_run_confirm_prints_where_reused_rows_come_from(tmp_path):
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"trained_at": "unknown", "date": "2026-12-01 10:00 UTC", "command": "drsf confirm x",
+                                   "rows": _rows("seg", "ldm_gap", "drsf", 2, 4, 0.2)}))
+    path = confirm.run_confirm(runs_root=str(tmp_path), results=str(tmp_path / "out"), earlier=str(earlier))
+    doc = json.loads((tmp_path / "out" / "sdg_confirm.json").read_text())
+    assert len(doc["rows"]) == 4 and {(s["task"], s["build"]) for s in doc["sources"] if s["source"] != "none"} == {("seg", 2)}
+    assert "- seg build 2: 1 run, from rows of an earlier collection (`drsf confirm x`, 2026-12-01 10:00 UTC" in path.read_text()

@@ -19,10 +19,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--plan", default=None, help="the plan YAML (default configs/protocol/confirm/plan.yaml)")
     p.add_argument("--runs-root", default=None, help="the checkout the runs were trained in (default: this project)")
     p.add_argument("--results", default=None, help="folder of the outputs (default benchmarks/results)")
+    p.add_argument("--earlier", default=None,
+                   help="a previous sdg_confirm.json whose rows stand in for builds with no run folder under --runs-root "
+                        "(same trained commit required; each build's source is recorded and printed)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """``drsf confirm``: write the outputs and print the report's path."""
-    print(run_confirm(args.plan, runs_root=args.runs_root, results=args.results, command=" ".join(["drsf", *args.argv])))
+    print(run_confirm(args.plan, runs_root=args.runs_root, results=args.results, command=" ".join(["drsf", *args.argv]),
+                      earlier=args.earlier))
     return 0

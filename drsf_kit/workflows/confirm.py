@@ -17,6 +17,7 @@ whose runs ``drsf protocol`` trains. ``drsf confirm`` then
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import time
@@ -80,6 +81,49 @@ def collect(plan: dict, runs_root: str | Path | None = None) -> list[dict]:
             runs = [(job, run_config(task, proto, run, job, weights)) for job in jobs]
             rows += [{**r, "build": build} for r in protocol_report.collect_rows(task, runs)]
     return rows
+
+
+def runs_of(rows: list[dict], task: str, build: int) -> int:
+    """How many runs of ``task``'s ``build`` the rows hold."""
+    return len({(r["fidelity"], r["variant"], r["seed"]) for r in rows if r["task"] == task and r["build"] == build})
+
+
+def with_earlier_rows(plan: dict, rows: list[dict], earlier: str | Path, commit: str) -> tuple[list[dict], list[dict]]:
+    """Complete ``rows`` with an earlier collection (a ``sdg_confirm.json``) for every build the runs gave none.
+
+    For the builds whose run folders are gone (a lost machine): the earlier file's rows of a (task, build)
+    join only when the runs under the root hold no run of it, and only when both were trained from the same
+    commit. Returns the rows and one source record per (task, build): where its rows came from.
+    """
+    earlier = Path(earlier)
+    try:
+        doc = json.loads(earlier.read_text(encoding="utf-8"))
+        old_rows, old_commit = doc["rows"], doc["trained_at"]
+    except FileNotFoundError:
+        raise ConfigError(f"{earlier}: no such earlier collection") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(f"{earlier}: not a confirmation rows file ({type(err).__name__}: {err})") from None
+    if old_commit != commit:
+        raise ConfigError(f"{earlier}: its rows were trained from {old_commit[:12]}, the runs under the root from "
+                          f"{commit[:12]}; a confirmation pairs runs of one commit only")
+    old_sources = {(s["task"], s["build"]): s for s in doc.get("sources", [])}
+    out, sources = list(rows), []
+    for task in plan["tasks"]:
+        for build in plan["builds"]:
+            n = runs_of(rows, task, build)
+            if n:
+                sources.append({"task": task, "build": build, "runs": n, "source": "runs"})
+                continue
+            mine = [r for r in old_rows if r["task"] == task and r["build"] == build]
+            before = old_sources.get((task, build), {})
+            if mine and before.get("source", "runs") == "runs":  # first reuse: the earlier file collected them
+                before = {"source": "earlier collection", "file": str(earlier), "collected": doc.get("date", "unknown"),
+                          "command": doc.get("command", "")}
+            out += mine
+            sources.append({"task": task, "build": build, "runs": runs_of(mine, task, build),
+                            **({k: before[k] for k in ("source", "file", "collected", "command") if k in before}
+                               if mine else {"source": "none"})})
+    return out, sources
 
 
 def unit_means(rows: list[dict], task: str) -> dict:
@@ -158,8 +202,19 @@ def _num(x: float, fmt: str = "+.1f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def report_text(plan: dict, rows: list[dict], records: list[dict], commit: str) -> str:
-    """The Markdown report; every count and number comes from the rows and the plan."""
+def sources_text(sources: list[dict]) -> list[str]:
+    """Where each build's rows came from, one line per build (from the source records)."""
+    lines = ["Where the rows come from:", ""]
+    for s in sources:
+        where = {"runs": "its run folders, collected now",
+                 "none": "no finished run yet"}.get(s["source"], f"rows of an earlier collection (`{s.get('command', '')}`, "
+                                                                 f"{s.get('collected', 'unknown')}; no run folder of it under the runs root)")
+        lines.append(f"- {s['task']} build {s['build']}: {s['runs']} run{'' if s['runs'] == 1 else 's'}, from {where}")
+    return lines + [""]
+
+
+def report_text(plan: dict, rows: list[dict], records: list[dict], commit: str, sources: list[dict] | None = None) -> str:
+    """The Markdown report; every count and number comes from the rows, the plan and the source records."""
     complete = all(r["complete"] for r in records)
     lines = ["# Pre-registered confirmation: drsf against its baselines on fresh builds", "",
              f"Plan: `{Path(plan['path']).relative_to(project_root()) if Path(plan['path']).is_relative_to(project_root()) else plan['path']}` "
@@ -168,6 +223,8 @@ def report_text(plan: dict, rows: list[dict], records: list[dict], commit: str) 
              f"{plan['units_per_cell']} paired units (build, seed) per cell. "
              "Primary quantity: target mean (the four real target domains, all their images), in points. "
              + protocol_report.SELECTION_NOTE, ""]
+    if sources and any(s["source"] not in ("runs", "none") for s in sources):
+        lines += sources_text(sources)
     if complete:
         m = len(records)
         lines += [f"**Complete.** {plan['test'].capitalize()}; Holm over the {m} contrasts at family-wise "
@@ -230,18 +287,27 @@ def figure(records: list[dict], out_dir: Path) -> Path:
 
 
 def run_confirm(plan_path: str | None = None, runs_root: str | None = None, results: str | None = None,
-                command: str = "") -> Path:
-    """Collect, test and write ``sdg_confirm.json``, ``sdg_confirm.md`` and ``sdg_confirm.png``; returns the report."""
+                command: str = "", earlier: str | None = None) -> Path:
+    """Collect, test and write ``sdg_confirm.json``, ``sdg_confirm.md`` and ``sdg_confirm.png``; returns the report.
+
+    ``earlier``: a previous ``sdg_confirm.json`` whose rows stand in for builds whose run folders are gone
+    (``with_earlier_rows``); each build's source is recorded in the file and printed in the report.
+    """
     plan = load_plan(plan_path)
     root = Path(runs_root) if runs_root else project_root()
     out = Path(results) if results else project_root() / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     rows = collect(plan, root)
-    records = contrasts(plan, rows)
     commit = trained_commit(root)
+    if earlier:
+        rows, sources = with_earlier_rows(plan, rows, earlier, commit)
+    else:
+        sources = [{"task": t, "build": b, "runs": runs_of(rows, t, b), "source": "runs" if runs_of(rows, t, b) else "none"}
+                   for t in plan["tasks"] for b in plan["builds"]]
+    records = contrasts(plan, rows)
     atomic_write_json(out / ROWS_FILE, {"preregistration": "docs/preregistration.md", "trained_at": commit,
                                         "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                        "contrasts": records, "rows": rows})
-    atomic_write_text(out / "sdg_confirm.md", report_text(plan, rows, records, commit))
+                                        "sources": sources, "contrasts": records, "rows": rows})
+    atomic_write_text(out / "sdg_confirm.md", report_text(plan, rows, records, commit, sources))
     figure(records, out)
     return out / "sdg_confirm.md"
