@@ -152,3 +152,27 @@ def test_run_confirm_prints_where_reused_rows_come_from(tmp_path):
     doc = json.loads((tmp_path / "out" / "sdg_confirm.json").read_text())
     assert len(doc["rows"]) == 4 and {(s["task"], s["build"]) for s in doc["sources"] if s["source"] != "none"} == {("seg", 2)}
     assert "- seg build 2: 1 run, from rows of an earlier collection (`drsf confirm x`, 2026-12-01 10:00 UTC" in path.read_text()
+
+
+def test_readme_and_protocol_quote_the_committed_verdicts():
+    """The committed results recompute from their own rows, and the README and docs/protocol.md carry the
+    report's twelve verdict rows verbatim (no number typed in by hand)."""
+    root = confirm.project_root()
+    doc = json.loads((root / "benchmarks" / "results" / confirm.ROWS_FILE).read_text(encoding="utf-8"))
+    plan = confirm.load_plan()
+    fresh = confirm.contrasts(plan, doc["rows"])
+    assert len(fresh) == 12 and all(r["complete"] and r["n"] == plan["units_per_cell"] for r in fresh)
+    for mine, saved in zip(fresh, doc["contrasts"]):
+        assert (mine["task"], mine["level"], mine["baseline"]) == (saved["task"], saved["level"], saved["baseline"])
+        assert (mine["mean"], mine["p"], mine["p_holm"]) == pytest.approx((saved["mean"], saved["p"], saved["p_holm"]))
+        assert mine["verdict"] == saved["verdict"]
+    rows = [line for line in confirm.report_text(plan, doc["rows"], fresh, doc["trained_at"]).splitlines()
+            if line.startswith(("| det |", "| seg |")) and ("confirmed" in line or "reversed" in line)]
+    assert len(rows) == 12
+    rows += [line for line in confirm.report_text(plan, doc["rows"], fresh, doc["trained_at"]).splitlines()
+             if line.startswith("Verdicts: ")]
+    assert len(rows) == 13
+    for name in ("README.md", "docs/protocol.md"):
+        text = (root / name).read_text(encoding="utf-8")
+        missing = [line for line in rows if line not in text]
+        assert not missing, f"{name} does not carry the report's verdict rows: {missing}"
