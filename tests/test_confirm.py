@@ -166,11 +166,11 @@ def test_readme_and_protocol_quote_the_committed_verdicts():
         assert (mine["task"], mine["level"], mine["baseline"]) == (saved["task"], saved["level"], saved["baseline"])
         assert (mine["mean"], mine["p"], mine["p_holm"]) == pytest.approx((saved["mean"], saved["p"], saved["p_holm"]))
         assert mine["verdict"] == saved["verdict"]
-    rows = [line for line in confirm.report_text(plan, doc["rows"], fresh, doc["trained_at"]).splitlines()
+    report = confirm.report_text(plan, doc["rows"], fresh, doc["trained_at"]).splitlines()
+    rows = [line for line in report
             if line.startswith(("| det |", "| seg |")) and ("confirmed" in line or "reversed" in line)]
     assert len(rows) == 12
-    rows += [line for line in confirm.report_text(plan, doc["rows"], fresh, doc["trained_at"]).splitlines()
-             if line.startswith("Verdicts: ")]
+    rows += [line for line in report if line.startswith("Verdicts: ")]
     assert len(rows) == 13
     for name in ("README.md", "docs/protocol.md"):
         text = (root / name).read_text(encoding="utf-8")
